@@ -1,0 +1,133 @@
+"""The pieces every agent is made of, and how the SAC update sees them.
+
+An agent is an `Encoder` (state, task index, carry) -> features, plus an actor
+head and a twin-Q critic head on those features. The SAC update in `sac.py` is
+written once against these interfaces; CMTA and every baseline only differ in
+which encoder and which head layout (`shared`, `multihead`, `independent`)
+they plug in.
+
+All apply functions see ONE task's slice of the batch: obs [B, obs_dim] and a
+scalar int `task_id`. The update vmaps them over the task axis.
+"""
+
+from typing import Any, Callable, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from cmta_jax.nn import distributions
+from cmta_jax.nn import layers
+from cmta_jax.types import LSTMCarry
+
+Params = Any
+HEAD_LAYOUTS = ("shared", "multihead", "independent")
+
+
+class EncoderOutput(NamedTuple):
+  features: jax.Array  # [B, feature_dim]: what actor and critic consume
+  carry: LSTMCarry  # carry_out, [B, carry_dim] each (carry_dim 0 without recurrence)
+  experts: jax.Array | None  # [k, B, expert_dim] per-expert outputs (None without experts)
+  attention: jax.Array | None  # [B, k] mixing weights (None without experts)
+
+
+class Encoder(NamedTuple):
+  init: Callable[[jax.Array], Params]
+  # (params, obs [B, obs_dim], task_id [] int32, carry_in [B, carry_dim]) -> EncoderOutput
+  apply: Callable[[Params, jax.Array, jax.Array, LSTMCarry], EncoderOutput]
+  feature_dim: int
+  carry_dim: int
+
+
+class Actor(NamedTuple):
+  init: Callable[[jax.Array], Params]
+  # (params, features [B, F], task_id) -> (mean [B, A], log_std [B, A]), log_std already in range
+  apply: Callable[[Params, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+
+
+class Critic(NamedTuple):
+  init: Callable[[jax.Array], Params]
+  # (params, features [B, F], action [B, A], task_id) -> Q [num_q, B]
+  apply: Callable[[Params, jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+class AgentNetworks(NamedTuple):
+  encoder: Encoder
+  actor: Actor
+  critic: Critic
+  num_tasks: int
+  obs_dim: int
+  action_dim: int
+
+
+def _task_mlp(in_dim: int, out_dim: int, width: int, depth: int, num_tasks: int, layout: str):
+  """An MLP whose task dependence is set by `layout`.
+
+  shared: one MLP for all tasks. multihead: a shared trunk and one output
+  layer per task, selected by gathering the task's weights (no branching).
+  independent: one whole MLP per task, stacked on a leading task axis.
+  """
+  if layout not in HEAD_LAYOUTS:
+    raise ValueError(f"unknown head layout {layout!r}; choose one of {', '.join(HEAD_LAYOUTS)}")
+  sizes = (in_dim,) + (width,) * depth + (out_dim,)
+
+  if layout == "shared":
+    return (lambda key: layers.mlp_init(key, sizes),
+            lambda params, x, task_id: layers.mlp_apply(params, x))
+
+  if layout == "independent":
+    def init_independent(key):
+      return jax.vmap(lambda k: layers.mlp_init(k, sizes))(jax.random.split(key, num_tasks))
+
+    def apply_independent(params, x, task_id):
+      return layers.mlp_apply(jax.tree.map(lambda p: p[task_id], params), x)
+
+    return init_independent, apply_independent
+
+  def init_multihead(key):
+    k_trunk, k_heads = jax.random.split(key)
+    return {
+        "trunk": layers.mlp_init(k_trunk, sizes[:-1]),
+        "heads": jax.vmap(lambda k: layers.dense_init(k, width, out_dim))(
+            jax.random.split(k_heads, num_tasks)),
+    }
+
+  def apply_multihead(params, x, task_id):
+    trunk = layers.mlp_apply(params["trunk"], x, activate_final=True)
+    head = jax.tree.map(lambda p: p[task_id], params["heads"])
+    return layers.dense_apply(head, trunk)
+
+  return init_multihead, apply_multihead
+
+
+def make_actor(feature_dim: int, action_dim: int, width: int, depth: int, num_tasks: int,
+               layout: str, log_std_min: float, log_std_max: float) -> Actor:
+  init_fn, apply_fn = _task_mlp(feature_dim, 2 * action_dim, width, depth, num_tasks, layout)
+
+  def apply(params, features, task_id):
+    mean, raw_log_std = jnp.split(apply_fn(params, features, task_id), 2, axis=-1)
+    return mean, distributions.rescale_log_std(raw_log_std, log_std_min, log_std_max)
+
+  return Actor(init=init_fn, apply=apply)
+
+
+def make_critic(feature_dim: int, action_dim: int, width: int, depth: int, num_tasks: int,
+                layout: str, num_q: int = 2) -> Critic:
+  """`num_q` Q heads as one stacked ensemble (one batched op per layer)."""
+  init_fn, apply_fn = _task_mlp(feature_dim + action_dim, 1, width, depth, num_tasks, layout)
+
+  def init(key):
+    return jax.vmap(init_fn)(jax.random.split(key, num_q))
+
+  def apply(params, features, action, task_id):
+    x = jnp.concatenate([features, action], axis=-1)
+    q = jax.vmap(apply_fn, in_axes=(0, None, None))(params, x, task_id)
+    return q[..., 0]
+
+  return Critic(init=init, apply=apply)
+
+
+def check_encoder_output(out: EncoderOutput, batch: int, feature_dim: int, carry_dim: int) -> None:
+  """chex boundary check (static shapes, so free under jit)."""
+  chex.assert_shape(out.features, (batch, feature_dim))
+  chex.assert_shape([out.carry.h, out.carry.c], (batch, carry_dim))

@@ -1,0 +1,227 @@
+"""The one SAC update every agent trains with (SPEC §3), and action selection.
+
+`make_update_fn(networks, config)` returns a pure function
+`update(state, batch, key) -> (state, metrics)` that does, in one call:
+critic + beta * InfoNCE on the encoder and Q heads, the actor on stop-gradient
+features, the per-task temperature, and Polyak targets. Per-task losses come
+from `jax.vmap` over the task axis of the [T, B_task, ...] batch and are
+averaged with weight 1/T. Given `axis_name`, the same function runs under
+`jax.pmap`: gradients and metrics are `pmean`-ed, parameters stay replicated.
+
+Gradient routing is done with stop_gradient inside one objective, so a single
+forward and backward pass yields every parameter group's own gradient:
+  encoder      <- critic loss + beta * contrastive loss
+  critic heads <- critic loss
+  actor        <- actor loss (features and Q parameters stop-gradient)
+  log_alpha    <- temperature loss
+"""
+
+from typing import Any, NamedTuple
+
+import chex
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from cmta_jax.agents import cmta
+from cmta_jax.agents.networks import AgentNetworks
+from cmta_jax.config import SACConfig
+from cmta_jax.nn import distributions
+from cmta_jax.types import LSTMCarry, Transition
+
+Params = Any
+sg = jax.lax.stop_gradient
+
+
+class TrainingState(flax.struct.PyTreeNode):
+  params: dict  # {"encoder", "critic", "actor", "log_alpha" [T]}
+  target_params: dict  # {"encoder", "critic"}
+  opt_state: optax.OptState
+  step: jax.Array
+
+
+class PolicyParams(NamedTuple):
+  """What acting needs: the online encoder and the actor."""
+
+  encoder: Params
+  actor: Params
+
+
+def policy_params(state: TrainingState) -> PolicyParams:
+  return PolicyParams(encoder=state.params["encoder"], actor=state.params["actor"])
+
+
+def make_optimizer(config: SACConfig) -> optax.GradientTransformation:
+  """Adam per parameter group; the encoder shares the critic's learning rate."""
+  def adam(lr):
+    return optax.adam(lr, b1=config.adam_b1, b2=config.adam_b2)
+  return optax.multi_transform(
+      {"actor": adam(config.actor_lr), "critic": adam(config.critic_lr),
+       "alpha": adam(config.alpha_lr)},
+      {"encoder": "critic", "critic": "critic", "actor": "actor", "log_alpha": "alpha"})
+
+
+def init_training_state(key: jax.Array, networks: AgentNetworks, config: SACConfig) -> TrainingState:
+  k_encoder, k_critic, k_actor = jax.random.split(key, 3)
+  params = {
+      "encoder": networks.encoder.init(k_encoder),
+      "critic": networks.critic.init(k_critic),
+      "actor": networks.actor.init(k_actor),
+      "log_alpha": jnp.full((networks.num_tasks,), jnp.log(config.init_alpha), jnp.float32),
+  }
+  target_params = {"encoder": params["encoder"], "critic": params["critic"]}
+  # Copies, so that donating the state never aliases online and target buffers.
+  target_params = jax.tree.map(jnp.array, target_params)
+  return TrainingState(params=params, target_params=target_params,
+                       opt_state=make_optimizer(config).init(params),
+                       step=jnp.zeros((), jnp.int32))
+
+
+def target_entropy(networks: AgentNetworks, config: SACConfig) -> float:
+  return -float(networks.action_dim) if config.target_entropy is None else config.target_entropy
+
+
+def make_task_loss(networks: AgentNetworks, config: SACConfig):
+  """The loss of ONE task's slice of the batch: (params, target_params, batch [B, ...],
+  task_id, noise_next [B, A], noise_now [B, A]) -> (objective, metrics)."""
+  encoder, actor, critic = networks.encoder, networks.actor, networks.critic
+  entropy_target = target_entropy(networks, config)
+  use_contrastive = config.contrastive_weight > 0
+
+  def task_loss(params, target_params, batch: Transition, task_id, noise_next, noise_now):
+    alpha = jnp.exp(params["log_alpha"][task_id])
+
+    online_t = encoder.apply(params["encoder"], batch.obs, task_id, batch.carry_in)
+    online_next = encoder.apply(sg(params["encoder"]), batch.next_obs, task_id, batch.carry_out)
+    target_next = encoder.apply(target_params["encoder"], batch.next_obs, task_id, batch.carry_out)
+
+    # Critic: y = r + gamma (1 - terminated) (min Q_target(s', a') - alpha log pi(a'|s')).
+    next_mean, next_log_std = actor.apply(sg(params["actor"]), online_next.features, task_id)
+    next_action, next_log_prob = distributions.sample_tanh_gaussian(next_mean, next_log_std, noise_next)
+    next_q = critic.apply(target_params["critic"], target_next.features, next_action, task_id)
+    next_value = next_q.min(axis=0) - sg(alpha) * next_log_prob
+    td_target = sg(batch.reward + config.discount * (1.0 - batch.terminated) * next_value)
+    q = critic.apply(params["critic"], online_t.features, batch.action, task_id)  # [num_q, B]
+    critic_loss = jnp.mean(jnp.square(q - td_target), axis=-1).sum()
+
+    if use_contrastive:
+      contrastive_loss = cmta.info_nce(online_t.experts, target_next.experts,
+                                       config.contrastive_temperature)
+    else:
+      contrastive_loss = jnp.zeros(())
+
+    # Actor on stop-gradient features; Q parameters frozen for this term.
+    features = sg(online_t.features)
+    mean, log_std = actor.apply(params["actor"], features, task_id)
+    action, log_prob = distributions.sample_tanh_gaussian(mean, log_std, noise_now)
+    q_pi = critic.apply(sg(params["critic"]), features, action, task_id).min(axis=0)
+    actor_loss = jnp.mean(sg(alpha) * log_prob - q_pi)
+
+    alpha_loss = jnp.mean(alpha * sg(-log_prob - entropy_target))
+
+    objective = critic_loss + config.contrastive_weight * contrastive_loss + actor_loss + alpha_loss
+    metrics = {
+        "critic_loss": critic_loss,
+        "contrastive_loss": contrastive_loss,
+        "actor_loss": actor_loss,
+        "alpha_loss": alpha_loss,
+        "alpha": alpha,
+        "entropy": -jnp.mean(log_prob),
+        "q_mean": q.mean(),
+        "td_target_mean": td_target.mean(),
+    }
+    if online_t.attention is not None:
+      attention = online_t.attention
+      metrics["attention_entropy"] = -jnp.mean(
+          jnp.sum(attention * jnp.log(attention + 1e-12), axis=-1))
+    return objective, metrics
+
+  return task_loss
+
+
+def polyak(target: Params, online: Params, tau: float) -> Params:
+  return jax.tree.map(lambda t, o: (1.0 - tau) * t + tau * o, target, online)
+
+
+def _noise_for_this_shard(key, shape, axis_name):
+  """Standard-normal noise for the whole (global) batch, sliced to this device's shard.
+
+  Each sample gets the same noise whether the batch is processed on one device
+  or split over several, so the pmapped update equals the single-device one.
+  """
+  if axis_name is None:
+    return jax.random.normal(key, shape)
+  num_shards = jax.lax.psum(1, axis_name)
+  t, b, a = shape
+  full = jax.random.normal(key, (t, b * num_shards, a))
+  return jax.lax.dynamic_slice_in_dim(full, jax.lax.axis_index(axis_name) * b, b, axis=1)
+
+
+def make_update_fn(networks: AgentNetworks, config: SACConfig, axis_name: str | None = None):
+  """Returns update(state, batch, key) -> (state, metrics). Not jitted: jit/pmap it."""
+  optimizer = make_optimizer(config)
+  task_loss = make_task_loss(networks, config)
+  num_tasks = networks.num_tasks
+
+  def update(state: TrainingState, batch: Transition, key: jax.Array):
+    chex.assert_rank(batch.reward, 2)
+    chex.assert_axis_dimension(batch.reward, 0, num_tasks)
+    t, b = batch.reward.shape
+    chex.assert_shape(batch.obs, (t, b, networks.obs_dim))
+    chex.assert_shape(batch.action, (t, b, networks.action_dim))
+    key_next, key_now = jax.random.split(key)
+    noise_shape = (t, b, networks.action_dim)
+    noise_next = _noise_for_this_shard(key_next, noise_shape, axis_name)
+    noise_now = _noise_for_this_shard(key_now, noise_shape, axis_name)
+    task_ids = jnp.arange(t, dtype=jnp.int32)
+
+    def objective(params):
+      per_task, metrics = jax.vmap(task_loss, in_axes=(None, None, 0, 0, 0, 0))(
+          params, state.target_params, batch, task_ids, noise_next, noise_now)
+      return per_task.mean(), metrics  # Eq. 11: equal weights 1/T
+
+    grads, metrics = jax.grad(objective, has_aux=True)(state.params)
+    if axis_name is not None:
+      grads = jax.lax.pmean(grads, axis_name)
+      metrics = jax.lax.pmean(metrics, axis_name)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    target_params = {
+        "encoder": polyak(state.target_params["encoder"], params["encoder"], config.encoder_tau),
+        "critic": polyak(state.target_params["critic"], params["critic"], config.critic_tau),
+    }
+    new_state = TrainingState(params=params, target_params=target_params,
+                              opt_state=opt_state, step=state.step + 1)
+    return new_state, metrics  # per-task metrics, each [T]
+
+  return update
+
+
+def make_select_action_fn(networks: AgentNetworks):
+  """Returns select_action(policy_params, obs [T, obs_dim], task_ids [T], carry [T, H], key,
+  deterministic) -> (actions [T, A], carry_out [T, H]); one call for all tasks.
+  Jit it with `deterministic` static."""
+  encoder, actor = networks.encoder, networks.actor
+
+  def select_action(params: PolicyParams, obs, task_ids, carry: LSTMCarry, key, deterministic=False):
+    chex.assert_shape(obs, (task_ids.shape[0], networks.obs_dim))
+    noise = jax.random.normal(key, (obs.shape[0], networks.action_dim))
+
+    def one_task(obs_t, task_id, carry_t, noise_t):
+      out = encoder.apply(params.encoder, obs_t[None], task_id, jax.tree.map(lambda x: x[None], carry_t))
+      mean, log_std = actor.apply(params.actor, out.features, task_id)
+      if deterministic:
+        action = distributions.deterministic_action(mean)
+      else:
+        action, _ = distributions.sample_tanh_gaussian(mean, log_std, noise_t[None])
+      return action[0], jax.tree.map(lambda x: x[0], out.carry)
+
+    return jax.vmap(one_task)(obs, task_ids, carry, noise)
+
+  return select_action
+
+
+def initial_carry(networks: AgentNetworks, num_envs: int) -> LSTMCarry:
+  zeros = jnp.zeros((num_envs, networks.encoder.carry_dim), jnp.float32)
+  return LSTMCarry(h=zeros, c=zeros)

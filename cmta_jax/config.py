@@ -1,0 +1,85 @@
+"""Run configuration: one frozen dataclass per concern, named presets.
+
+Every default is the paper's value (SPEC §2-§5). `validate()` methods raise a
+one-line ValueError so a launch fails before anything is built.
+"""
+
+import dataclasses
+from typing import Any
+
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkConfig:
+  """Widths and shapes of the encoder, actor and critic (SPEC §2, §6)."""
+
+  hidden_width: int = 512  # actor and each Q head: hidden_layers x hidden_width, ReLU
+  hidden_layers: int = 3
+  task_embedding_dim: int = 64  # Embedding(T, 64) of the task encoder
+  task_encoder_hidden: tuple[int, ...] = (128, 64, 64)  # then Dense(task_feature_dim)
+  task_feature_dim: int = 64  # z_task
+  num_experts: int = 6
+  expert_hidden: int = 64
+  expert_dim: int = 64  # z^j
+  lstm_hidden: int = 64
+  temporal_attention: bool = True  # False = CMTA w/o TI: attention from z_task only, no LSTM
+  attention_temperature: float = 1.0
+  log_std_min: float = -20.0
+  log_std_max: float = 2.0
+  # Soft Modularization (Yang et al. 2020), paper Table 5.
+  softmodu_layers: int = 4
+  softmodu_modules: int = 4
+  softmodu_width: int = 64
+
+  def validate(self) -> None:
+    positive = dict(
+        hidden_width=self.hidden_width, hidden_layers=self.hidden_layers,
+        task_embedding_dim=self.task_embedding_dim, task_feature_dim=self.task_feature_dim,
+        num_experts=self.num_experts, expert_hidden=self.expert_hidden, expert_dim=self.expert_dim,
+        lstm_hidden=self.lstm_hidden, softmodu_layers=self.softmodu_layers,
+        softmodu_modules=self.softmodu_modules, softmodu_width=self.softmodu_width)
+    for name, value in positive.items():
+      if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if any(w < 1 for w in self.task_encoder_hidden):
+      raise ValueError(f"task_encoder_hidden widths must be positive, got {self.task_encoder_hidden}")
+    if self.attention_temperature <= 0:
+      raise ValueError(f"attention_temperature must be > 0, got {self.attention_temperature}")
+    if not self.log_std_min < self.log_std_max:
+      raise ValueError(f"log_std_min ({self.log_std_min}) must be < log_std_max ({self.log_std_max})")
+
+
+@dataclasses.dataclass(frozen=True)
+class SACConfig:
+  """The shared SAC update and CMTA's contrastive term (SPEC §3)."""
+
+  discount: float = 0.99
+  actor_lr: float = 3e-4
+  critic_lr: float = 3e-4  # critic heads and the shared encoder
+  alpha_lr: float = 3e-4
+  adam_b1: float = 0.9
+  adam_b2: float = 0.999
+  init_alpha: float = 1.0  # per task
+  target_entropy: float | None = None  # None = -action_dim
+  encoder_tau: float = 0.05
+  critic_tau: float = 0.005
+  contrastive_weight: float = 2500.0  # beta; 0 = CMTA w/o CL
+  contrastive_temperature: float = 0.1
+
+  def validate(self) -> None:
+    if not 0.0 <= self.discount < 1.0:
+      raise ValueError(f"discount must be in [0, 1), got {self.discount}")
+    for name in ("actor_lr", "critic_lr", "alpha_lr", "init_alpha", "contrastive_temperature"):
+      if getattr(self, name) <= 0:
+        raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+    for name in ("encoder_tau", "critic_tau"):
+      if not 0.0 < getattr(self, name) <= 1.0:
+        raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
+    if self.contrastive_weight < 0:
+      raise ValueError(f"contrastive_weight must be >= 0, got {self.contrastive_weight}")
+    if not (0 <= self.adam_b1 < 1 and 0 <= self.adam_b2 < 1):
+      raise ValueError("adam_b1 and adam_b2 must be in [0, 1)")
+
+
+def config_to_dict(config: Any) -> dict:
+  return dataclasses.asdict(config)

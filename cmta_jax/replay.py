@@ -1,0 +1,242 @@
+"""Task-balanced multi-task replay buffer (host-side numpy).
+
+Every environment step adds one transition per task (a vector step), so all
+tasks always hold the same number of transitions and share one write position.
+Sampling draws `batch_per_task` transitions from each task and lays them out
+[T, B, ...] so row t is task t (see `cmta_jax.types.Transition`).
+"""
+
+import os
+
+import numpy as np
+
+from cmta_jax.types import LSTMCarry, Transition
+
+_FLOAT_BYTES = np.dtype(np.float32).itemsize
+# Fraction of available memory the buffer may take; the rest is headroom for
+# JAX, the simulators and the checkpoint writer.
+_MEMORY_FRACTION = 0.8
+
+
+def _floats_per_transition(obs_dim: int, action_dim: int, carry_dim: int) -> int:
+  # obs + next_obs + action + reward + terminated + (h, c) for carry_in and carry_out.
+  return 2 * obs_dim + action_dim + 2 + 4 * carry_dim
+
+
+def _capacity_per_task(num_tasks: int, capacity: int) -> int:
+  if num_tasks < 1:
+    raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
+  per_task = capacity // num_tasks
+  if per_task < 1:
+    raise ValueError(
+        f"capacity {capacity} gives {per_task} slots per task for {num_tasks} tasks; "
+        f"need capacity >= num_tasks")
+  return per_task
+
+
+def format_bytes(n: float) -> str:
+  """Human-readable binary size, e.g. "1.23 GiB"."""
+  n = float(n)
+  for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+    if abs(n) < 1024.0 or unit == "TiB":
+      return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+    n /= 1024.0
+  raise AssertionError("unreachable")
+
+
+def _available_memory_bytes() -> int | None:
+  """MemAvailable from /proc/meminfo (counts reclaimable cache), else free pages, else None."""
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024  # reported in kB
+  except OSError:
+    pass
+  try:
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+  except (ValueError, OSError, AttributeError):
+    return None
+
+
+def check_fits_in_memory(num_tasks: int,
+                         capacity: int,
+                         obs_dim: int,
+                         action_dim: int,
+                         carry_dim: int,
+                         available_bytes: int | None = None) -> int:
+  """Returns the bytes a buffer of this shape needs; raises MemoryError if it would not fit.
+
+  The arrays are allocated with np.zeros, whose pages are committed lazily, so
+  an oversized buffer would otherwise only fail (OOM kill) hours into a run.
+  If `available_bytes` is None it is read from the OS; if the OS cannot tell,
+  the check is skipped and only the byte count is returned.
+  """
+  needed = ReplayBuffer.bytes_needed(num_tasks, capacity, obs_dim, action_dim, carry_dim)
+  if available_bytes is None:
+    available_bytes = _available_memory_bytes()
+    if available_bytes is None:
+      return needed
+  usable = int(available_bytes * _MEMORY_FRACTION)
+  if needed > usable:
+    bytes_per_transition = _floats_per_transition(obs_dim, action_dim, carry_dim) * _FLOAT_BYTES
+    largest = (usable // bytes_per_transition) // num_tasks * num_tasks
+    raise MemoryError(
+        f"replay buffer needs {needed} B ({format_bytes(needed)}) but only {available_bytes} B "
+        f"({format_bytes(available_bytes)}) are available ({_MEMORY_FRACTION:.0%} usable); "
+        f"largest capacity that fits: {largest} ({largest // num_tasks} per task)")
+  return needed
+
+
+class ReplayBuffer:
+  """Ring buffer of [T, capacity_per_task, ...] float32 arrays, one per field."""
+
+  def __init__(self, num_tasks: int, capacity: int, obs_dim: int, action_dim: int, carry_dim: int,
+               seed: int):
+    """`capacity` counts transitions over ALL tasks; each task gets capacity // num_tasks slots."""
+    self._capacity_per_task = _capacity_per_task(num_tasks, capacity)
+    if min(obs_dim, action_dim) < 1 or carry_dim < 0:
+      raise ValueError(
+          f"need obs_dim >= 1, action_dim >= 1, carry_dim >= 0; "
+          f"got {obs_dim}, {action_dim}, {carry_dim}")
+    self._num_tasks = num_tasks
+    self._obs_dim = obs_dim
+    self._action_dim = action_dim
+    self._carry_dim = carry_dim
+    self._trailing = {
+        "obs": (obs_dim,), "action": (action_dim,), "reward": (), "next_obs": (obs_dim,),
+        "terminated": (), "h_in": (carry_dim,), "c_in": (carry_dim,), "h_out": (carry_dim,),
+        "c_out": (carry_dim,),
+    }
+    # np.zeros maps zero pages lazily: memory is committed as slots are first written,
+    # so use check_fits_in_memory up front rather than relying on this to fail.
+    self._storage = {
+        name: np.zeros((num_tasks, self._capacity_per_task) + shape, np.float32)
+        for name, shape in self._trailing.items()
+    }
+    self._size = 0  # filled slots per task (same for every task: adds are vector steps)
+    self._pos = 0  # next slot to write
+    # PCG64 explicitly, so state_dict can encode its state as fixed-size uint64s.
+    self._rng = np.random.Generator(np.random.PCG64(seed))
+
+  @staticmethod
+  def bytes_needed(num_tasks: int, capacity: int, obs_dim: int, action_dim: int,
+                   carry_dim: int) -> int:
+    """Exact total nbytes of the storage arrays for this shape."""
+    per_task = _capacity_per_task(num_tasks, capacity)
+    floats = _floats_per_transition(obs_dim, action_dim, carry_dim)
+    return num_tasks * per_task * floats * _FLOAT_BYTES
+
+  @property
+  def num_tasks(self) -> int:
+    return self._num_tasks
+
+  @property
+  def capacity_per_task(self) -> int:
+    return self._capacity_per_task
+
+  @property
+  def size_per_task(self) -> int:
+    return self._size
+
+  def __len__(self) -> int:
+    return self._num_tasks * self._size
+
+  @property
+  def nbytes(self) -> int:
+    return sum(a.nbytes for a in self._storage.values())
+
+  def add(self, obs, action, reward, next_obs, terminated, carry_in: LSTMCarry,
+          carry_out: LSTMCarry) -> None:
+    """Adds one transition per task; every argument has leading axis T.
+
+    `next_obs` must be the true s_{t+1} (the final observation on truncation), and
+    `terminated` 1 only on true termination, never on truncation.
+    """
+    values = {
+        "obs": obs, "action": action, "reward": reward, "next_obs": next_obs,
+        "terminated": terminated, "h_in": carry_in.h, "c_in": carry_in.c,
+        "h_out": carry_out.h, "c_out": carry_out.c,
+    }
+    # Validate every shape before writing anything, so a bad call leaves the buffer untouched.
+    for name, value in values.items():
+      expected = (self._num_tasks,) + self._trailing[name]
+      if np.shape(value) != expected:
+        raise ValueError(f"add: {name} has shape {np.shape(value)}, expected {expected}")
+    for name, value in values.items():
+      self._storage[name][:, self._pos] = value  # casts to float32 (bools -> 0/1)
+    self._pos = (self._pos + 1) % self._capacity_per_task
+    self._size = min(self._size + 1, self._capacity_per_task)
+
+  def sample(self, batch_per_task: int) -> Transition:
+    """Task-balanced sample [T, B, ...].
+
+    Row t holds only task t's transitions, drawn uniformly with replacement over
+    its filled slots.
+    """
+    if not isinstance(batch_per_task, (int, np.integer)) or batch_per_task <= 0:
+      raise ValueError(f"batch_per_task must be a positive int, got {batch_per_task!r}")
+    if self._size == 0:
+      raise ValueError("cannot sample from an empty replay buffer; add transitions first")
+    slots = self._rng.integers(0, self._size, size=(self._num_tasks, batch_per_task))
+    tasks = np.arange(self._num_tasks)[:, None]  # broadcasts against slots -> [T, B]
+    out = {name: array[tasks, slots] for name, array in self._storage.items()}
+    return Transition(
+        obs=out["obs"], action=out["action"], reward=out["reward"], next_obs=out["next_obs"],
+        terminated=out["terminated"], carry_in=LSTMCarry(out["h_in"], out["c_in"]),
+        carry_out=LSTMCarry(out["h_out"], out["c_out"]))
+
+  def _shape_info(self) -> dict:
+    return {
+        "num_tasks": self._num_tasks, "capacity_per_task": self._capacity_per_task,
+        "obs_dim": self._obs_dim, "action_dim": self._action_dim, "carry_dim": self._carry_dim,
+    }
+
+  def state_dict(self) -> dict:
+    """Shape ints, write position, the filled prefix of every field and the RNG state.
+
+    Field arrays are VIEWS into live storage (copying a full 5M buffer would double
+    its memory): serialise the dict before the next `add`.
+    """
+    rng_state = self._rng.bit_generator.state
+    mask64 = (1 << 64) - 1
+    # PCG64's state and increment are 128-bit Python ints; split them into uint64 halves
+    # so the whole dict is numpy arrays + small ints (npz/orbax friendly).
+    rng_words = np.array([
+        rng_state["state"]["state"] >> 64, rng_state["state"]["state"] & mask64,
+        rng_state["state"]["inc"] >> 64, rng_state["state"]["inc"] & mask64,
+        rng_state["has_uint32"], rng_state["uinteger"],
+    ], dtype=np.uint64)
+    state = self._shape_info()
+    state.update(size=self._size, pos=self._pos, rng_state=rng_words)
+    for name, array in self._storage.items():
+      state[name] = array[:, :self._size]
+    return state
+
+  def load_state_dict(self, state: dict) -> None:
+    """Exact restore of `state_dict()` output into a buffer of the same shape."""
+    for key, value in self._shape_info().items():
+      if int(state[key]) != value:
+        raise ValueError(f"load_state_dict: {key} is {int(state[key])} in the state "
+                         f"but {value} in this buffer")
+    size, pos = int(state["size"]), int(state["pos"])
+    if not (0 <= size <= self._capacity_per_task and 0 <= pos < self._capacity_per_task):
+      raise ValueError(f"load_state_dict: size {size} / pos {pos} out of range for "
+                       f"capacity_per_task {self._capacity_per_task}")
+    for name, shape in self._trailing.items():
+      expected = (self._num_tasks, size) + shape
+      if np.shape(state[name]) != expected:
+        raise ValueError(f"load_state_dict: {name} has shape {np.shape(state[name])}, "
+                         f"expected {expected}")
+    words = [int(w) for w in np.asarray(state["rng_state"], dtype=np.uint64)]
+    for name, array in self._storage.items():
+      array[:, :size] = state[name]
+      # Slots at or past _size were never written (writes fill 0, 1, ... in order), so only
+      # [size, old size) needs clearing; touching the whole tail would commit its lazy pages.
+      array[:, size:self._size] = 0.0
+    self._size, self._pos = size, pos
+    self._rng.bit_generator.state = {
+        "bit_generator": "PCG64",
+        "state": {"state": (words[0] << 64) | words[1], "inc": (words[2] << 64) | words[3]},
+        "has_uint32": words[4], "uinteger": words[5],
+    }

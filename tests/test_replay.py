@@ -1,0 +1,220 @@
+"""Tests for the task-balanced replay buffer."""
+
+import numpy as np
+import pytest
+
+from cmta_jax.replay import ReplayBuffer, check_fits_in_memory, format_bytes
+from cmta_jax.types import LSTMCarry
+
+OBS_DIM, ACTION_DIM, CARRY_DIM = 5, 3, 4
+
+
+def make_step(num_tasks: int, step: int, carry_dim: int = CARRY_DIM) -> dict:
+  """Distinct, recognisable values for one vector step: obs[t, 0] = task, obs[t, 1] = step id."""
+  tasks = np.arange(num_tasks, dtype=np.float32)
+  ident = tasks * 1000.0 + step  # unique per (task, step)
+  obs = np.stack([tasks, np.full(num_tasks, step, np.float32)]
+                 + [ident + 0.1 * k for k in range(OBS_DIM - 2)], axis=1)
+  carry = lambda offset: (ident[:, None] + offset + 0.01 * np.arange(carry_dim)).astype(np.float32)
+  return dict(
+      obs=obs,
+      action=np.stack([-ident - 0.5 * k for k in range(ACTION_DIM)], axis=1),
+      reward=ident + 0.25,
+      next_obs=obs + 0.5,
+      terminated=(np.arange(num_tasks) + step) % 2 == 0,  # bools must be stored as 0/1
+      carry_in=LSTMCarry(carry(0.1), carry(0.2)),
+      carry_out=LSTMCarry(carry(0.3), carry(0.4)),
+  )
+
+
+def flat_fields(step: dict) -> dict:
+  return dict(obs=step["obs"], action=step["action"], reward=step["reward"],
+              next_obs=step["next_obs"], terminated=step["terminated"].astype(np.float32),
+              h_in=step["carry_in"].h, c_in=step["carry_in"].c,
+              h_out=step["carry_out"].h, c_out=step["carry_out"].c)
+
+
+def sample_fields(batch) -> dict:
+  return dict(obs=batch.obs, action=batch.action, reward=batch.reward, next_obs=batch.next_obs,
+              terminated=batch.terminated, h_in=batch.carry_in.h, c_in=batch.carry_in.c,
+              h_out=batch.carry_out.h, c_out=batch.carry_out.c)
+
+
+def assert_same_contents(a: ReplayBuffer, b: ReplayBuffer) -> None:
+  """Whole storage, unwritten tail included, plus size, write position and RNG state."""
+  for name, array in a._storage.items():
+    np.testing.assert_array_equal(b._storage[name], array, err_msg=name)
+  state_a, state_b = a.state_dict(), b.state_dict()
+  assert (state_a["size"], state_a["pos"]) == (state_b["size"], state_b["pos"])
+  np.testing.assert_array_equal(state_a["rng_state"], state_b["rng_state"])
+
+
+def fill(buffer: ReplayBuffer, steps, carry_dim: int = CARRY_DIM) -> dict:
+  """Adds the given steps; returns {step id: per-task field values} for lookup."""
+  added = {}
+  for step in steps:
+    values = make_step(buffer.num_tasks, step, carry_dim)
+    buffer.add(**values)
+    added[step] = flat_fields(values)
+  return added
+
+
+def test_balanced_sampling_from_filled_slots_only():
+  buffer = ReplayBuffer(num_tasks=3, capacity=3 * 50, obs_dim=OBS_DIM, action_dim=ACTION_DIM,
+                        carry_dim=CARRY_DIM, seed=0)
+  fill(buffer, range(7))  # partially filled: 7 of 50 slots per task
+  assert buffer.size_per_task == 7 and len(buffer) == 21 and buffer.capacity_per_task == 50
+  batch = buffer.sample(64)
+  assert batch.obs.shape == (3, 64, OBS_DIM) and batch.reward.shape == (3, 64)
+  assert batch.carry_in.h.shape == (3, 64, CARRY_DIM)
+  for task in range(3):
+    np.testing.assert_array_equal(batch.obs[task, :, 0], task)  # row t holds only task t
+  steps = batch.obs[:, :, 1]
+  assert steps.min() >= 0 and steps.max() <= 6  # never the zero-filled, unwritten slots
+  assert len(np.unique(steps)) > 1
+
+
+def test_wrap_around_overwrites_oldest():
+  buffer = ReplayBuffer(2, 2 * 10, OBS_DIM, ACTION_DIM, CARRY_DIM, seed=1)
+  fill(buffer, range(10 + 4))
+  assert buffer.size_per_task == 10 and len(buffer) == 20
+  stored = buffer.state_dict()
+  for task in range(2):
+    assert sorted(stored["obs"][task, :, 1].tolist()) == list(range(4, 14))  # steps 0..3 gone
+  seen = np.unique(buffer.sample(2000).obs[:, :, 1])
+  np.testing.assert_array_equal(seen, np.arange(4, 14))
+
+
+@pytest.mark.parametrize("carry_dim", [CARRY_DIM, 0])
+def test_every_field_round_trips_exactly(carry_dim):
+  buffer = ReplayBuffer(3, 3 * 20, OBS_DIM, ACTION_DIM, carry_dim, seed=2)
+  added = fill(buffer, range(12), carry_dim)
+  batch = sample_fields(buffer.sample(40))
+  assert batch["h_out"].shape == (3, 40, carry_dim)
+  for name, value in batch.items():
+    assert value.dtype == np.float32, name
+  for task in range(3):
+    for b in range(40):
+      step = int(batch["obs"][task, b, 1])
+      for name, value in batch.items():
+        np.testing.assert_array_equal(value[task, b], added[step][name][task], err_msg=name)
+
+
+def test_same_seed_same_samples():
+  buffers = [ReplayBuffer(3, 60, OBS_DIM, ACTION_DIM, CARRY_DIM, seed=7) for _ in range(2)]
+  for buffer in buffers:
+    fill(buffer, range(15))
+  for _ in range(3):
+    a, b = (sample_fields(buffer.sample(16)) for buffer in buffers)
+    for name in a:
+      np.testing.assert_array_equal(a[name], b[name])
+  other = ReplayBuffer(3, 60, OBS_DIM, ACTION_DIM, CARRY_DIM, seed=8)
+  fill(other, range(15))
+  assert not np.array_equal(other.sample(16).obs, buffers[0].sample(16).obs)
+
+
+@pytest.mark.parametrize("num_steps", [9, 25])  # partially filled and wrapped
+def test_state_dict_round_trip(num_steps):
+  original = ReplayBuffer(3, 60, OBS_DIM, ACTION_DIM, CARRY_DIM, seed=3)
+  fill(original, range(num_steps))
+  original.sample(8)  # advance the RNG so its state is not the seed's
+  state = original.state_dict()
+  assert state["obs"].shape == (3, min(num_steps, 20), OBS_DIM)  # filled prefix only
+  restored = ReplayBuffer(3, 60, OBS_DIM, ACTION_DIM, CARRY_DIM, seed=99)
+  restored.load_state_dict(state)
+  assert len(restored) == len(original) and restored.size_per_task == original.size_per_task
+  assert_same_contents(original, restored)
+  for _ in range(3):
+    a, b = sample_fields(original.sample(16)), sample_fields(restored.sample(16))
+    for name in a:
+      np.testing.assert_array_equal(a[name], b[name])
+  # Subsequent adds land in the same slot (write position restored).
+  fill(original, [100])
+  fill(restored, [100])
+  assert_same_contents(original, restored)
+
+
+def test_load_into_used_buffer_clears_stale_slots():
+  small = ReplayBuffer(2, 40, OBS_DIM, ACTION_DIM, CARRY_DIM, seed=0)
+  fill(small, range(3))
+  used = ReplayBuffer(2, 40, OBS_DIM, ACTION_DIM, CARRY_DIM, seed=0)
+  fill(used, range(500, 512))
+  used.load_state_dict(small.state_dict())
+  assert_same_contents(small, used)
+
+
+@pytest.mark.parametrize("shape", [
+    dict(num_tasks=4, capacity=60, obs_dim=OBS_DIM, action_dim=ACTION_DIM, carry_dim=CARRY_DIM),
+    dict(num_tasks=3, capacity=90, obs_dim=OBS_DIM, action_dim=ACTION_DIM, carry_dim=CARRY_DIM),
+    dict(num_tasks=3, capacity=60, obs_dim=OBS_DIM + 1, action_dim=ACTION_DIM, carry_dim=CARRY_DIM),
+    dict(num_tasks=3, capacity=60, obs_dim=OBS_DIM, action_dim=ACTION_DIM, carry_dim=0),
+])
+def test_load_state_dict_rejects_mismatched_shape(shape):
+  source = ReplayBuffer(3, 60, OBS_DIM, ACTION_DIM, CARRY_DIM, seed=0)
+  fill(source, range(5))
+  with pytest.raises(ValueError, match="load_state_dict"):
+    ReplayBuffer(seed=0, **shape).load_state_dict(source.state_dict())
+
+
+def test_load_state_dict_rejects_corrupt_array():
+  source = ReplayBuffer(3, 60, OBS_DIM, ACTION_DIM, CARRY_DIM, seed=0)
+  fill(source, range(5))
+  state = dict(source.state_dict())
+  state["reward"] = state["reward"][:, :4]
+  with pytest.raises(ValueError, match="reward"):
+    ReplayBuffer(3, 60, OBS_DIM, ACTION_DIM, CARRY_DIM, seed=0).load_state_dict(state)
+
+
+@pytest.mark.parametrize("carry_dim", [CARRY_DIM, 0])
+def test_bytes_needed_matches_allocation(carry_dim):
+  buffer = ReplayBuffer(3, 100, OBS_DIM, ACTION_DIM, carry_dim, seed=0)  # 33 per task
+  assert ReplayBuffer.bytes_needed(3, 100, OBS_DIM, ACTION_DIM, carry_dim) == buffer.nbytes
+  assert buffer.nbytes == sum(a.nbytes for a in buffer._storage.values())
+  assert buffer.nbytes == 3 * 33 * (2 * OBS_DIM + ACTION_DIM + 2 + 4 * carry_dim) * 4
+
+
+def test_memory_check_names_a_capacity_that_fits():
+  args = (10, 5_000_000, 39, 4, 64)
+  needed = ReplayBuffer.bytes_needed(*args)
+  assert needed == 10 * 500_000 * 340 * 4  # the paper-default 6.8 GB buffer
+  assert check_fits_in_memory(*args, available_bytes=2 * needed) == needed
+  with pytest.raises(MemoryError) as info:
+    check_fits_in_memory(*args, available_bytes=needed)  # fits, but not with the 20% headroom
+  message = str(info.value)
+  assert "\n" not in message and str(needed) in message and str(needed) + " B" in message
+  largest = int(message.split("largest capacity that fits: ")[1].split()[0])
+  assert 0 < largest < 5_000_000 and largest % 10 == 0
+  assert check_fits_in_memory(10, largest, 39, 4, 64, available_bytes=needed) <= 0.8 * needed
+  with pytest.raises(MemoryError):
+    check_fits_in_memory(10, largest + 10, 39, 4, 64, available_bytes=needed)
+
+
+def test_memory_check_reads_the_os():
+  assert check_fits_in_memory(2, 10, OBS_DIM, ACTION_DIM, CARRY_DIM) == \
+      ReplayBuffer.bytes_needed(2, 10, OBS_DIM, ACTION_DIM, CARRY_DIM)
+
+
+def test_format_bytes():
+  assert format_bytes(512) == "512 B"
+  assert format_bytes(1.23 * 1024**3) == "1.23 GiB"
+  assert format_bytes(6_800_000_000) == "6.33 GiB"
+
+
+def test_bad_arguments():
+  with pytest.raises(ValueError, match="capacity"):
+    ReplayBuffer(5, 4, OBS_DIM, ACTION_DIM, CARRY_DIM, seed=0)
+  buffer = ReplayBuffer(2, 20, OBS_DIM, ACTION_DIM, CARRY_DIM, seed=0)
+  with pytest.raises(ValueError, match="empty"):
+    buffer.sample(4)
+  fill(buffer, range(2))
+  for bad in (0, -3, 2.5):
+    with pytest.raises(ValueError, match="batch_per_task"):
+      buffer.sample(bad)
+  step = make_step(2, 9)
+  step["action"] = step["action"][:, :2]
+  with pytest.raises(ValueError, match="action"):
+    buffer.add(**step)
+  step = make_step(3, 9)  # wrong number of tasks
+  with pytest.raises(ValueError, match="obs"):
+    buffer.add(**step)
+  assert buffer.size_per_task == 2  # failed adds leave the buffer untouched
