@@ -7,6 +7,8 @@ one-line ValueError so a launch fails before anything is built.
 import dataclasses
 from typing import Any
 
+from cmta_jax.envs import EnvConfig, validate_seed
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,3 +85,107 @@ class SACConfig:
 
 def config_to_dict(config: Any) -> dict:
   return dataclasses.asdict(config)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Schedule, replay, evaluation, logging and checkpoints (SPEC §4-§5)."""
+
+  seed: int = 0
+  total_steps: int = 2_400_000  # vector steps (= environment steps per task)
+  warmup_steps: int = 1_500  # uniform random actions, no updates
+  batch_per_task: int = 128
+  replay_capacity: int = 5_000_000  # transitions over all tasks
+  eval_every: int = 3_000
+  eval_episodes: int = 1  # per task
+  log_every: int = 500
+  checkpoint_every: int = 30_000  # a multiple of the episode length (resume is at episode starts)
+  keep_checkpoints: int = 3
+
+  def validate(self, episode_length: int) -> None:
+    for name in ("total_steps", "batch_per_task", "replay_capacity", "eval_every",
+                 "eval_episodes", "log_every", "checkpoint_every", "keep_checkpoints"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+      raise ValueError(f"warmup_steps must be a non-negative integer, got {self.warmup_steps!r}")
+    if self.checkpoint_every % episode_length:
+      raise ValueError(
+          f"checkpoint_every ({self.checkpoint_every}) must be a multiple of the episode length "
+          f"({episode_length}): runs resume at episode starts")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  agent: str = "cmta"
+  env: EnvConfig = EnvConfig()
+  network: NetworkConfig = NetworkConfig()
+  sac: SACConfig = SACConfig()
+  train: TrainConfig = TrainConfig()
+
+  def validate(self) -> None:
+    from cmta_jax.agents import registry  # Local: registry imports this module.
+    registry.check_agent(self.agent)
+    self.env.validate()
+    validate_seed(self.train.seed)
+    self.network.validate()
+    self.sac.validate()
+    self.train.validate(self.env.episode_length)
+
+
+def _paper(benchmark: str, mode: str) -> RunConfig:
+  return RunConfig(
+      env=EnvConfig(benchmark=benchmark, mode=mode),
+      # The paper used 1 evaluation episode per task; Mixed needs more (SPEC §5).
+      train=TrainConfig(eval_episodes=1 if mode == "fixed" else 10))
+
+
+PRESETS: dict[str, RunConfig] = {
+    "paper_mt10_fixed": _paper("MT10", "fixed"),
+    "paper_mt10_mixed": _paper("MT10", "mixed"),
+    "paper_mt50_fixed": _paper("MT50", "fixed"),
+    "paper_mt50_mixed": _paper("MT50", "mixed"),
+    # About ten minutes on 2 CPU cores: narrower nets and batch, a short budget.
+    "quickstart": RunConfig(
+        env=EnvConfig(benchmark="MT10", mode="fixed"),
+        network=NetworkConfig(hidden_width=256),
+        train=TrainConfig(total_steps=6_000, batch_per_task=64, replay_capacity=100_000,
+                          eval_every=1_500, log_every=300, checkpoint_every=1_500)),
+}
+
+
+def replace_path(config: Any, path: str, value: Any) -> Any:
+  """Returns `config` with the dotted field `path` (e.g. 'train.seed') set to `value`."""
+  head, _, rest = path.partition(".")
+  if not rest:
+    return dataclasses.replace(config, **{head: value})
+  return dataclasses.replace(config, **{head: replace_path(getattr(config, head), rest, value)})
+
+
+def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+  """{'train.seed': 0, ...} for every leaf field."""
+  out = {}
+  for field in dataclasses.fields(config):
+    value = getattr(config, field.name)
+    name = f"{prefix}{field.name}"
+    if dataclasses.is_dataclass(value):
+      out.update(flatten(value, name + "."))
+    else:
+      out[name] = list(value) if isinstance(value, tuple) else value
+  return out
+
+
+def from_flat(flat: dict[str, Any]) -> RunConfig:
+  config = RunConfig()
+  for path, value in flat.items():
+    if isinstance(getattr_path(config, path), tuple):
+      value = tuple(value)
+    config = replace_path(config, path, value)
+  return config
+
+
+def getattr_path(config: Any, path: str) -> Any:
+  for part in path.split("."):
+    config = getattr(config, part)
+  return config

@@ -22,3 +22,18 @@ def make_agent_networks(agent: str, config: NetworkConfig, task_names: Sequence[
                        num_tasks, layout)
   return AgentNetworks(encoder=encoder, actor=actor, critic=critic, num_tasks=num_tasks,
                        obs_dim=obs_dim, action_dim=action_dim)
+
+
+def check_agent(agent: str) -> None:
+  if agent not in AGENTS:
+    raise ValueError(f"unknown agent {agent!r}; choose one of {', '.join(AGENTS)}")
+
+
+AGENT_HELP = {
+    "cmta": "CMTA: task encoder + contrastive experts mixed by LSTM temporal attention",
+}
+
+
+def agent_defaults(run_config, explicit: set[str]):
+  """Per-agent defaults that differ from the shared ones (none that override explicit flags)."""
+  return run_config

@@ -1,0 +1,348 @@
+"""The training driver: a host-side Meta-World rollout loop around the jitted learner.
+
+Per vector step: one jitted action selection for all tasks (which also
+advances the LSTM carries), one jitted update dispatched asynchronously, one
+environment step on the host while the update runs, one replay insert.
+Randomness is derived from (seed, step) with `fold_in`, so a resumed run
+draws exactly what the uninterrupted run would have.
+"""
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cmta_jax import analysis, config as config_lib
+from cmta_jax.agents import registry, sac
+from cmta_jax.envs import MultiTaskEnv, make_variations, task_names
+from cmta_jax.replay import ReplayBuffer, check_fits_in_memory, format_bytes
+from cmta_jax.training.checkpointing import Checkpointer
+from cmta_jax.training.evaluation import evaluate
+from cmta_jax.training.metrics_log import MetricsLog
+
+CONFIG_FILE = "config.json"
+SUMMARY_FILE = "summary.json"
+DIVERGENCE_THRESHOLD = 1e8
+# Fields that may change when a run is resumed: extending a run is normal.
+RESUMABLE_CHANGES = ("train.total_steps",)
+
+
+class TrainingDiverged(RuntimeError):
+  pass
+
+
+class ConfigMismatch(ValueError):
+  pass
+
+
+def _config_diff(saved: dict, current: dict) -> list[str]:
+  diffs = []
+  for key in sorted(set(saved) | set(current)):
+    if key in RESUMABLE_CHANGES:
+      continue
+    if saved.get(key, "<missing>") != current.get(key, "<missing>"):
+      diffs.append(f"{key}: saved {saved.get(key, '<missing>')!r} != now {current.get(key, '<missing>')!r}")
+  return diffs
+
+
+def prepare_run_dir(run_config: config_lib.RunConfig, run_dir: str, allow_config_change: bool) -> None:
+  """Creates run_dir and saves the config; refuses a run dir holding a different config."""
+  os.makedirs(run_dir, exist_ok=True)
+  path = os.path.join(run_dir, CONFIG_FILE)
+  current = config_lib.flatten(run_config)
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    diffs = _config_diff(saved, current)
+    if diffs and not allow_config_change:
+      raise ConfigMismatch(f"{run_dir} holds a run with a different config ({'; '.join(diffs)}); "
+                           "use another --run_dir or pass --allow_config_change")
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(current, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+class _EpisodeStats:
+  """Host-side per-task success/return of training episodes finished since the last log."""
+
+  def __init__(self, num_tasks: int):
+    self.num_tasks = num_tasks
+    self.running_success = np.zeros(num_tasks, np.float32)
+    self.running_return = np.zeros(num_tasks, np.float64)
+    self.finished_success: list[list[float]] = []
+    self.finished_return: list[list[float]] = []
+
+  def add_step(self, success, raw_reward, episode_end: bool) -> None:
+    self.running_success = np.maximum(self.running_success, success)
+    self.running_return += raw_reward
+    if episode_end:
+      self.finished_success.append(self.running_success.tolist())
+      self.finished_return.append(self.running_return.tolist())
+      self.running_success = np.zeros(self.num_tasks, np.float32)
+      self.running_return = np.zeros(self.num_tasks, np.float64)
+
+  def pop(self) -> dict | None:
+    if not self.finished_success:
+      return None
+    out = {"success": np.mean(self.finished_success, axis=0),
+           "return": np.mean(self.finished_return, axis=0), "episodes": len(self.finished_success)}
+    self.finished_success, self.finished_return = [], []
+    return out
+
+  def state(self) -> dict:
+    # Checkpoints are at episode starts, so the running sums are zero then.
+    return {"finished_success": self.finished_success, "finished_return": self.finished_return}
+
+  def load(self, state: dict) -> None:
+    self.finished_success = state["finished_success"]
+    self.finished_return = state["finished_return"]
+
+
+def _per_task(names, values) -> dict:
+  return {name: float(v) for name, v in zip(names, np.asarray(values))}
+
+
+def success_table(names, success, returns) -> str:
+  width = max(len(n) for n in names)
+  lines = [f"{'task':<{width}}  success  return"]
+  for name, s, r in zip(names, success, returns):
+    lines.append(f"{name:<{width}}  {s:7.2f}  {r:8.1f}")
+  lines.append(f"{'mean':<{width}}  {np.mean(success):7.2f}  {np.mean(returns):8.1f}")
+  return "\n".join(lines)
+
+
+def make_train_step(networks, sac_config):
+  """update + metric accumulation + divergence flag, as one jitted call; state donated."""
+  update = sac.make_update_fn(networks, sac_config)
+
+  def train_step(state, totals, batch, base_key, step):
+    key = jax.random.fold_in(jax.random.fold_in(base_key, 1), step)
+    state, metrics = update(state, batch, key)
+    critic_loss = metrics["critic_loss"]
+    bad = jnp.any(~jnp.isfinite(critic_loss)) | jnp.any(critic_loss > DIVERGENCE_THRESHOLD)
+    for value in metrics.values():
+      bad = bad | jnp.any(~jnp.isfinite(value))
+    totals = {
+        "sums": jax.tree.map(jnp.add, totals["sums"], metrics),
+        "count": totals["count"] + 1,
+        "diverged": totals["diverged"] | bad,
+    }
+    return state, totals
+
+  return jax.jit(train_step, donate_argnums=(0, 1))
+
+
+def empty_totals(networks, sac_config, state, batch_shape_example):
+  metrics_shape = jax.eval_shape(
+      sac.make_update_fn(networks, sac_config), state, batch_shape_example, jax.random.PRNGKey(0))[1]
+  return {"sums": jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metrics_shape),
+          "count": jnp.zeros((), jnp.int32), "diverged": jnp.zeros((), bool)}
+
+
+def make_act(networks):
+  """Action selection for the rollout: warm-up actions are uniform, but carries still advance."""
+  select_action = sac.make_select_action_fn(networks)
+
+  def act(params, obs, task_ids, carry, base_key, step, mode: str):
+    key = jax.random.fold_in(jax.random.fold_in(base_key, 0), step)
+    actions, carry_out = select_action(params, obs, task_ids, carry, key, deterministic=(mode == "eval"))
+    if mode == "random":
+      actions = jax.random.uniform(key, actions.shape, minval=-1.0, maxval=1.0)
+    return actions, carry_out
+
+  return jax.jit(act, static_argnames=("mode",))
+
+
+def train(run_config: config_lib.RunConfig, run_dir: str, allow_config_change: bool = False,
+          log: Callable[[str], None] = print) -> dict:
+  """Trains (or resumes) the run in `run_dir`; returns the summary it also writes to summary.json."""
+  run_config.validate()
+  cfg_env, cfg_train = run_config.env, run_config.train
+  if cfg_train.total_steps % cfg_env.episode_length:
+    raise ValueError(f"total_steps ({cfg_train.total_steps}) must be a multiple of the episode length "
+                     f"({cfg_env.episode_length}): runs end, checkpoint and resume at episode starts")
+  if cfg_train.eval_every > cfg_train.total_steps:
+    log(f"note: eval_every ({cfg_train.eval_every}) > total_steps ({cfg_train.total_steps}): "
+        "evaluation runs only at the start and the end")
+  names = task_names(cfg_env.benchmark)
+  networks = registry.make_agent_networks(run_config.agent, run_config.network, names)
+  num_tasks, carry_dim = len(names), networks.encoder.carry_dim
+  needed = check_fits_in_memory(num_tasks, cfg_train.replay_capacity, networks.obs_dim,
+                                networks.action_dim, carry_dim)
+  log(f"replay buffer: {cfg_train.replay_capacity} transitions need {format_bytes(needed)}")
+  prepare_run_dir(run_config, run_dir, allow_config_change)
+  log("config:\n" + json.dumps(config_lib.flatten(run_config), indent=1, sort_keys=True))
+
+  base_key = jax.random.PRNGKey(cfg_train.seed)
+  state = sac.init_training_state(jax.random.fold_in(base_key, 2), networks, run_config.sac)
+  buffer = ReplayBuffer(num_tasks, cfg_train.replay_capacity, networks.obs_dim, networks.action_dim,
+                        carry_dim, seed=cfg_train.seed)
+  example_batch = _batch_spec(num_tasks, cfg_train.batch_per_task, networks)
+  totals = empty_totals(networks, run_config.sac, state, example_batch)
+  checkpointer = Checkpointer(run_dir, cfg_train.keep_checkpoints)
+  restored = checkpointer.restore_latest({"train_state": state, "totals": totals}, log)
+
+  variations = make_variations(cfg_env.benchmark, cfg_train.seed)
+  env = MultiTaskEnv(cfg_env, cfg_train.seed, "train", variations=variations)
+  eval_env = MultiTaskEnv(dataclasses.replace(cfg_env, reward_normalization=False), cfg_train.seed,
+                          "eval", variations=variations)
+  stats = _EpisodeStats(num_tasks)
+  if restored is None:
+    step = 0
+    obs, eval_obs = env.reset(), eval_env.reset()
+    log_file = MetricsLog(run_dir, resume_step=None)
+  else:
+    step, saved_state, replay_state, meta = restored
+    state, totals = saved_state["train_state"], saved_state["totals"]
+    buffer.load_state_dict(replay_state)
+    obs, eval_obs = env.restore(meta["env"]), eval_env.restore(meta["eval_env"])
+    stats.load(meta["episode_stats"])
+    log_file = MetricsLog(run_dir, resume_step=step)
+    log(f"resumed {run_dir} from the checkpoint at step {step}")
+
+  task_ids = jnp.arange(num_tasks, dtype=jnp.int32)
+  carry = sac.initial_carry(networks, num_tasks)  # checkpoints are at episode starts
+  act = make_act(networks)
+  train_step = make_train_step(networks, run_config.sac)
+  eval_history = [r for r in _read_eval_history(run_dir)]
+  start_step, start_time = step, time.perf_counter()
+  last_success = eval_history[-1]["mean_success"] if eval_history else float("nan")
+
+  def run_eval():
+    nonlocal eval_obs, last_success
+    result, eval_obs = evaluate(eval_env, eval_obs, act, sac.policy_params(state), task_ids,
+                                networks, cfg_train.eval_episodes, base_key, step)
+    record = {"step": step, "kind": "eval", "mean_success": float(np.mean(result["success"])),
+              "mean_return": float(np.mean(result["return"])),
+              "success": _per_task(names, result["success"]),
+              "return": _per_task(names, result["return"]), "episodes": cfg_train.eval_episodes}
+    log_file.write(record)
+    eval_history.append(record)
+    last_success = record["mean_success"]
+    return result
+
+  def check_divergence():
+    if bool(totals["diverged"]):
+      sums, count = jax.device_get(totals["sums"]), max(int(totals["count"]), 1)
+      raise TrainingDiverged(
+          f"training diverged before step {step}: mean critic loss {np.mean(sums['critic_loss']) / count:.3g} "
+          f"(non-finite or above {DIVERGENCE_THRESHOLD:g}); stopped, last good checkpoint kept in "
+          f"{checkpointer.directory} (steps {checkpointer.steps()})")
+
+  def write_train_log():
+    nonlocal totals
+    check_divergence()
+    sums, count = jax.device_get((totals["sums"], totals["count"]))
+    record = {"step": step, "kind": "train", "updates": int(count)}
+    if count:
+      means = {k: np.asarray(v) / count for k, v in sums.items()}
+      for name in ("critic_loss", "actor_loss", "alpha_loss", "contrastive_loss", "entropy",
+                   "q_mean", "attention_entropy"):
+        if name in means:
+          record[name] = float(np.mean(means[name]))
+      record["alpha"] = _per_task(names, means["alpha"])
+    episodes = stats.pop()
+    if episodes is not None:
+      record["train_success"] = float(np.mean(episodes["success"]))
+      record["train_return"] = float(np.mean(episodes["return"]))
+      record["train_success_per_task"] = _per_task(names, episodes["success"])
+    elapsed = time.perf_counter() - start_time
+    rate = (step - start_step) / max(elapsed, 1e-9)
+    record["time/steps_per_sec"] = rate
+    record["time/elapsed_sec"] = elapsed
+    log_file.write(record)
+    totals = jax.tree.map(jnp.zeros_like, totals)
+    eta = (cfg_train.total_steps - step) / rate if rate > 0 else float("nan")
+    log(f"step {step}/{cfg_train.total_steps} | {rate:.1f} steps/s | ETA {_hms(eta)} | "
+        f"critic {record.get('critic_loss', float('nan')):.3g} | "
+        f"contrastive {record.get('contrastive_loss', float('nan')):.3g} | "
+        f"train success {record.get('train_success', float('nan')):.2f} | "
+        f"last eval success {last_success:.2f}")
+
+  def save_checkpoint():
+    check_divergence()
+    meta = {"step": step, "env": env.get_state(), "eval_env": eval_env.get_state(),
+            "episode_stats": stats.state()}
+    checkpointer.save(step, {"train_state": state, "totals": totals}, buffer.state_dict(),
+                      json.loads(json.dumps(meta, default=_json_default)))
+
+  try:
+    if step == 0:
+      run_eval()
+    while step < cfg_train.total_steps:
+      mode = "random" if step < cfg_train.warmup_steps else "explore"
+      actions, carry_out = act(sac.policy_params(state), obs, task_ids, carry, base_key, step, mode=mode)
+      actions = np.asarray(actions)
+      if step >= cfg_train.warmup_steps:
+        # Dispatched asynchronously: the environment steps while the update runs.
+        state, totals = train_step(state, totals, buffer.sample(cfg_train.batch_per_task),
+                                   base_key, step)
+      result = env.step(actions)
+      carry_out_host = jax.device_get(carry_out)
+      buffer.add(obs, actions, result.reward, result.next_obs, result.terminated,
+                 jax.device_get(carry), carry_out_host)
+      stats.add_step(result.success, result.raw_reward, result.episode_start)
+      carry = sac.initial_carry(networks, num_tasks) if result.episode_start else carry_out
+      obs = result.obs
+      step += 1
+      if step % cfg_train.log_every == 0 or step == cfg_train.total_steps:
+        write_train_log()
+      if step % cfg_train.eval_every == 0 or step == cfg_train.total_steps:
+        run_eval()
+      if step % cfg_train.checkpoint_every == 0 or step == cfg_train.total_steps:
+        save_checkpoint()
+  finally:
+    log_file.close()
+    checkpointer.close()
+    env.close()
+    eval_env.close()
+
+  final = eval_history[-1]
+  curve = [r["mean_success"] for r in eval_history]
+  summary = {"agent": run_config.agent, "benchmark": cfg_env.benchmark, "mode": cfg_env.mode,
+             "seed": cfg_train.seed, "steps": step, "eval_steps": [r["step"] for r in eval_history],
+             "mean_success_curve": curve, **analysis.summarize_curve(curve),
+             "final_success_per_task": final["success"], "final_return_per_task": final["return"]}
+  with open(os.path.join(run_dir, SUMMARY_FILE), "w") as f:
+    json.dump(summary, f, indent=2)
+  log("final evaluation (deterministic policy, "
+      f"{cfg_train.eval_episodes} episode(s) per task) at step {final['step']}:\n" +
+      success_table(names, list(final["success"].values()), list(final["return"].values())))
+  log(f"mean success: final {summary['final']:.3f} | max {summary['max']:.3f} | "
+      f"max smoothed {summary['max_smoothed']:.3f} | run dir {run_dir}")
+  return summary
+
+
+def _batch_spec(num_tasks, batch_per_task, networks):
+  def spec(*shape):
+    return jax.ShapeDtypeStruct((num_tasks, batch_per_task, *shape), jnp.float32)
+  carry = sac.LSTMCarry(spec(networks.encoder.carry_dim), spec(networks.encoder.carry_dim))
+  return sac.Transition(obs=spec(networks.obs_dim), action=spec(networks.action_dim), reward=spec(),
+                        next_obs=spec(networks.obs_dim), terminated=spec(), carry_in=carry,
+                        carry_out=carry)
+
+
+def _read_eval_history(run_dir):
+  from cmta_jax.training.metrics_log import read_records
+  return [r for r in read_records(run_dir) if r["kind"] == "eval"]
+
+
+def _json_default(value: Any):
+  if isinstance(value, np.ndarray):
+    return value.tolist()
+  if isinstance(value, np.generic):
+    return value.item()
+  raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def _hms(seconds: float) -> str:
+  if not np.isfinite(seconds):
+    return "?"
+  seconds = int(seconds)
+  return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"

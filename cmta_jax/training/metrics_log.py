@@ -1,0 +1,78 @@
+"""Where a run's numbers go: an append-only JSONL file, TensorBoard and the console.
+
+The JSONL file is the source of truth (one record per log or eval step,
+flushed as written). On resume from step s, records after s are dropped, so
+the file never holds a duplicate or a missing step. TensorBoard event files
+are written with tensorboardX, which purges events after the resume step.
+"""
+
+import json
+import math
+import os
+from typing import Any
+
+import numpy as np
+from tensorboardX import SummaryWriter
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def _to_json(value: Any) -> Any:
+  if isinstance(value, dict):
+    return {k: _to_json(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_to_json(v) for v in value]
+  if isinstance(value, np.ndarray):
+    return _to_json(value.tolist())
+  if isinstance(value, (np.floating, float)):
+    value = float(value)
+    return value if math.isfinite(value) else str(value)
+  if isinstance(value, np.integer):
+    return int(value)
+  return value
+
+
+def read_records(run_dir: str) -> list[dict]:
+  path = os.path.join(run_dir, METRICS_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+class MetricsLog:
+
+  def __init__(self, run_dir: str, resume_step: int | None):
+    """resume_step: the checkpoint step being resumed (records after it are dropped), or None."""
+    self.path = os.path.join(run_dir, METRICS_FILE)
+    kept = [r for r in read_records(run_dir) if resume_step is not None and r["step"] <= resume_step]
+    tmp = self.path + ".tmp"
+    with open(tmp, "w") as f:
+      for record in kept:
+        f.write(json.dumps(record) + "\n")
+    os.replace(tmp, self.path)  # Atomic: a crash here leaves either the old or the new file.
+    self._file = open(self.path, "a")
+    self._tensorboard = SummaryWriter(
+        os.path.join(run_dir, "tensorboard"),
+        purge_step=None if resume_step is None else resume_step + 1)
+
+  def write(self, record: dict) -> None:
+    record = _to_json(record)
+    self._file.write(json.dumps(record) + "\n")
+    self._file.flush()
+    os.fsync(self._file.fileno())
+    step, kind = record["step"], record["kind"]
+    for name, value in record.items():
+      if name in ("step", "kind"):
+        continue
+      if isinstance(value, (int, float)) and not isinstance(value, bool):
+        self._tensorboard.add_scalar(f"{kind}/{name}", value, step)
+      elif isinstance(value, dict):  # per-task values
+        for task, v in value.items():
+          if isinstance(v, (int, float)):
+            self._tensorboard.add_scalar(f"{kind}/{name}/{task}", v, step)
+    self._tensorboard.flush()
+
+  def close(self) -> None:
+    self._file.close()
+    self._tensorboard.close()
