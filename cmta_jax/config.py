@@ -126,7 +126,7 @@ class RunConfig:
 
   def validate(self) -> None:
     from cmta_jax.agents import registry  # Local: registry imports this module.
-    registry.check_agent(self.agent)
+    registry.check_agent_config(self)
     self.env.validate()
     validate_seed(self.train.seed)
     self.network.validate()

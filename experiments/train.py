@@ -95,7 +95,8 @@ def main(argv):
         "runs", f"{run_config.agent}_{run_config.env.benchmark}_{run_config.env.mode}"
         f"_seed{run_config.train.seed}")
     loop.train(run_config, run_dir, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
-  except (ValueError, MemoryError, NoUsableCheckpoint, loop.TrainingDiverged) as error:
+  except (ValueError, FileNotFoundError, MemoryError, NoUsableCheckpoint,
+          loop.TrainingDiverged) as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(1)
 

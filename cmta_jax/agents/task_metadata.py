@@ -15,7 +15,7 @@ import numpy as np
 
 EMBEDDINGS_PACKAGE = "cmta_jax.data"
 EMBEDDINGS_FILE = "task_embeddings.json"
-REGENERATE_CMD = "/tmp/care_venv/bin/python experiments/make_task_embeddings.py"
+REGENERATE_CMD = "python experiments/make_task_embeddings.py"
 
 
 def embeddings_path() -> pathlib.Path:

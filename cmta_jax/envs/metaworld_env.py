@@ -20,6 +20,7 @@ the true final observation (`next_obs`) and reset all sub-envs ourselves.
 
 import dataclasses
 import functools
+import multiprocessing
 from typing import Any, NamedTuple, Sequence
 
 import gymnasium as gym
@@ -41,7 +42,8 @@ MAX_EPISODE_LENGTH = 500  # SawyerXYZEnv.max_path_length: it refuses to step fur
 MAX_SEED = 2**32 - 1  # metaworld seeds numpy's legacy global RNG with the run seed.
 
 # Sub-processes of the async vector env are started from a clean server
-# process, not forked from the (multithreaded, JAX-using) trainer.
+# process, not forked from the (multithreaded, JAX-using) trainer. Like
+# "spawn", this re-imports the main module: scripts need a __main__ guard.
 ASYNC_START_METHOD = "forkserver"
 
 _ROLE_IDS = {"train": 0, "eval": 1}
@@ -127,6 +129,8 @@ def episode_variation_indices(
   share it. mixed: depends on (seed, role, task, episode).
   Returns int32 [num_tasks] in 0..NUM_VARIATIONS-1.
   """
+  seed = validate_seed(seed)
+  _validate_role(role)
   if mode == "fixed":
     keys = [[seed, _FIXED_STREAM, task] for task in range(num_tasks)]
   elif mode == "mixed":
@@ -299,6 +303,11 @@ class MultiTaskEnv:
     if config.vector_strategy == "sync":
       self._vector_env = gym.vector.SyncVectorEnv(thunks, autoreset_mode=autoreset)
     else:
+      # Workers fork from the server; preloading this module (metaworld, mujoco)
+      # there saves importing it in every worker. No effect once the server runs.
+      context = multiprocessing.get_context(ASYNC_START_METHOD)
+      if ASYNC_START_METHOD == "forkserver":
+        context.set_forkserver_preload([__name__])
       self._vector_env = gym.vector.AsyncVectorEnv(
           thunks, context=ASYNC_START_METHOD, autoreset_mode=autoreset
       )
