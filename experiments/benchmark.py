@@ -1,0 +1,149 @@
+"""Speed of the learner: the SAC update and action selection, against this machine's matmul peak.
+
+  python experiments/benchmark.py                      # CMTA at the paper's MT10 and MT50 settings
+  python experiments/benchmark.py --agents=all         # + every agent at the MT10 setting
+
+For each function: ms per call (median of --calls timed calls after warm-up),
+the FLOPs per call that XLA reports for the compiled function, and achieved
+GFLOP/s. The peak is a 2048x2048x2048 float32 matmul (median of 20) in the
+same process. The last line is one JSON object with every figure.
+"""
+
+import json
+import platform
+import time
+
+from absl import app, flags
+
+_AGENTS = flags.DEFINE_list("agents", ["cmta"], "Agents to time at the MT10 setting ('all' = every agent).")
+_CALLS = flags.DEFINE_integer("calls", 50, "Timed calls per function (after warm-up).")
+_WIDTH = flags.DEFINE_integer("hidden_width", 512, "Actor/critic width.")
+_BATCH = flags.DEFINE_integer("batch_per_task", 128, "Batch per task.")
+_SKIP_MT50 = flags.DEFINE_bool("skip_mt50", False, "Skip the MT50 (T=50) setting.")
+
+
+def _median_seconds(fn, calls: int) -> float:
+  import numpy as np
+  times = []
+  for _ in range(calls):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))
+
+
+def matmul_peak_gflops(size: int = 2048, calls: int = 20) -> float:
+  import jax
+  import jax.numpy as jnp
+  a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
+  b = jax.random.normal(jax.random.PRNGKey(1), (size, size), jnp.float32)
+  matmul = jax.jit(jnp.matmul)
+  matmul(a, b).block_until_ready()
+  seconds = _median_seconds(lambda: matmul(a, b).block_until_ready(), calls)
+  return 2.0 * size ** 3 / seconds / 1e9
+
+
+def _flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  if isinstance(cost, list):  # older jax returned one dict per device
+    cost = cost[0]
+  return float(cost["flops"])
+
+
+def time_agent(agent: str, benchmark: str, calls: int, width: int, batch_per_task: int) -> dict:
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from cmta_jax.agents import registry, sac
+  from cmta_jax.config import NetworkConfig, SACConfig
+  from cmta_jax.envs import task_names
+  from cmta_jax.types import LSTMCarry, Transition
+
+  names = task_names(benchmark)
+  num_tasks = len(names)
+  networks = registry.make_agent_networks(agent, NetworkConfig(hidden_width=width), names)
+  sac_config = SACConfig(contrastive_weight=2500.0 if agent == "cmta" else 0.0)
+  state = sac.init_training_state(jax.random.PRNGKey(0), networks, sac_config)
+  rng = np.random.default_rng(0)
+
+  def normal(*shape):
+    return jnp.asarray(rng.normal(size=shape), jnp.float32)
+
+  hidden = networks.encoder.carry_dim
+  t, b = num_tasks, batch_per_task
+  batch = Transition(
+      obs=normal(t, b, 39), action=jnp.asarray(rng.uniform(-1, 1, (t, b, 4)), jnp.float32),
+      reward=normal(t, b), next_obs=normal(t, b, 39), terminated=jnp.zeros((t, b), jnp.float32),
+      carry_in=LSTMCarry(normal(t, b, hidden), normal(t, b, hidden)),
+      carry_out=LSTMCarry(normal(t, b, hidden), normal(t, b, hidden)))
+  update = jax.jit(sac.make_update_fn(networks, sac_config), donate_argnums=0)
+  update_flops = _flops(update.lower(state, batch, jax.random.PRNGKey(0)).compile())
+  keys = iter(jax.random.split(jax.random.PRNGKey(1), 10 * calls + 10))
+  holder = {"state": state}
+
+  def one_update():
+    holder["state"], metrics = update(holder["state"], batch, next(keys))
+    jax.block_until_ready((holder["state"], metrics))
+
+  for _ in range(3):
+    one_update()
+  update_seconds = _median_seconds(one_update, calls)
+
+  select = jax.jit(sac.make_select_action_fn(networks), static_argnames="deterministic")
+  params = sac.policy_params(holder["state"])
+  obs, task_ids = normal(t, 39), jnp.arange(t, dtype=jnp.int32)
+  carry = LSTMCarry(normal(t, hidden), normal(t, hidden))
+  select_flops = _flops(select.lower(params, obs, task_ids, carry, jax.random.PRNGKey(0)).compile())
+
+  def one_select():
+    # Includes the device->host copy of the actions, as in the rollout loop.
+    actions, carry_out = select(params, obs, task_ids, carry, next(keys))
+    np.asarray(actions)
+    jax.block_until_ready(carry_out)
+
+  for _ in range(3):
+    one_select()
+  select_seconds = _median_seconds(one_select, calls)
+  return {
+      "agent": agent, "benchmark": benchmark, "num_tasks": t, "batch_per_task": b, "width": width,
+      "update_ms": update_seconds * 1e3, "update_gflop": update_flops / 1e9,
+      "update_gflops_per_sec": update_flops / update_seconds / 1e9,
+      "select_ms": select_seconds * 1e3, "select_mflop": select_flops / 1e6,
+      "select_gflops_per_sec": select_flops / select_seconds / 1e9,
+  }
+
+
+def main(argv):
+  del argv
+  import jax
+  from cmta_jax.agents import registry
+  agents = list(registry.AGENTS) if _AGENTS.value == ["all"] else _AGENTS.value
+  for agent in agents:
+    registry.check_agent(agent)
+  peak = matmul_peak_gflops()
+  print(f"machine: {platform.processor() or platform.machine()}, {jax.device_count()} x "
+        f"{jax.devices()[0].platform}, jax {jax.__version__}")
+  print(f"dense float32 matmul peak (2048^3, median of 20): {peak:.1f} GFLOP/s")
+  settings = [("cmta", "MT10")] + ([] if _SKIP_MT50.value else [("cmta", "MT50")])
+  settings += [(agent, "MT10") for agent in agents if agent != "cmta"]
+  if "cmta" not in agents:
+    settings = [s for s in settings if s[0] != "cmta"] + [("cmta", "MT10")]
+  rows = []
+  header = (f"{'agent':<11} {'bench':<5} {'update ms':>10} {'GFLOP':>8} {'GFLOP/s':>8} {'of peak':>7} "
+            f"{'select ms':>10} {'MFLOP':>8}")
+  print(header)
+  for agent, benchmark in settings:
+    row = time_agent(agent, benchmark, _CALLS.value, _WIDTH.value, _BATCH.value)
+    row["update_fraction_of_peak"] = row["update_gflops_per_sec"] / peak
+    rows.append(row)
+    print(f"{agent:<11} {benchmark:<5} {row['update_ms']:10.1f} {row['update_gflop']:8.2f} "
+          f"{row['update_gflops_per_sec']:8.1f} {row['update_fraction_of_peak']:7.2f} "
+          f"{row['select_ms']:10.2f} {row['select_mflop']:8.2f}", flush=True)
+  mt10 = next(r for r in rows if r["agent"] == "cmta" and r["benchmark"] == "MT10")
+  print(json.dumps({"matmul_peak_gflops_per_sec": peak,
+                    "update_fraction_of_matmul_peak": mt10["update_fraction_of_peak"],
+                    "results": rows}))
+
+
+if __name__ == "__main__":
+  app.run(main)
