@@ -22,8 +22,12 @@ from cmta_jax.envs import metaworld_env  # noqa: E402
 
 _BENCHMARKS = flags.DEFINE_list("benchmarks", ["MT10", "MT50"], "Benchmarks to measure.")
 _STRATEGIES = flags.DEFINE_list("strategies", ["sync", "async"], "Vector strategies to measure.")
-_STEPS = flags.DEFINE_integer("steps", 600, "Vector steps timed per combination (after one warm-up episode).")
-_EPISODE_LENGTH = flags.DEFINE_integer("episode_length", 150, "Episode length (resets are part of stepping).")
+_STEPS = flags.DEFINE_integer(
+    "steps", 600, "Vector steps timed per combination (after one warm-up episode)."
+)
+_EPISODE_LENGTH = flags.DEFINE_integer(
+    "episode_length", 150, "Episode length (resets are part of stepping)."
+)
 _MODE = flags.DEFINE_enum("mode", "fixed", list(metaworld_env.MODES), "Variation mode.")
 _SEED = flags.DEFINE_integer("seed", 0, "Run seed.")
 
@@ -49,10 +53,13 @@ def _measure(
     for _ in range(_EPISODE_LENGTH.value):  # Warm-up episode (workers, caches).
       env.step(rng.uniform(-1.0, 1.0, (num_tasks, 4)))
     actions = rng.uniform(-1.0, 1.0, (num_steps, num_tasks, 4)).astype(np.float32)
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     for action in actions:
       env.step(action)
     step_s = time.perf_counter() - start
+    # CPU time of this process only: for "sync" it is all the stepping work, so
+    # its rate is a load-independent figure on a shared machine.
+    step_cpu_s = time.process_time() - start_cpu
   finally:
     env.close()
   return {
@@ -63,6 +70,7 @@ def _measure(
       "reset_s": round(reset_s, 3),
       "vector_steps_per_s": round(num_steps / step_s, 1),
       "transitions_per_s": round(num_steps * num_tasks / step_s, 1),
+      "transitions_per_main_cpu_s": round(num_steps * num_tasks / step_cpu_s, 1),
   }
 
 
@@ -87,14 +95,14 @@ def main(argv: list[str]) -> None:
 
   header = (
       f"{'bench':6} {'strategy':8} {'T':>3} {'variations_s':>12} {'build_s':>8} "
-      f"{'reset_s':>8} {'vec_steps/s':>11} {'transitions/s':>13}"
+      f"{'reset_s':>8} {'vec_steps/s':>11} {'transitions/s':>13} {'trans/main_cpu_s':>16}"
   )
   print(header)
   for r in rows:
     print(
         f"{r['benchmark']:6} {r['strategy']:8} {r['num_tasks']:>3} {r['variations_s']:>12.2f} "
         f"{r['build_s']:>8.2f} {r['reset_s']:>8.3f} {r['vector_steps_per_s']:>11.1f} "
-        f"{r['transitions_per_s']:>13.1f}"
+        f"{r['transitions_per_s']:>13.1f} {r['transitions_per_main_cpu_s']:>16.1f}"
     )
   summary = {
       "episode_length": _EPISODE_LENGTH.value,

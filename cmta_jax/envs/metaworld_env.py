@@ -71,8 +71,7 @@ class EnvConfig:
 
   def validate(self) -> None:
     """Raises ValueError (one line) on the first bad field."""
-    if self.benchmark not in BENCHMARKS:
-      raise ValueError(f"unknown benchmark {self.benchmark!r}; choose one of {_choices(BENCHMARKS)}")
+    _validate_benchmark(self.benchmark)
     if self.mode not in MODES:
       raise ValueError(f"unknown mode {self.mode!r}; choose one of {_choices(MODES)}")
     if self.vector_strategy not in VECTOR_STRATEGIES:
@@ -354,7 +353,8 @@ class MultiTaskEnv:
       raise RuntimeError("call reset() or restore() before step()")
     actions = np.asarray(actions, dtype=np.float32)
     if actions.shape != (self.num_tasks, ACTION_DIM):
-      raise ValueError(f"actions must have shape ({self.num_tasks}, {ACTION_DIM}), got {actions.shape}")
+      expected = (self.num_tasks, ACTION_DIM)
+      raise ValueError(f"actions must have shape {expected}, got {actions.shape}")
     if not np.all(np.isfinite(actions)):
       raise ValueError("actions must be finite")
     next_obs, reward, terminated, truncated, info = self._vector_env.step(actions)
@@ -412,7 +412,9 @@ class MultiTaskEnv:
   def restore(self, state: dict[str, Any]) -> np.ndarray:
     """Resumes the stream at the episode saved by `get_state`; returns the obs to act on."""
     if state.get("format") != _STATE_FORMAT:
-      raise ValueError(f"unknown env state format {state.get('format')!r}, expected {_STATE_FORMAT}")
+      raise ValueError(
+          f"unknown env state format {state.get('format')!r}, expected {_STATE_FORMAT}"
+      )
     expected = {
         "benchmark": self.config.benchmark,
         "mode": self.config.mode,
@@ -434,7 +436,9 @@ class MultiTaskEnv:
     self._episode_index = int(episode_index)
     obs = self._start_episode()
     if self._variation_indices.tolist() != list(state["variation_indices"]):
-      raise ValueError("variation choice differs from the saved one (was the variation rule changed?)")
+      raise ValueError(
+          "variation choice differs from the saved one (was the variation rule changed?)"
+      )
     return obs
 
   def close(self) -> None:

@@ -66,15 +66,19 @@ class RewardNormalizer:
     """Restores `state_dict()` output; the task count and rate must match."""
     if int(state["num_tasks"]) != self.num_tasks:
       raise ValueError(
-          f"reward normaliser state is for {state['num_tasks']} tasks, this one has {self.num_tasks}"
+          f"reward normaliser state is for {state['num_tasks']} tasks, "
+          f"this one has {self.num_tasks}"
       )
     if float(state["rate"]) != self.rate:
-      raise ValueError(f"reward normaliser state has rate {state['rate']}, this one has {self.rate}")
+      raise ValueError(
+          f"reward normaliser state has rate {state['rate']}, this one has {self.rate}"
+      )
     mean = np.array(state["mean"], dtype=np.float64)
     var = np.array(state["var"], dtype=np.float64)
     if mean.shape != (self.num_tasks,) or var.shape != (self.num_tasks,):
       raise ValueError(
-          f"reward normaliser state has shapes {mean.shape}/{var.shape}, expected ({self.num_tasks},)"
+          f"reward normaliser state has shapes {mean.shape}/{var.shape}, "
+          f"expected ({self.num_tasks},)"
       )
     self.mean, self.var = mean, var
 

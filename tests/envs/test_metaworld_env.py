@@ -32,7 +32,8 @@ def _config(**overrides) -> EnvConfig:
 
 
 def _actions(num_steps: int, num_tasks: int, seed: int = 123) -> np.ndarray:
-  return np.random.default_rng(seed).uniform(-1.0, 1.0, (num_steps, num_tasks, 4)).astype(np.float32)
+  rng = np.random.default_rng(seed)
+  return rng.uniform(-1.0, 1.0, (num_steps, num_tasks, 4)).astype(np.float32)
 
 
 def _rollout(env: MultiTaskEnv, actions: np.ndarray) -> tuple[np.ndarray, list[StepResult]]:
@@ -45,7 +46,9 @@ def _assert_same_results(a: list[StepResult], b: list[StepResult]) -> None:
   assert len(a) == len(b)
   for step, (x, y) in enumerate(zip(a, b)):
     for field in StepResult._fields:
-      np.testing.assert_array_equal(getattr(x, field), getattr(y, field), err_msg=f"{field} @ {step}")
+      np.testing.assert_array_equal(
+          getattr(x, field), getattr(y, field), err_msg=f"{field} @ step {step}"
+      )
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +188,8 @@ def test_eval_reports_raw_rewards_train_normalises(fixed_train, fixed_eval):
 def test_fixed_variations_differ_across_seeds(fixed_train, fixed_train_other_seed):
   by_seed = [tuple(episode_variation_indices(s, "fixed", "train", 10, 0)) for s in range(5)]
   assert len(set(by_seed)) == 5
-  assert not np.array_equal(fixed_train.variation_indices(), fixed_train_other_seed.variation_indices())
+  other = fixed_train_other_seed.variation_indices()
+  assert not np.array_equal(fixed_train.variation_indices(), other)
 
 
 def test_mixed_mode_changes_variation_and_is_reproducible(mixed_train):
@@ -202,11 +206,14 @@ def test_mixed_mode_changes_variation_and_is_reproducible(mixed_train):
     runs.append(np.stack(seen))
   np.testing.assert_array_equal(runs[0], runs[1])
   for episode, indices in enumerate(runs[0]):
-    np.testing.assert_array_equal(indices, episode_variation_indices(SEED, "mixed", "train", 10, episode))
+    expected = episode_variation_indices(SEED, "mixed", "train", 10, episode)
+    np.testing.assert_array_equal(indices, expected)
   # Every task sees more than one variation over 4 episodes (50 choices each).
   assert all(len(set(runs[0][:, task])) > 1 for task in range(10))
   # The eval stream of the same seed is a different sequence.
-  eval_stream = np.stack([episode_variation_indices(SEED, "mixed", "eval", 10, e) for e in range(4)])
+  eval_stream = np.stack(
+      [episode_variation_indices(SEED, "mixed", "eval", 10, episode) for episode in range(4)]
+  )
   assert not np.array_equal(eval_stream, runs[0])
 
 
@@ -258,7 +265,13 @@ def test_get_state_only_at_episode_start(fixed_train):
 
 @pytest.mark.parametrize(
     "change",
-    [{"seed": SEED + 1}, {"role": "eval"}, {"mode": "mixed"}, {"episode_length": 11}, {"format": 99}],
+    [
+        {"seed": SEED + 1},
+        {"role": "eval"},
+        {"mode": "mixed"},
+        {"episode_length": 11},
+        {"format": 99},
+    ],
     ids=lambda c: next(iter(c)),
 )
 def test_restore_rejects_other_runs_state(fixed_train, change):
