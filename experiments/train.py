@@ -85,20 +85,27 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   # Orbax reports every file it writes at INFO; keep the console for progress.
   logging.set_verbosity(logging.WARNING)
-  # Imported here so that --help answers without loading JAX and Meta-World.
-  from cmta_jax.training import loop
-  from cmta_jax.training.checkpointing import NoUsableCheckpoint
   try:
     run_config = resolve_config()
     run_config.validate()
+  except ValueError as error:
+    _fail(error)
+  # Imported only now, so that --help and bad flags answer without loading the driver.
+  from cmta_jax.training import loop
+  from cmta_jax.training.checkpointing import NoUsableCheckpoint
+  try:
     run_dir = _RUN_DIR.value or os.path.join(
         "runs", f"{run_config.agent}_{run_config.env.benchmark}_{run_config.env.mode}"
         f"_seed{run_config.train.seed}")
     loop.train(run_config, run_dir, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
   except (ValueError, FileNotFoundError, MemoryError, NoUsableCheckpoint,
           loop.TrainingDiverged) as error:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(1)
+    _fail(error)
+
+
+def _fail(error: Exception) -> None:
+  print(f"error: {error}", file=sys.stderr)
+  sys.exit(1)
 
 
 if __name__ == "__main__":

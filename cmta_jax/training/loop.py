@@ -216,6 +216,7 @@ def train(run_config: config_lib.RunConfig, run_dir: str, allow_config_change: b
 
   def run_eval():
     nonlocal eval_obs, last_success
+    check_divergence()
     result, eval_obs = evaluate(eval_env, eval_obs, act, sac.policy_params(state), task_ids,
                                 networks, cfg_train.eval_episodes, base_key, step)
     record = {"step": step, "kind": "eval", "mean_success": float(np.mean(result["success"])),
@@ -227,13 +228,20 @@ def train(run_config: config_lib.RunConfig, run_dir: str, allow_config_change: b
     last_success = record["mean_success"]
     return result
 
-  def check_divergence():
-    if bool(totals["diverged"]):
+  def check_divergence(actions=None):
+    # The loss flag alone misses an update whose loss was finite but whose step was not:
+    # its NaN (or overflowing) parameters would surface as a ValueError from the env.
+    params_finite = bool(_all_finite(state))
+    actions_finite = actions is None or bool(np.all(np.isfinite(actions)))
+    reasons = [reason for reason, bad in (
+        (f"a loss non-finite or critic loss above {DIVERGENCE_THRESHOLD:g}", bool(totals["diverged"])),
+        ("non-finite parameters", not params_finite), ("non-finite actions", not actions_finite)) if bad]
+    if reasons:
       sums, count = jax.device_get(totals["sums"]), max(int(totals["count"]), 1)
       raise TrainingDiverged(
-          f"training diverged before step {step}: mean critic loss {np.mean(sums['critic_loss']) / count:.3g} "
-          f"(non-finite or above {DIVERGENCE_THRESHOLD:g}); stopped, last good checkpoint kept in "
-          f"{checkpointer.directory} (steps {checkpointer.steps()})")
+          f"training diverged before step {step} ({', '.join(reasons)}; mean critic loss since the "
+          f"last log {np.mean(sums['critic_loss']) / count:.3g}); stopped, last good checkpoint "
+          f"kept in {checkpointer.directory} (steps {checkpointer.steps()})")
 
   def write_train_log():
     nonlocal totals
@@ -279,6 +287,8 @@ def train(run_config: config_lib.RunConfig, run_dir: str, allow_config_change: b
       mode = "random" if step < cfg_train.warmup_steps else "explore"
       actions, carry_out = act(sac.policy_params(state), obs, task_ids, carry, base_key, step, mode=mode)
       actions = np.asarray(actions)
+      if not np.all(np.isfinite(actions)):
+        check_divergence(actions)
       if step >= cfg_train.warmup_steps:
         # Dispatched asynchronously: the environment steps while the update runs.
         state, totals = train_step(state, totals, buffer.sample(cfg_train.batch_per_task),
@@ -317,6 +327,13 @@ def train(run_config: config_lib.RunConfig, run_dir: str, allow_config_change: b
   log(f"mean success: final {summary['final']:.3f} | max {summary['max']:.3f} | "
       f"max smoothed {summary['max_smoothed']:.3f} | run dir {run_dir}")
   return summary
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)
+            if jnp.issubdtype(leaf.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
 def _batch_spec(num_tasks, batch_per_task, networks):

@@ -37,7 +37,14 @@ def read_records(run_dir: str) -> list[dict]:
   if not os.path.exists(path):
     return []
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    lines = [line for line in f if line.strip()]
+  records = [json.loads(line) for line in lines[:-1]]
+  if lines:
+    try:
+      records.append(json.loads(lines[-1]))
+    except json.JSONDecodeError:
+      pass  # A write cut short by a crash: that step is past the last checkpoint anyway.
+  return records
 
 
 class MetricsLog:
@@ -54,7 +61,8 @@ class MetricsLog:
     self._file = open(self.path, "a")
     self._tensorboard = SummaryWriter(
         os.path.join(run_dir, "tensorboard"),
-        purge_step=None if resume_step is None else resume_step + 1)
+        # A fresh start purges events of an earlier attempt that died before its first checkpoint.
+        purge_step=0 if resume_step is None else resume_step + 1)
 
   def write(self, record: dict) -> None:
     record = _to_json(record)

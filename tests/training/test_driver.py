@@ -1,0 +1,495 @@
+"""End-to-end tests of the training driver (loop.train and experiments/train.py) on tiny MT10 runs.
+
+The uninterrupted baseline run (fixture `baseline_run`) is shared: resumed, corrupted and
+reconfigured runs are compared against it or start from a copy of it. Everything fits in a
+few minutes on 2 CPU cores.
+"""
+
+import functools
+import glob
+import json
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import time
+
+import jax
+from jax.experimental.compilation_cache import compilation_cache
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from tensorboardX.proto import event_pb2
+
+from cmta_jax import config as config_lib
+from cmta_jax.envs import metaworld_env, task_names
+from cmta_jax.training import loop, metrics_log
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TRAIN_SCRIPT = os.path.join(REPO, "experiments", "train.py")
+
+# Every number small: 20-step episodes, narrow nets, tiny batches. The intervals
+# divide TOTAL_STEPS / 2 so that a half run ends on a log, eval and checkpoint step
+# (a run's last step always logs, evaluates and checkpoints).
+EPISODE_LENGTH = 20
+TOTAL_STEPS = 160
+SMALL = {
+    "benchmark": "MT10", "mode": "fixed", "episode_length": EPISODE_LENGTH,
+    "hidden_width": 32, "batch_per_task": 8, "replay_capacity": 10_000, "warmup_steps": 40,
+    "total_steps": TOTAL_STEPS, "log_every": 40, "eval_every": 80, "checkpoint_every": 40,
+    "keep_checkpoints": 10, "seed": 0,
+}
+MT10 = task_names("MT10")
+CLI_TIMEOUT = 240  # seconds; generous because the machine may be shared
+_FIELD_PATHS = {path.split(".")[-1]: path for path in config_lib.flatten(config_lib.RunConfig())}
+
+
+def make_config(**overrides) -> config_lib.RunConfig:
+  """RunConfig from the defaults plus SMALL plus `overrides`, keyed by leaf field name."""
+  run_config = config_lib.RunConfig()
+  for name, value in {**SMALL, **overrides}.items():
+    run_config = config_lib.replace_path(run_config, _FIELD_PATHS[name], value)
+  return run_config
+
+
+def cli_args(run_dir: str, **overrides) -> list[str]:
+  """The train.py command line of make_config(**overrides)."""
+  args = [sys.executable, TRAIN_SCRIPT, f"--run_dir={run_dir}"]
+  for name, value in {**SMALL, **overrides}.items():
+    args.append(f"--{name}={value}")
+  return args
+
+
+def subprocess_env(cache_dir: str) -> dict:
+  env = dict(os.environ)
+  # Subprocesses share the session's compilation cache (compiling is most of a short run).
+  env.update(JAX_COMPILATION_CACHE_DIR=cache_dir, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PLATFORMS="cpu")
+  return env
+
+
+def read_records(run_dir: str) -> list[dict]:
+  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def checkpoint_steps(run_dir: str) -> list[int]:
+  directory = os.path.join(run_dir, "checkpoints")
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+
+
+def restore_checkpoint(run_dir: str, step: int) -> dict:
+  """Every item of a checkpoint as numpy trees (no abstract target needed)."""
+  manager = ocp.CheckpointManager(os.path.join(os.path.abspath(run_dir), "checkpoints"))
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(), replay=ocp.args.StandardRestore(),
+        meta=ocp.args.JsonRestore()))
+    return {"state": jax.device_get(restored["state"]), "replay": dict(restored["replay"]),
+            "meta": restored["meta"]}
+  finally:
+    manager.close()
+
+
+def assert_trees_equal(left, right) -> None:
+  left_leaves, left_def = jax.tree.flatten(left)
+  right_leaves, right_def = jax.tree.flatten(right)
+  assert left_def == right_def
+  for index, (a, b) in enumerate(zip(left_leaves, right_leaves)):
+    assert np.array_equal(np.asarray(a), np.asarray(b)), f"leaf {index} differs"
+
+
+def without_time(records: list[dict]) -> list[dict]:
+  return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in records]
+
+
+class LogCapture:
+
+  def __init__(self):
+    self.lines: list[str] = []
+
+  def __call__(self, message: str) -> None:
+    self.lines.append(message)
+
+  @property
+  def text(self) -> str:
+    return "\n".join(self.lines)
+
+
+@pytest.fixture(scope="module")
+def compilation_cache_dir(tmp_path_factory):
+  # Every train() call builds fresh jitted closures; the persistent cache turns their
+  # recompilation (identical HLO) into a disk read, also across subprocesses.
+  # JAX_COMPILATION_CACHE_DIR, if set, keeps the cache across sessions.
+  path = jax.config.jax_compilation_cache_dir or str(tmp_path_factory.mktemp("jax_cache"))
+  previous = (jax.config.jax_compilation_cache_dir,
+              jax.config.jax_persistent_cache_min_compile_time_secs)
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  compilation_cache.reset_cache()  # JAX decides whether to use the cache only once
+  yield path
+  jax.config.update("jax_compilation_cache_dir", previous[0])
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", previous[1])
+  compilation_cache.reset_cache()
+
+
+@pytest.fixture(autouse=True)
+def _fast_driver(compilation_cache_dir, monkeypatch):
+  # Generating the 50 variations per task is most of MT10's construction time; they are
+  # a frozen pure function of (benchmark, seed), so in-process runs share them.
+  monkeypatch.setattr(loop, "make_variations", _cached_variations)
+
+
+@functools.cache
+def _cached_variations(benchmark: str, seed: int) -> metaworld_env.Variations:
+  return metaworld_env.make_variations(benchmark, seed)
+
+
+@pytest.fixture(scope="module")
+def baseline_run(tmp_path_factory, compilation_cache_dir):
+  """An uninterrupted TOTAL_STEPS run: (run_dir, config, log, summary). Do not modify it."""
+  run_dir = str(tmp_path_factory.mktemp("baseline") / "run")
+  run_config = make_config()
+  log = LogCapture()
+  with pytest.MonkeyPatch.context() as monkeypatch:
+    monkeypatch.setattr(loop, "make_variations", _cached_variations)
+    summary = loop.train(run_config, run_dir, log=log)
+  return run_dir, run_config, log, summary
+
+
+def _copy_run(run_dir: str, tmp_path) -> str:
+  copy = str(tmp_path / "run")
+  shutil.copytree(run_dir, copy)
+  return copy
+
+
+def _garble(checkpoint_dir: str) -> None:
+  """Overwrites every file of the checkpoint's `state` item with junk of half its size."""
+  files = [p for p in glob.glob(os.path.join(checkpoint_dir, "state", "**"), recursive=True)
+           if os.path.isfile(p)]
+  assert files
+  for path in files:
+    size = os.path.getsize(path)
+    with open(path, "wb") as f:
+      f.write(b"\x5a" * max(size // 2, 1))
+
+
+def _tensorboard_scalars(run_dir: str) -> dict[str, list[int]]:
+  """{tag: [steps]} of every scalar in the run's event files (TFRecord framing, no TensorBoard)."""
+  scalars = {}
+  paths = glob.glob(os.path.join(run_dir, "tensorboard", "events.out.tfevents.*"))
+  assert paths
+  for path in paths:
+    with open(path, "rb") as f:
+      data = f.read()
+    offset = 0
+    while offset < len(data):
+      (length,) = struct.unpack("<Q", data[offset:offset + 8])
+      event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+      offset += 12 + length + 4  # length, its CRC, the record, its CRC
+      for value in event.summary.value:
+        scalars.setdefault(value.tag, []).append(event.step)
+  return scalars
+
+
+def _assert_unique_records(records: list[dict], expected: set) -> None:
+  keys = [(r["step"], r["kind"]) for r in records]
+  assert len(keys) == len(set(keys)), f"duplicate records: {keys}"
+  assert set(keys) == expected
+
+
+def _expected_keys(total_steps: int, log_every: int, eval_every: int) -> set:
+  train = {(s, "train") for s in range(log_every, total_steps + 1, log_every)} | {
+      (total_steps, "train")}
+  evals = {(s, "eval") for s in range(0, total_steps + 1, eval_every)} | {(total_steps, "eval")}
+  return train | evals
+
+
+# ---------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_end_to_end_run_writes_metrics_tensorboard_summary_and_checkpoints(baseline_run):
+  run_dir, run_config, log, summary = baseline_run
+  records = read_records(run_dir)
+  _assert_unique_records(records, _expected_keys(TOTAL_STEPS, SMALL["log_every"],
+                                                 SMALL["eval_every"]))
+
+  evals = [r for r in records if r["kind"] == "eval"]
+  assert [r["step"] for r in evals] == [0, 80, 160]
+  for record in evals:
+    assert list(record["success"]) == list(MT10)
+    assert all(v in (0.0, 1.0) for v in record["success"].values())  # 1 episode per task
+    assert record["mean_success"] == pytest.approx(np.mean(list(record["success"].values())))
+    assert list(record["return"]) == list(MT10)
+
+  trains = [r for r in records if r["kind"] == "train"]
+  assert trains[0]["updates"] == 0  # step 40 = end of the warm-up: no update yet
+  for record in trains[1:]:
+    assert record["updates"] == SMALL["log_every"]
+    for key in ("critic_loss", "actor_loss", "alpha_loss", "contrastive_loss",
+                "attention_entropy"):
+      assert np.isfinite(record[key]), key
+    assert list(record["alpha"]) == list(MT10)
+    assert all(v > 0 for v in record["alpha"].values())
+    assert "time/steps_per_sec" in record
+  # Two 20-step episodes finish in every 40-step log window.
+  assert all(list(r["train_success_per_task"]) == list(MT10) for r in trains)
+
+  scalars = _tensorboard_scalars(run_dir)
+  assert sorted(scalars["eval/mean_success"]) == [0, 80, 160]
+  assert sorted(scalars["train/critic_loss"]) == [80, 120, 160]
+  assert sorted(scalars["train/alpha/reach-v3"]) == [80, 120, 160]
+
+  assert os.path.exists(os.path.join(run_dir, "summary.json"))
+  assert summary["steps"] == TOTAL_STEPS
+  assert summary["eval_steps"] == [0, 80, 160]
+  assert list(summary["final_success_per_task"]) == list(MT10)
+  assert "mean success: final" in log.text
+
+  assert checkpoint_steps(run_dir) == [40, 80, 120, 160]
+  last = restore_checkpoint(run_dir, 160)
+  assert last["meta"]["step"] == 160
+  assert int(last["replay"]["size"]) == TOTAL_STEPS
+
+
+# ---------------------------------------------------------------- exact resume
+
+
+@pytest.mark.slow
+def test_resumed_run_is_bit_identical_to_uninterrupted(baseline_run, tmp_path):
+  baseline_dir, _, _, baseline_summary = baseline_run
+  run_dir = str(tmp_path / "run")
+  half = loop.train(make_config(total_steps=TOTAL_STEPS // 2), run_dir, log=LogCapture())
+  assert half["steps"] == TOTAL_STEPS // 2
+  log = LogCapture()
+  # Raising total_steps is the one config change a resume accepts without a flag.
+  summary = loop.train(make_config(), run_dir, log=log)
+  assert f"from the checkpoint at step {TOTAL_STEPS // 2}" in log.text
+
+  for step in (120, 160):
+    resumed, uninterrupted = restore_checkpoint(run_dir, step), restore_checkpoint(baseline_dir, step)
+    assert_trees_equal(resumed["state"], uninterrupted["state"])
+    assert_trees_equal(resumed["replay"], uninterrupted["replay"])
+    assert resumed["meta"] == uninterrupted["meta"]
+  assert without_time(read_records(run_dir)) == without_time(read_records(baseline_dir))
+  assert summary == baseline_summary
+
+
+# ---------------------------------------------------------------- SIGKILL
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_restart_completes(tmp_path, compilation_cache_dir):
+  run_dir = str(tmp_path / "run")
+  # A checkpoint every episode; eval_every > total_steps: evaluation only at the start and end.
+  total_steps = 100
+  args = cli_args(run_dir, checkpoint_every=EPISODE_LENGTH, eval_every=10_000,
+                  total_steps=total_steps)
+  env = subprocess_env(compilation_cache_dir)
+  output_path = tmp_path / "first_output.txt"
+  with open(output_path, "w") as output:  # a file, not a pipe nobody drains while polling
+    first = subprocess.Popen(args, env=env, stdout=output, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + CLI_TIMEOUT
+    while len(checkpoint_steps(run_dir)) < 2:
+      assert first.poll() is None, "the run ended before it was killed:\n" + output_path.read_text()
+      assert time.monotonic() < deadline, "no second checkpoint in time"
+      time.sleep(0.05)
+    first.kill()  # SIGKILL
+    first.wait()
+  first_output = output_path.read_text()
+  assert first.returncode == -9
+  assert "note: eval_every (10000) > total_steps (100)" in first_output
+  killed_at = checkpoint_steps(run_dir)[-1]
+  assert killed_at < total_steps
+
+  second = subprocess.run(args, env=env, capture_output=True, text=True, timeout=CLI_TIMEOUT)
+  assert second.returncode == 0, second.stderr[-3000:]
+  resumed_from = int(re.search(r"from the checkpoint at step (\d+)", second.stdout).group(1))
+  assert killed_at <= resumed_from < total_steps  # a save cut short may only lose the newest
+  assert checkpoint_steps(run_dir)[-1] == total_steps
+  _assert_unique_records(read_records(run_dir),
+                         _expected_keys(total_steps, SMALL["log_every"], eval_every=total_steps))
+
+
+# ---------------------------------------------------------------- corrupt checkpoints
+
+
+@pytest.mark.slow
+def test_corrupt_newest_checkpoint_falls_back_to_previous(baseline_run, tmp_path):
+  baseline_dir = baseline_run[0]
+  run_dir = _copy_run(baseline_dir, tmp_path)
+  newest = os.path.join(run_dir, "checkpoints", str(TOTAL_STEPS))
+  _garble(newest)
+  log = LogCapture()
+  summary = loop.train(make_config(), run_dir, log=log)
+  warning = next(line for line in log.lines if line.startswith("WARNING"))
+  assert newest in warning and "unreadable" in warning and "falling back to step 120" in warning
+  assert "from the checkpoint at step 120" in log.text
+  assert summary["steps"] == TOTAL_STEPS
+  # Resumed exactly from step 120, the run ends where the baseline did.
+  assert_trees_equal(restore_checkpoint(run_dir, TOTAL_STEPS)["state"],
+                     restore_checkpoint(baseline_dir, TOTAL_STEPS)["state"])
+  assert without_time(read_records(run_dir)) == without_time(read_records(baseline_dir))
+
+
+@pytest.fixture(scope="module")
+def cli_failures(baseline_run, tmp_path_factory, compilation_cache_dir):
+  """Launches every command that must fail fast at once (2 cores); {name: (run_dir, result)}."""
+  root = tmp_path_factory.mktemp("cli_failures")
+  cases = {
+      "unknown_benchmark": {"benchmark": "MT20"},
+      "unknown_mode": {"mode": "hybrid"},
+      "zero_total_steps": {"total_steps": 0},
+      "negative_total_steps": {"total_steps": -20},
+      "zero_batch": {"batch_per_task": 0},
+      "zero_experts": {"num_experts": 0},
+      "zero_episode_length": {"episode_length": 0},
+      "long_episode": {"episode_length": 501},
+      "negative_seed": {"seed": -1},
+      "misaligned_checkpoints": {"checkpoint_every": EPISODE_LENGTH + 5},
+      "absurd_replay": {"replay_capacity": 10**12},
+      "config_mismatch": {"seed": 1, "hidden_width": 64},
+      "only_checkpoint_corrupt": {},
+  }
+  run_dirs = {name: str(root / name) for name in cases}
+  # A run dir holding another run's config; and one whose only checkpoint is garbled.
+  os.makedirs(run_dirs["config_mismatch"])
+  shutil.copy(os.path.join(baseline_run[0], "config.json"), run_dirs["config_mismatch"])
+  shutil.copytree(baseline_run[0], run_dirs["only_checkpoint_corrupt"])
+  for step in checkpoint_steps(run_dirs["only_checkpoint_corrupt"])[:-1]:
+    shutil.rmtree(os.path.join(run_dirs["only_checkpoint_corrupt"], "checkpoints", str(step)))
+  _garble(os.path.join(run_dirs["only_checkpoint_corrupt"], "checkpoints", str(TOTAL_STEPS)))
+
+  env = subprocess_env(compilation_cache_dir)
+  started = {name: (time.monotonic(), subprocess.Popen(
+      cli_args(run_dirs[name], **overrides), env=env, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True)) for name, overrides in cases.items()}
+  results = {}
+  for name, (start, process) in started.items():
+    stdout, stderr = process.communicate(timeout=CLI_TIMEOUT)
+    results[name] = (run_dirs[name], process.returncode, stdout, stderr)
+  return results
+
+
+def _assert_one_line_error(result, pattern: str, before_config: bool = True) -> str:
+  run_dir, returncode, stdout, stderr = result
+  assert returncode != 0
+  lines = stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+  assert re.search(pattern, lines[0]), lines[0]
+  if before_config:
+    # Nothing gets as far as the environments: those are built after "config:" is printed.
+    assert "config:" not in stdout
+  return lines[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,pattern", [
+    ("unknown_benchmark", r"unknown benchmark 'MT20'"),
+    ("unknown_mode", r"unknown mode 'hybrid'"),
+    ("zero_total_steps", r"total_steps must be a positive integer, got 0"),
+    ("negative_total_steps", r"total_steps must be a positive integer, got -20"),
+    ("zero_batch", r"batch_per_task must be a positive integer, got 0"),
+    ("zero_experts", r"num_experts must be a positive integer, got 0"),
+    ("zero_episode_length", r"episode_length must be an int in 1\.\.500, got 0"),
+    ("long_episode", r"episode_length must be an int in 1\.\.500, got 501"),
+    ("negative_seed", r"seed must be in 0\.\.\d+, got -1"),
+    ("misaligned_checkpoints", r"checkpoint_every \(25\) must be a multiple of the episode length"),
+])
+def test_bad_flags_fail_with_one_line_before_building_anything(cli_failures, name, pattern):
+  _assert_one_line_error(cli_failures[name], pattern)
+  assert not os.path.exists(cli_failures[name][0])  # not even the run dir
+
+
+@pytest.mark.slow
+def test_absurd_replay_capacity_names_one_that_fits(cli_failures):
+  line = _assert_one_line_error(cli_failures["absurd_replay"], r"replay buffer needs")
+  fits = int(re.search(r"largest capacity that fits: (\d+)", line).group(1))
+  assert 0 < fits < 10**12 and fits % len(MT10) == 0
+  assert not os.path.exists(cli_failures["absurd_replay"][0])
+
+
+@pytest.mark.slow
+def test_config_mismatch_is_refused_listing_fields(cli_failures):
+  line = _assert_one_line_error(cli_failures["config_mismatch"], r"different config")
+  assert "train.seed: saved 0 != now 1" in line
+  assert "network.hidden_width: saved 32 != now 64" in line
+  assert "--allow_config_change" in line
+
+
+@pytest.mark.slow
+def test_only_checkpoint_corrupt_is_a_one_line_error(cli_failures):
+  run_dir = cli_failures["only_checkpoint_corrupt"][0]
+  newest = os.path.join(run_dir, "checkpoints", str(TOTAL_STEPS))
+  _assert_one_line_error(cli_failures["only_checkpoint_corrupt"],
+                         re.escape(newest) + r" is unreadable .*no older checkpoint",
+                         before_config=False)
+
+
+@pytest.mark.slow
+def test_allow_config_change_forces_resume(baseline_run, tmp_path):
+  run_dir = _copy_run(baseline_run[0], tmp_path)
+  changed = make_config(log_every=80)
+  with pytest.raises(loop.ConfigMismatch, match=r"train.log_every: saved 40 != now 80"):
+    loop.train(changed, run_dir, log=LogCapture())
+  log = LogCapture()
+  summary = loop.train(changed, run_dir, allow_config_change=True, log=log)
+  assert f"from the checkpoint at step {TOTAL_STEPS}" in log.text
+  assert summary["steps"] == TOTAL_STEPS
+  with open(os.path.join(run_dir, "config.json")) as f:
+    assert '"train.log_every": 80' in f.read()
+
+
+# ---------------------------------------------------------------- divergence
+
+
+class _HugeRewardEnv(metaworld_env.MultiTaskEnv):
+  """Rewards of 1e30: the first update's critic loss overflows to inf."""
+
+  def step(self, actions):
+    result = super().step(actions)
+    return result._replace(reward=result.reward * np.float32(1e30))
+
+
+@pytest.mark.slow
+def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+  # Data, not a config number, makes it diverge: the compiled update is the baseline's.
+  monkeypatch.setattr(loop, "MultiTaskEnv", _HugeRewardEnv)
+  run_dir = str(tmp_path / "run")
+  run_config = make_config(reward_normalization=False, checkpoint_every=EPISODE_LENGTH,
+                           total_steps=100)
+  with pytest.raises(loop.TrainingDiverged, match=r"training diverged before step (\d+)") as error:
+    loop.train(run_config, run_dir, log=LogCapture())
+  message = str(error.value)
+  assert "a loss non-finite" in message and "last good checkpoint kept" in message
+  diverged_by = int(re.search(r"before step (\d+)", message).group(1))
+  assert SMALL["warmup_steps"] < diverged_by < 100
+  # The warm-up's checkpoints are kept; none is written after the first (diverging) update.
+  steps = checkpoint_steps(run_dir)
+  assert steps == list(range(EPISODE_LENGTH, SMALL["warmup_steps"] + 1, EPISODE_LENGTH))
+  for leaf in jax.tree.leaves(restore_checkpoint(run_dir, steps[-1])["state"]):
+    leaf = np.asarray(leaf)
+    if np.issubdtype(leaf.dtype, np.floating):
+      assert np.all(np.isfinite(leaf))
+
+
+# ---------------------------------------------------------------- metrics file
+
+
+def test_metrics_log_drops_a_torn_last_line_and_records_after_the_resume_step(tmp_path):
+  run_dir = str(tmp_path)
+  with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
+    for step in (0, 20, 40):
+      f.write(json.dumps({"step": step, "kind": "train"}) + "\n")
+    f.write('{"step": 60, "kind": "tr')  # a crash mid-write
+  assert [r["step"] for r in metrics_log.read_records(run_dir)] == [0, 20, 40]
+  log = metrics_log.MetricsLog(run_dir, resume_step=20)
+  log.write({"step": 40, "kind": "train", "critic_loss": 1.0})
+  log.close()
+  assert [(r["step"], r.get("critic_loss")) for r in read_records(run_dir)] == [
+      (0, None), (20, None), (40, 1.0)]
