@@ -9,6 +9,7 @@ are written with tensorboardX, which purges events after the resume step.
 import json
 import math
 import os
+import shutil
 from typing import Any
 
 import numpy as np
@@ -47,12 +48,26 @@ def read_records(run_dir: str) -> list[dict]:
   return records
 
 
+def _free_name(path: str) -> str:
+  candidate, suffix = path, 0
+  while os.path.exists(candidate):
+    suffix += 1
+    candidate = f"{path}.{suffix}"
+  return candidate
+
+
 class MetricsLog:
 
   def __init__(self, run_dir: str, resume_step: int | None):
     """resume_step: the checkpoint step being resumed (records after it are dropped), or None."""
     self.path = os.path.join(run_dir, METRICS_FILE)
-    kept = [r for r in read_records(run_dir) if resume_step is not None and r["step"] <= resume_step]
+    records = read_records(run_dir)
+    kept = [r for r in records if resume_step is not None and r["step"] <= resume_step]
+    if len(kept) < len(records):
+      # Records past the checkpoint are re-produced identically; keep the old file anyway,
+      # so that a restart from scratch (e.g. after an unreadable only checkpoint) loses nothing.
+      backup = _free_name(self.path + ".replaced")
+      shutil.copyfile(self.path, backup)
     tmp = self.path + ".tmp"
     with open(tmp, "w") as f:
       for record in kept:
