@@ -52,8 +52,9 @@ def check_agent_config(run_config) -> None:
   if run_config.sac.contrastive_weight > 0 and not has_experts(run_config.agent):
     raise ValueError(f"agent {run_config.agent!r} has no experts, so contrastive_weight must be 0 "
                      f"(got {run_config.sac.contrastive_weight})")
-  if not run_config.network.temporal_attention and AGENT_SPECS[run_config.agent].encoder != "mixture":
-    raise ValueError("temporal_attention=False (CMTA w/o TI) only applies to agent 'cmta'")
+  if not run_config.network.temporal_attention and not has_experts(run_config.agent):
+    raise ValueError("temporal_attention=False (CMTA w/o TI) only applies to agents with experts "
+                     "('cmta'; 'care' never has temporal input)")
 
 
 def agent_defaults(run_config, explicit: set[str]):

@@ -88,6 +88,14 @@ def make_task_loss(networks: AgentNetworks, config: SACConfig):
   encoder, actor, critic = networks.encoder, networks.actor, networks.critic
   entropy_target = target_entropy(networks, config)
   use_contrastive = config.contrastive_weight > 0
+  if use_contrastive and networks.encoder.init is not None:
+    probe = jax.eval_shape(lambda key: networks.encoder.apply(
+        networks.encoder.init(key), jnp.zeros((1, networks.obs_dim)), jnp.zeros((), jnp.int32),
+        LSTMCarry(jnp.zeros((1, networks.encoder.carry_dim)), jnp.zeros((1, networks.encoder.carry_dim)))),
+        jax.random.PRNGKey(0))
+    if probe.experts is None:
+      raise ValueError(f"contrastive_weight is {config.contrastive_weight} but this encoder has no "
+                       "experts; use 0")
 
   def task_loss(params, target_params, batch: Transition, task_id, noise_next, noise_now):
     alpha = jnp.exp(params["log_alpha"][task_id])
