@@ -150,7 +150,7 @@ PRESETS: dict[str, RunConfig] = {
     "quickstart": RunConfig(
         env=EnvConfig(benchmark="MT10", mode="fixed"),
         network=NetworkConfig(hidden_width=256),
-        train=TrainConfig(total_steps=6_000, batch_per_task=64, replay_capacity=100_000,
+        train=TrainConfig(total_steps=12_000, batch_per_task=64, replay_capacity=200_000,
                           eval_every=1_500, log_every=300, checkpoint_every=1_500)),
 }
 
