@@ -208,6 +208,7 @@ def train(run_config: config_lib.RunConfig, run_dir: str, allow_config_change: b
 
   task_ids = jnp.arange(num_tasks, dtype=jnp.int32)
   carry = sac.initial_carry(networks, num_tasks)  # checkpoints are at episode starts
+  carry_host = jax.device_get(carry)  # the same carry on the host, for the replay buffer
   act = make_act(networks)
   train_step = make_train_step(networks, run_config.sac)
   eval_history = [r for r in _read_eval_history(run_dir)]
@@ -296,9 +297,13 @@ def train(run_config: config_lib.RunConfig, run_dir: str, allow_config_change: b
       result = env.step(actions)
       carry_out_host = jax.device_get(carry_out)
       buffer.add(obs, actions, result.reward, result.next_obs, result.terminated,
-                 jax.device_get(carry), carry_out_host)
+                 carry_host, carry_out_host)
       stats.add_step(result.success, result.raw_reward, result.episode_start)
-      carry = sac.initial_carry(networks, num_tasks) if result.episode_start else carry_out
+      if result.episode_start:
+        carry = sac.initial_carry(networks, num_tasks)
+        carry_host = jax.device_get(carry)
+      else:
+        carry, carry_host = carry_out, carry_out_host
       obs = result.obs
       step += 1
       if step % cfg_train.log_every == 0 or step == cfg_train.total_steps:
