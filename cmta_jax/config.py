@@ -83,10 +83,6 @@ class SACConfig:
       raise ValueError("adam_b1 and adam_b2 must be in [0, 1)")
 
 
-def config_to_dict(config: Any) -> dict:
-  return dataclasses.asdict(config)
-
-
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
   """Schedule, replay, evaluation, logging and checkpoints (SPEC §4-§5)."""
@@ -174,15 +170,6 @@ def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
     else:
       out[name] = list(value) if isinstance(value, tuple) else value
   return out
-
-
-def from_flat(flat: dict[str, Any]) -> RunConfig:
-  config = RunConfig()
-  for path, value in flat.items():
-    if isinstance(getattr_path(config, path), tuple):
-      value = tuple(value)
-    config = replace_path(config, path, value)
-  return config
 
 
 def getattr_path(config: Any, path: str) -> Any:
