@@ -19,7 +19,7 @@ from cmta_jax.types import LSTMCarry
 def make_state_encoder(obs_dim: int) -> Encoder:
   """features = s_t (no parameters, no recurrence)."""
 
-  def apply(params, obs, task_id, carry_in: LSTMCarry) -> EncoderOutput:
+  def apply(params, obs, task_ids, carry_in: LSTMCarry) -> EncoderOutput:
     return EncoderOutput(features=obs, carry=carry_in, experts=None, attention=None)
 
   return Encoder(init=lambda key: {}, apply=apply, feature_dim=obs_dim, carry_dim=0)
@@ -34,8 +34,8 @@ def make_task_encoder(config: NetworkConfig, num_tasks: int):
     return {"task_embedding": layers.glorot_uniform(k_table, num_tasks, config.task_embedding_dim),
             "task_encoder": layers.mlp_init(k_mlp, sizes)}
 
-  def apply(params, task_id):
-    return layers.mlp_apply(params["task_encoder"], jax.nn.relu(params["task_embedding"][task_id]))
+  def apply(params, task_ids):
+    return layers.mlp_apply(params["task_encoder"], jax.nn.relu(params["task_embedding"][task_ids]))
 
   return init, apply
 
@@ -44,8 +44,9 @@ def make_task_state_encoder(config: NetworkConfig, num_tasks: int, obs_dim: int)
   """MT-SAC+TE: features = [z_task; s_t]."""
   task_init, task_apply = make_task_encoder(config, num_tasks)
 
-  def apply(params, obs, task_id, carry_in: LSTMCarry) -> EncoderOutput:
-    z_task = jnp.broadcast_to(task_apply(params, task_id), (obs.shape[0], config.task_feature_dim))
+  def apply(params, obs, task_ids, carry_in: LSTMCarry) -> EncoderOutput:
+    z_task = task_apply(params, task_ids)[:, None]  # [G, 1, F_task]
+    z_task = jnp.broadcast_to(z_task, (*obs.shape[:2], config.task_feature_dim))
     return EncoderOutput(features=jnp.concatenate([z_task, obs], axis=-1), carry=carry_in,
                          experts=None, attention=None)
 
@@ -83,9 +84,9 @@ def make_soft_modular_encoder(config: NetworkConfig, num_tasks: int, obs_dim: in
           jax.random.split(keys[5], depth - 2))
     return params
 
-  def routing_weights(params, state_embedding, task_id):
-    """[B, depth - 1, modules, modules]; each [.., j, :] is a distribution over input modules."""
-    mix = state_embedding * params["task_embedding"][task_id]
+  def routing_weights(params, state_embedding, row_task_ids):
+    """[N, depth - 1, modules, modules]; each [.., j, :] is a distribution over input modules."""
+    mix = state_embedding * params["task_embedding"][row_task_ids]
     batch = state_embedding.shape[0]
     logits = [layers.dense_apply(params["route_first"], jax.nn.relu(mix))]
     for l in range(depth - 2):
@@ -100,13 +101,16 @@ def make_soft_modular_encoder(config: NetworkConfig, num_tasks: int, obs_dim: in
     w, b = params["modules"]["w"][l], params["modules"]["b"][l]
     return jax.nn.relu(jnp.einsum("mbd,mde->mbe", inputs, w) + b[:, None, :])
 
-  def apply(params, obs, task_id, carry_in: LSTMCarry) -> EncoderOutput:
-    state_embedding = jax.nn.relu(layers.dense_apply(params["state_embedding"], obs))
-    weights = routing_weights(params, state_embedding, task_id)
+  def apply(params, obs, task_ids, carry_in: LSTMCarry) -> EncoderOutput:
+    groups, batch = obs.shape[:2]
+    rows = obs.reshape(groups * batch, obs.shape[-1])
+    row_task_ids = jnp.repeat(task_ids, batch, total_repeat_length=groups * batch)
+    state_embedding = jax.nn.relu(layers.dense_apply(params["state_embedding"], rows))
+    weights = routing_weights(params, state_embedding, row_task_ids)
     hidden = module_layer(params, 0, jnp.broadcast_to(state_embedding, (modules, *state_embedding.shape)))
     for l in range(1, depth):
       hidden = module_layer(params, l, jnp.einsum("bji,ibd->jbd", weights[:, l - 1], hidden))
-    return EncoderOutput(features=hidden.mean(axis=0), carry=carry_in, experts=None,
-                         attention=weights)
+    return EncoderOutput(features=hidden.mean(axis=0).reshape(groups, batch, width), carry=carry_in,
+                         experts=None, attention=weights.reshape(groups, batch, *weights.shape[1:]))
 
   return Encoder(init=init, apply=apply, feature_dim=width, carry_dim=0)

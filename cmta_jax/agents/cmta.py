@@ -51,13 +51,13 @@ def make_mixture_encoder(config: NetworkConfig, num_tasks: int, obs_dim: int,
       params["lstm"] = layers.lstm_init(k_lstm, obs_dim, config.lstm_hidden)
     return params
 
-  def apply(params, obs, task_id, carry_in: LSTMCarry) -> EncoderOutput:
-    batch = obs.shape[0]
-    task_vector = pretrained[task_id] if pretrained is not None else params["task_embedding"][task_id]
-    # One task per call: z_task is computed once and broadcast over the batch.
-    z_task = layers.mlp_apply(params["task_encoder"], jax.nn.relu(task_vector))
-    z_task = jnp.broadcast_to(z_task, (batch, z_task.shape[-1]))
-    experts = layers.stacked_mlp_apply(params["experts"], obs)  # [k, B, d]
+  def apply(params, obs, task_ids, carry_in: LSTMCarry) -> EncoderOutput:
+    groups, batch = obs.shape[:2]
+    table = pretrained if pretrained is not None else params["task_embedding"]
+    # z_task is computed once per group and broadcast over its rows.
+    z_task = layers.mlp_apply(params["task_encoder"], jax.nn.relu(table[task_ids]))  # [G, F_task]
+    z_task = jnp.broadcast_to(z_task[:, None], (groups, batch, z_task.shape[-1]))
+    experts = layers.stacked_mlp_apply(params["experts"], obs)  # [k, G, B, d]
     # The attention must not train the task encoder (reference code detaches it).
     attention_input = jax.lax.stop_gradient(z_task)
     if temporal:
@@ -66,8 +66,8 @@ def make_mixture_encoder(config: NetworkConfig, num_tasks: int, obs_dim: int,
     else:
       carry_out = carry_in
     logits = layers.dense_apply(params["attention"], attention_input)
-    attention = jax.nn.softmax(logits / config.attention_temperature, axis=-1)  # [B, k]
-    z_enc = jnp.einsum("bk,kbd->bd", attention, experts)
+    attention = jax.nn.softmax(logits / config.attention_temperature, axis=-1)  # [G, B, k]
+    z_enc = jnp.einsum("gbk,kgbd->gbd", attention, experts)
     features = jnp.concatenate([z_task, z_enc], axis=-1)
     return EncoderOutput(features=features, carry=carry_out, experts=experts, attention=attention)
 

@@ -6,8 +6,14 @@ written once against these interfaces; CMTA and every baseline only differ in
 which encoder and which head layout (`shared`, `multihead`, `independent`)
 they plug in.
 
-All apply functions see ONE task's slice of the batch: obs [B, obs_dim] and a
-scalar int `task_id`. The update vmaps them over the task axis.
+All apply functions see a task-grouped batch: obs [G, B, obs_dim] and
+task_ids [G] (int32), every row of group g belonging to task task_ids[g]. The
+update passes the whole [T, B_task] batch with task_ids = arange(T); acting
+passes [T, 1]. Shared weights treat the G * B rows as one matrix (one matmul
+per layer); per-task weights are gathered by task_ids and applied as one
+batched op over G. Only the per-task loss terms are vmapped over the task axis
+(`sac.py`): vmapping the networks themselves made XLA transpose every stacked
+activation (BUILD_NOTES, "Update efficiency").
 """
 
 from typing import Any, Callable, NamedTuple
@@ -25,15 +31,15 @@ HEAD_LAYOUTS = ("shared", "multihead", "independent")
 
 
 class EncoderOutput(NamedTuple):
-  features: jax.Array  # [B, feature_dim]: what actor and critic consume
-  carry: LSTMCarry  # carry_out, [B, carry_dim] each (carry_dim 0 without recurrence)
-  experts: jax.Array | None  # [k, B, expert_dim] per-expert outputs (None without experts)
-  attention: jax.Array | None  # [B, k] mixing weights (None without experts)
+  features: jax.Array  # [G, B, feature_dim]: what actor and critic consume
+  carry: LSTMCarry  # carry_out, [G, B, carry_dim] each (carry_dim 0 without recurrence)
+  experts: jax.Array | None  # [k, G, B, expert_dim] per-expert outputs (None without experts)
+  attention: jax.Array | None  # [G, B, ...] mixing/routing weights (None without experts)
 
 
 class Encoder(NamedTuple):
   init: Callable[[jax.Array], Params]
-  # (params, obs [B, obs_dim], task_id [] int32, carry_in [B, carry_dim]) -> EncoderOutput
+  # (params, obs [G, B, obs_dim], task_ids [G] int32, carry_in [G, B, carry_dim]) -> EncoderOutput
   apply: Callable[[Params, jax.Array, jax.Array, LSTMCarry], EncoderOutput]
   feature_dim: int
   carry_dim: int
@@ -41,13 +47,13 @@ class Encoder(NamedTuple):
 
 class Actor(NamedTuple):
   init: Callable[[jax.Array], Params]
-  # (params, features [B, F], task_id) -> (mean [B, A], log_std [B, A]), log_std already in range
+  # (params, features [G, B, F], task_ids [G]) -> (mean, log_std), each [G, B, A]; log_std in range
   apply: Callable[[Params, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 
 
 class Critic(NamedTuple):
   init: Callable[[jax.Array], Params]
-  # (params, features [B, F], action [B, A], task_id) -> Q [num_q, B]
+  # (params, features [G, B, F], action [G, B, A], task_ids [G]) -> Q [num_q, G, B]
   apply: Callable[[Params, jax.Array, jax.Array, jax.Array], jax.Array]
 
 
@@ -72,15 +78,19 @@ def _task_mlp(in_dim: int, out_dim: int, width: int, depth: int, num_tasks: int,
   sizes = (in_dim,) + (width,) * depth + (out_dim,)
 
   if layout == "shared":
-    return (lambda key: layers.mlp_init(key, sizes),
-            lambda params, x, task_id: layers.mlp_apply(params, x))
+    def apply_shared(params, x, task_ids):
+      rows = layers.mlp_apply(params, x.reshape(-1, x.shape[-1]))
+      return rows.reshape(*x.shape[:-1], out_dim)
+
+    return lambda key: layers.mlp_init(key, sizes), apply_shared
 
   if layout == "independent":
     def init_independent(key):
       return jax.vmap(lambda k: layers.mlp_init(k, sizes))(jax.random.split(key, num_tasks))
 
-    def apply_independent(params, x, task_id):
-      return layers.mlp_apply(jax.tree.map(lambda p: p[task_id], params), x)
+    def apply_independent(params, x, task_ids):
+      group_params = jax.tree.map(lambda p: p[task_ids], params)  # [G, ...]
+      return jax.vmap(layers.mlp_apply)(group_params, x)
 
     return init_independent, apply_independent
 
@@ -92,10 +102,11 @@ def _task_mlp(in_dim: int, out_dim: int, width: int, depth: int, num_tasks: int,
             jax.random.split(k_heads, num_tasks)),
     }
 
-  def apply_multihead(params, x, task_id):
-    trunk = layers.mlp_apply(params["trunk"], x, activate_final=True)
-    head = jax.tree.map(lambda p: p[task_id], params["heads"])
-    return layers.dense_apply(head, trunk)
+  def apply_multihead(params, x, task_ids):
+    trunk = layers.mlp_apply(params["trunk"], x.reshape(-1, x.shape[-1]), activate_final=True)
+    trunk = trunk.reshape(*x.shape[:-1], width)
+    head = jax.tree.map(lambda p: p[task_ids], params["heads"])  # w [G, width, out], b [G, out]
+    return jnp.einsum("gbw,gwo->gbo", trunk, head["w"]) + head["b"][:, None, :]
 
   return init_multihead, apply_multihead
 
@@ -104,8 +115,8 @@ def make_actor(feature_dim: int, action_dim: int, width: int, depth: int, num_ta
                layout: str, log_std_min: float, log_std_max: float) -> Actor:
   init_fn, apply_fn = _task_mlp(feature_dim, 2 * action_dim, width, depth, num_tasks, layout)
 
-  def apply(params, features, task_id):
-    mean, raw_log_std = jnp.split(apply_fn(params, features, task_id), 2, axis=-1)
+  def apply(params, features, task_ids):
+    mean, raw_log_std = jnp.split(apply_fn(params, features, task_ids), 2, axis=-1)
     return mean, distributions.rescale_log_std(raw_log_std, log_std_min, log_std_max)
 
   return Actor(init=init_fn, apply=apply)
@@ -119,15 +130,16 @@ def make_critic(feature_dim: int, action_dim: int, width: int, depth: int, num_t
   def init(key):
     return jax.vmap(init_fn)(jax.random.split(key, num_q))
 
-  def apply(params, features, action, task_id):
+  def apply(params, features, action, task_ids):
     x = jnp.concatenate([features, action], axis=-1)
-    q = jax.vmap(apply_fn, in_axes=(0, None, None))(params, x, task_id)
+    q = jax.vmap(apply_fn, in_axes=(0, None, None))(params, x, task_ids)
     return q[..., 0]
 
   return Critic(init=init, apply=apply)
 
 
-def check_encoder_output(out: EncoderOutput, batch: int, feature_dim: int, carry_dim: int) -> None:
+def check_encoder_output(out: EncoderOutput, groups: int, batch: int, feature_dim: int,
+                         carry_dim: int) -> None:
   """chex boundary check (static shapes, so free under jit)."""
-  chex.assert_shape(out.features, (batch, feature_dim))
-  chex.assert_shape([out.carry.h, out.carry.c], (batch, carry_dim))
+  chex.assert_shape(out.features, (groups, batch, feature_dim))
+  chex.assert_shape([out.carry.h, out.carry.c], (groups, batch, carry_dim))

@@ -5,7 +5,8 @@
 critic + beta * InfoNCE on the encoder and Q heads, the actor on stop-gradient
 features, the per-task temperature, and Polyak targets. Per-task losses come
 from `jax.vmap` over the task axis of the [T, B_task, ...] batch and are
-averaged with weight 1/T. Given `axis_name`, the same function runs under
+averaged with weight 1/T; the networks themselves run once on the whole
+batch (see `networks.py` for why). Given `axis_name`, the same function runs under
 `jax.pmap`: gradients and metrics are `pmean`-ed, parameters stay replicated.
 
 Gradient routing is done with stop_gradient inside one objective, so a single
@@ -82,52 +83,41 @@ def target_entropy(networks: AgentNetworks, config: SACConfig) -> float:
   return -float(networks.action_dim) if config.target_entropy is None else config.target_entropy
 
 
-def make_task_loss(networks: AgentNetworks, config: SACConfig):
-  """The loss of ONE task's slice of the batch: (params, target_params, batch [B, ...],
-  task_id, noise_next [B, A], noise_now [B, A]) -> (objective, metrics)."""
+def make_loss(networks: AgentNetworks, config: SACConfig):
+  """The per-task losses of a task-grouped batch.
+
+  loss(params, target_params, batch [G, B, ...], task_ids [G], noise_next [G, B, A],
+  noise_now [G, B, A]) -> (objective [G], metrics {name: [G]}).
+
+  Every network runs once on the whole batch (all groups together); the loss
+  terms of each task are then computed by `jax.vmap` over the group axis.
+  """
   encoder, actor, critic = networks.encoder, networks.actor, networks.critic
   entropy_target = target_entropy(networks, config)
   use_contrastive = config.contrastive_weight > 0
-  if use_contrastive and networks.encoder.init is not None:
-    probe = jax.eval_shape(lambda key: networks.encoder.apply(
-        networks.encoder.init(key), jnp.zeros((1, networks.obs_dim)), jnp.zeros((), jnp.int32),
-        LSTMCarry(jnp.zeros((1, networks.encoder.carry_dim)), jnp.zeros((1, networks.encoder.carry_dim)))),
+  if use_contrastive:
+    probe = jax.eval_shape(lambda key: encoder.apply(
+        encoder.init(key), jnp.zeros((1, 1, networks.obs_dim)), jnp.zeros((1,), jnp.int32),
+        LSTMCarry(jnp.zeros((1, 1, encoder.carry_dim)), jnp.zeros((1, 1, encoder.carry_dim)))),
         jax.random.PRNGKey(0))
     if probe.experts is None:
       raise ValueError(f"contrastive_weight is {config.contrastive_weight} but this encoder has no "
                        "experts; use 0")
 
-  def task_loss(params, target_params, batch: Transition, task_id, noise_next, noise_now):
-    alpha = jnp.exp(params["log_alpha"][task_id])
-
-    online_t = encoder.apply(params["encoder"], batch.obs, task_id, batch.carry_in)
-    online_next = encoder.apply(sg(params["encoder"]), batch.next_obs, task_id, batch.carry_out)
-    target_next = encoder.apply(target_params["encoder"], batch.next_obs, task_id, batch.carry_out)
-
+  def task_terms(log_alpha, reward, terminated, q, next_q, next_log_prob, log_prob, q_pi,
+                 experts_t, experts_next, attention):
+    """ONE task's loss terms: q, next_q [num_q, B]; the rest [B, ...]."""
+    alpha = jnp.exp(log_alpha)
     # Critic: y = r + gamma (1 - terminated) (min Q_target(s', a') - alpha log pi(a'|s')).
-    next_mean, next_log_std = actor.apply(sg(params["actor"]), online_next.features, task_id)
-    next_action, next_log_prob = distributions.sample_tanh_gaussian(next_mean, next_log_std, noise_next)
-    next_q = critic.apply(target_params["critic"], target_next.features, next_action, task_id)
     next_value = next_q.min(axis=0) - sg(alpha) * next_log_prob
-    td_target = sg(batch.reward + config.discount * (1.0 - batch.terminated) * next_value)
-    q = critic.apply(params["critic"], online_t.features, batch.action, task_id)  # [num_q, B]
+    td_target = sg(reward + config.discount * (1.0 - terminated) * next_value)
     critic_loss = jnp.mean(jnp.square(q - td_target), axis=-1).sum()
-
     if use_contrastive:
-      contrastive_loss = cmta.info_nce(online_t.experts, target_next.experts,
-                                       config.contrastive_temperature)
+      contrastive_loss = cmta.info_nce(experts_t, experts_next, config.contrastive_temperature)
     else:
       contrastive_loss = jnp.zeros(())
-
-    # Actor on stop-gradient features; Q parameters frozen for this term.
-    features = sg(online_t.features)
-    mean, log_std = actor.apply(params["actor"], features, task_id)
-    action, log_prob = distributions.sample_tanh_gaussian(mean, log_std, noise_now)
-    q_pi = critic.apply(sg(params["critic"]), features, action, task_id).min(axis=0)
     actor_loss = jnp.mean(sg(alpha) * log_prob - q_pi)
-
     alpha_loss = jnp.mean(alpha * sg(-log_prob - entropy_target))
-
     objective = critic_loss + config.contrastive_weight * contrastive_loss + actor_loss + alpha_loss
     metrics = {
         "critic_loss": critic_loss,
@@ -139,11 +129,53 @@ def make_task_loss(networks: AgentNetworks, config: SACConfig):
         "q_mean": q.mean(),
         "td_target_mean": td_target.mean(),
     }
-    if online_t.attention is not None:
-      attention = online_t.attention
+    if attention is not None:
       metrics["attention_entropy"] = -jnp.mean(
           jnp.sum(attention * jnp.log(attention + 1e-12), axis=-1))
     return objective, metrics
+
+  def loss(params, target_params, batch: Transition, task_ids, noise_next, noise_now):
+    online_t = encoder.apply(params["encoder"], batch.obs, task_ids, batch.carry_in)
+    online_next = encoder.apply(sg(params["encoder"]), batch.next_obs, task_ids, batch.carry_out)
+    target_next = encoder.apply(target_params["encoder"], batch.next_obs, task_ids, batch.carry_out)
+
+    # a' from the actor on the online encoding of s'; its Q from the target networks.
+    next_mean, next_log_std = actor.apply(sg(params["actor"]), online_next.features, task_ids)
+    next_action, next_log_prob = distributions.sample_tanh_gaussian(next_mean, next_log_std, noise_next)
+    next_q = critic.apply(target_params["critic"], target_next.features, next_action, task_ids)
+    q = critic.apply(params["critic"], online_t.features, batch.action, task_ids)  # [num_q, G, B]
+
+    # Actor on stop-gradient features; Q parameters frozen for this term.
+    features = sg(online_t.features)
+    mean, log_std = actor.apply(params["actor"], features, task_ids)
+    action, log_prob = distributions.sample_tanh_gaussian(mean, log_std, noise_now)
+    q_pi = critic.apply(sg(params["critic"]), features, action, task_ids).min(axis=0)
+
+    experts_t = online_t.experts if use_contrastive else None
+    experts_next = target_next.experts if use_contrastive else None
+    attention = None
+    if online_t.attention is not None:  # [G, B, ..., choices]: one distribution per row
+      attention = online_t.attention.reshape(*online_t.attention.shape[:2], -1,
+                                             online_t.attention.shape[-1])
+    return jax.vmap(task_terms, in_axes=(0, 0, 0, 1, 1, 0, 0, 0, 1, 1, 0))(
+        params["log_alpha"][task_ids], batch.reward, batch.terminated, q, next_q, next_log_prob,
+        log_prob, q_pi, experts_t, experts_next, attention)
+
+  return loss
+
+
+def make_task_loss(networks: AgentNetworks, config: SACConfig):
+  """ONE task's loss on its own slice: (params, target_params, batch [B, ...], task_id [],
+  noise_next [B, A], noise_now [B, A]) -> (objective, metrics), scalars. `make_loss` on a
+  group of one; for analysis and tests (the update uses `make_loss` on all tasks at once)."""
+  loss = make_loss(networks, config)
+
+  def task_loss(params, target_params, batch: Transition, task_id, noise_next, noise_now):
+    group = lambda x: jnp.asarray(x)[None]
+    objective, metrics = loss(params, target_params, jax.tree.map(group, batch),
+                              group(jnp.asarray(task_id, jnp.int32)), group(noise_next),
+                              group(noise_now))
+    return objective[0], jax.tree.map(lambda m: m[0], metrics)
 
   return task_loss
 
@@ -169,7 +201,7 @@ def _noise_for_this_shard(key, shape, axis_name):
 def make_update_fn(networks: AgentNetworks, config: SACConfig, axis_name: str | None = None):
   """Returns update(state, batch, key) -> (state, metrics). Not jitted: jit/pmap it."""
   optimizer = make_optimizer(config)
-  task_loss = make_task_loss(networks, config)
+  loss = make_loss(networks, config)
   num_tasks = networks.num_tasks
 
   def update(state: TrainingState, batch: Transition, key: jax.Array):
@@ -185,8 +217,7 @@ def make_update_fn(networks: AgentNetworks, config: SACConfig, axis_name: str | 
     task_ids = jnp.arange(t, dtype=jnp.int32)
 
     def objective(params):
-      per_task, metrics = jax.vmap(task_loss, in_axes=(None, None, 0, 0, 0, 0))(
-          params, state.target_params, batch, task_ids, noise_next, noise_now)
+      per_task, metrics = loss(params, state.target_params, batch, task_ids, noise_next, noise_now)
       return per_task.mean(), metrics  # Eq. 11: equal weights 1/T
 
     grads, metrics = jax.grad(objective, has_aux=True)(state.params)
@@ -214,18 +245,16 @@ def make_select_action_fn(networks: AgentNetworks):
 
   def select_action(params: PolicyParams, obs, task_ids, carry: LSTMCarry, key, deterministic=False):
     chex.assert_shape(obs, (task_ids.shape[0], networks.obs_dim))
-    noise = jax.random.normal(key, (obs.shape[0], networks.action_dim))
-
-    def one_task(obs_t, task_id, carry_t, noise_t):
-      out = encoder.apply(params.encoder, obs_t[None], task_id, jax.tree.map(lambda x: x[None], carry_t))
-      mean, log_std = actor.apply(params.actor, out.features, task_id)
-      if deterministic:
-        action = distributions.deterministic_action(mean)
-      else:
-        action, _ = distributions.sample_tanh_gaussian(mean, log_std, noise_t[None])
-      return action[0], jax.tree.map(lambda x: x[0], out.carry)
-
-    return jax.vmap(one_task)(obs, task_ids, carry, noise)
+    # Each env is a group of one row: obs [T, 1, obs_dim].
+    grouped = lambda x: x[:, None]
+    out = encoder.apply(params.encoder, grouped(obs), task_ids, jax.tree.map(grouped, carry))
+    mean, log_std = actor.apply(params.actor, out.features, task_ids)
+    if deterministic:
+      action = distributions.deterministic_action(mean)
+    else:
+      noise = jax.random.normal(key, mean.shape)
+      action, _ = distributions.sample_tanh_gaussian(mean, log_std, noise)
+    return action[:, 0], jax.tree.map(lambda x: x[:, 0], out.carry)
 
   return select_action
 

@@ -50,8 +50,14 @@ def stacked_mlp_init(key: jax.Array, num_members: int, sizes: Sequence[int]) -> 
 
 
 def stacked_mlp_apply(params: list[Params], x: jax.Array) -> jax.Array:
-  """All members on the same input in one batched op: x [..., in] -> [members, ..., out]."""
-  return jax.vmap(mlp_apply, in_axes=(0, None))(params, x)
+  """All members on the same input in one batched op: x [..., in] -> [members, ..., out].
+
+  Leading axes are flattened into one row axis first, so each layer is a
+  single [members, rows, in] x [members, in, out] matmul.
+  """
+  rows = x.reshape(-1, x.shape[-1])
+  out = jax.vmap(mlp_apply, in_axes=(0, None))(params, rows)
+  return out.reshape(out.shape[0], *x.shape[:-1], out.shape[-1])
 
 
 def lstm_init(key: jax.Array, in_dim: int, hidden: int) -> Params:

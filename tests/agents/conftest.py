@@ -11,7 +11,7 @@ loads this file by path.
 import dataclasses
 import functools
 import sys
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +21,7 @@ import pytest
 
 from cmta_jax.agents import registry
 from cmta_jax.agents import sac
-from cmta_jax.agents.networks import AgentNetworks
+from cmta_jax.agents.networks import AgentNetworks, EncoderOutput
 from cmta_jax.config import NetworkConfig, SACConfig
 from cmta_jax.types import LSTMCarry, Transition
 
@@ -170,6 +170,39 @@ def select_action_fn(networks: AgentNetworks) -> Callable:
   """One compiled `sac.make_select_action_fn` per networks, shared by every test; pass
   `deterministic=` by keyword."""
   return fast_jit(sac.make_select_action_fn(networks), static_argnames=("deterministic",))
+
+
+class TaskSliceNetworks(NamedTuple):
+  """Jitted encoder/actor/critic applies on ONE task's slice [B, ...] and a task id,
+  run as a group of one (the networks' [G, B, ...] layout) and returned ungrouped."""
+  encoder: Callable  # (params, obs [B, O], task_id, carry [B, H]) -> EncoderOutput of [B, ...]
+  actor: Callable  # (params, features [B, F], task_id) -> (mean, log_std) [B, A]
+  critic: Callable  # (params, features [B, F], action [B, A], task_id) -> Q [num_q, B]
+
+
+@functools.lru_cache(maxsize=None)
+def task_slice_networks(networks: AgentNetworks) -> TaskSliceNetworks:
+  group = lambda tree: jax.tree.map(lambda x: jnp.asarray(x)[None], tree)
+  ids = lambda task_id: jnp.reshape(jnp.asarray(task_id, jnp.int32), (1,))
+
+  @jax.jit
+  def encoder(params, obs, task_id, carry):
+    out = networks.encoder.apply(params, group(obs), ids(task_id), group(carry))
+    return EncoderOutput(
+        features=out.features[0], carry=jax.tree.map(lambda x: x[0], out.carry),
+        experts=None if out.experts is None else out.experts[:, 0],
+        attention=None if out.attention is None else out.attention[0])
+
+  @jax.jit
+  def actor(params, features, task_id):
+    mean, log_std = networks.actor.apply(params, group(features), ids(task_id))
+    return mean[0], log_std[0]
+
+  @jax.jit
+  def critic(params, features, action, task_id):
+    return networks.critic.apply(params, group(features), group(action), ids(task_id))[:, 0]
+
+  return TaskSliceNetworks(encoder=encoder, actor=actor, critic=critic)
 
 
 @functools.partial(jax.jit, static_argnums=1)

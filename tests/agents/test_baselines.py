@@ -142,10 +142,16 @@ def _task_grads(agent: str, num_tasks: int, task_id: int, contrastive_weight=Non
 
 
 def _compiled_encoder_apply(encoder, params, batch: int):
-  """Compiled (obs [batch, obs_dim], task_id) -> EncoderOutput, zero carry_in."""
-  carry = LSTMCarry(jnp.zeros((batch, encoder.carry_dim)), jnp.zeros((batch, encoder.carry_dim)))
-  apply = _compile(lambda obs, task_id: encoder.apply(params, obs, task_id, carry),
-                   jnp.zeros((batch, OBS_DIM)), jnp.int32(0))
+  """Compiled (obs [batch, obs_dim], task_id) -> EncoderOutput of that one task's rows
+  (run as a group of one, returned without the group axis), zero carry_in."""
+  carry = LSTMCarry(*[jnp.zeros((1, batch, encoder.carry_dim))] * 2)
+
+  def one_task(obs, task_id):
+    out = encoder.apply(params, obs[None], task_id[None], carry)
+    return out._replace(features=out.features[0], carry=jax.tree.map(lambda x: x[0], out.carry),
+                        attention=None if out.attention is None else out.attention[0])
+
+  apply = _compile(one_task, jnp.zeros((batch, OBS_DIM)), jnp.int32(0))
   return lambda obs, task_id: apply(jnp.asarray(obs, jnp.float32), jnp.int32(task_id))
 
 
@@ -206,12 +212,12 @@ def test_agent_acts_and_updates(agent, num_tasks):
 
 def test_state_and_task_state_encoders():
   obs = np.random.default_rng(8).normal(size=(3, OBS_DIM)).astype(np.float32)
-  no_carry = LSTMCarry(jnp.zeros((3, 0)), jnp.zeros((3, 0)))
+  no_carry = LSTMCarry(jnp.zeros((1, 3, 0)), jnp.zeros((1, 3, 0)))
   for agent in ("mtsac", "mtmhsac", "single_sac"):
     setup = _setup(agent, 10)
     assert setup.state.params["encoder"] == {}, agent
-    out = setup.networks.encoder.apply({}, obs, jnp.int32(4), no_carry)
-    np.testing.assert_array_equal(out.features, obs)  # the task index is not an input
+    out = setup.networks.encoder.apply({}, obs[None], jnp.array([4], jnp.int32), no_carry)
+    np.testing.assert_array_equal(out.features[0], obs)  # the task index is not an input
 
   setup = _setup("mtsac_te", 10)
   apply = _compiled_encoder_apply(setup.networks.encoder, setup.state.params["encoder"], batch=3)
@@ -414,11 +420,11 @@ def test_num_experts_sets_the_stacked_expert_axis(agent, num_experts):
   for name, leaf in jax.tree_util.tree_leaves_with_path(params["experts"]):
     assert leaf.shape[0] == num_experts, jax.tree_util.keystr(name)
   assert params["attention"]["w"].shape[-1] == num_experts
-  carry = LSTMCarry(*[jax.ShapeDtypeStruct((3, encoder.carry_dim), jnp.float32)] * 2)
-  out = jax.eval_shape(encoder.apply, params, jax.ShapeDtypeStruct((3, OBS_DIM), jnp.float32),
-                       jax.ShapeDtypeStruct((), jnp.int32), carry)
-  chex.assert_shape(out.experts, (num_experts, 3, SMALL.expert_dim))
-  chex.assert_shape(out.attention, (3, num_experts))
+  carry = LSTMCarry(*[jax.ShapeDtypeStruct((2, 3, encoder.carry_dim), jnp.float32)] * 2)
+  out = jax.eval_shape(encoder.apply, params, jax.ShapeDtypeStruct((2, 3, OBS_DIM), jnp.float32),
+                       jax.ShapeDtypeStruct((2,), jnp.int32), carry)
+  chex.assert_shape(out.experts, (num_experts, 2, 3, SMALL.expert_dim))
+  chex.assert_shape(out.attention, (2, 3, num_experts))
 
 
 def test_cmta_without_contrastive_term_is_the_critic_objective_alone():

@@ -16,10 +16,15 @@ from cmta_jax.nn import layers
 
 
 def _task_inputs(setup, task_id: int):
-  """Task `task_id`'s obs [B, obs_dim] and (non-zero) carry_in from the setup's batch, in NumPy."""
-  obs = np.asarray(setup.batch.obs)[task_id]
-  carry = jax.tree.map(lambda x: np.asarray(x)[task_id], setup.batch.carry_in)
+  """Task `task_id`'s obs [1, B, obs_dim] and (non-zero) carry_in from the setup's batch, as
+  a group of one task (the networks' input layout), in NumPy."""
+  obs = np.asarray(setup.batch.obs)[task_id][None]
+  carry = jax.tree.map(lambda x: np.asarray(x)[task_id][None], setup.batch.carry_in)
   return obs, carry
+
+
+def _ids(*task_ids):
+  return jnp.asarray(task_ids, jnp.int32)
 
 
 def _first_step_of_each_task(setup):
@@ -36,47 +41,47 @@ class ModuleBoundariesTest(chex.TestCase):
     self.helpers = helpers
 
   def _check_boundaries(self, networks, network_config, params, obs, carry_in, task_ids):
-    """Runs encoder -> actor -> critic under self.variant and checks every boundary."""
+    """Runs encoder -> actor -> critic under self.variant on the task-grouped batch
+    obs [G, B, obs_dim] (group g is task task_ids[g]) and checks every boundary."""
     encoder_apply = self.variant(networks.encoder.apply)
     actor_apply = self.variant(networks.actor.apply)
     critic_apply = self.variant(networks.critic.apply)
-    k, batch = network_config.num_experts, obs.shape[0]
+    k, (groups, batch) = network_config.num_experts, obs.shape[:2]
     feature_dim = network_config.task_feature_dim + network_config.expert_dim
     carry_dim = network_config.lstm_hidden
     self.assertEqual(networks.encoder.feature_dim, feature_dim)
     self.assertEqual(networks.encoder.carry_dim, carry_dim)
-    for task_id in task_ids:
-      task_id = jnp.asarray(task_id, jnp.int32)  # traced under jit, as in the vmapped update
-      encoder_out = encoder_apply(params["encoder"], obs, task_id, carry_in)
-      check_encoder_output(encoder_out, batch, feature_dim, carry_dim)
-      chex.assert_shape(encoder_out.experts, (k, batch, network_config.expert_dim))
-      chex.assert_shape(encoder_out.attention, (batch, k))
-      chex.assert_tree_all_finite(encoder_out)
-      np.testing.assert_allclose(encoder_out.attention.sum(-1), np.ones(batch), rtol=1e-5)
-      self.assertTrue(np.all(encoder_out.attention >= 0))
-      # z_enc = sum_j alpha_j z^j, and z_task comes first.
-      np.testing.assert_allclose(
-          encoder_out.features[:, network_config.task_feature_dim:],
-          np.einsum("bk,kbd->bd", encoder_out.attention, encoder_out.experts), rtol=1e-4,
-          atol=1e-5)
+    task_ids = jnp.asarray(task_ids, jnp.int32)  # traced under jit, as in the update
+    encoder_out = encoder_apply(params["encoder"], obs, task_ids, carry_in)
+    check_encoder_output(encoder_out, groups, batch, feature_dim, carry_dim)
+    chex.assert_shape(encoder_out.experts, (k, groups, batch, network_config.expert_dim))
+    chex.assert_shape(encoder_out.attention, (groups, batch, k))
+    chex.assert_tree_all_finite(encoder_out)
+    np.testing.assert_allclose(encoder_out.attention.sum(-1), np.ones((groups, batch)), rtol=1e-5)
+    self.assertTrue(np.all(encoder_out.attention >= 0))
+    # z_enc = sum_j alpha_j z^j, and z_task comes first.
+    np.testing.assert_allclose(
+        encoder_out.features[..., network_config.task_feature_dim:],
+        np.einsum("gbk,kgbd->gbd", encoder_out.attention, encoder_out.experts), rtol=1e-4,
+        atol=1e-5)
 
-      mean, log_std = actor_apply(params["actor"], encoder_out.features, task_id)
-      chex.assert_shape([mean, log_std], (batch, networks.action_dim))
-      chex.assert_tree_all_finite((mean, log_std))
-      self.assertTrue(np.all(log_std >= network_config.log_std_min))
-      self.assertTrue(np.all(log_std <= network_config.log_std_max))
+    mean, log_std = actor_apply(params["actor"], encoder_out.features, task_ids)
+    chex.assert_shape([mean, log_std], (groups, batch, networks.action_dim))
+    chex.assert_tree_all_finite((mean, log_std))
+    self.assertTrue(np.all(log_std >= network_config.log_std_min))
+    self.assertTrue(np.all(log_std <= network_config.log_std_max))
 
-      q = critic_apply(params["critic"], encoder_out.features, np.tanh(mean), task_id)
-      chex.assert_shape(q, (2, batch))
-      chex.assert_tree_all_finite(q)
+    q = critic_apply(params["critic"], encoder_out.features, np.tanh(mean), task_ids)
+    chex.assert_shape(q, (2, groups, batch))
+    chex.assert_tree_all_finite(q)
 
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.parameters(1, 10, 50)
   def test_boundaries_small_networks(self, num_tasks):
     setup = self.helpers.learner_setup(num_tasks=num_tasks)
-    obs, carry = _task_inputs(setup, 0)
+    # The whole [T, B] batch at once, as the update sees it.
     self._check_boundaries(setup.networks, self.helpers.small_network_config(), setup.state.params,
-                           obs, carry, task_ids=sorted({0, num_tasks - 1}))
+                           setup.batch.obs, setup.batch.carry_in, task_ids=np.arange(num_tasks))
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_boundaries_paper_sizes(self):
@@ -95,9 +100,9 @@ class ModuleBoundariesTest(chex.TestCase):
                      [(128, 512), (512, 512), (512, 512), (512, 8)])
     self.assertEqual([layer["w"].shape for layer in params["critic"]],
                      [(2, 132, 512), (2, 512, 512), (2, 512, 512), (2, 512, 1)])
-    batch = self.helpers.random_batch(0, 1, 8, 39, 4, 64)
-    obs, carry = np.asarray(batch.obs)[0], jax.tree.map(lambda x: np.asarray(x)[0], batch.carry_in)
-    self._check_boundaries(networks, network_config, params, obs, carry, task_ids=[9])
+    batch = self.helpers.random_batch(0, 2, 8, 39, 4, 64)
+    self._check_boundaries(networks, network_config, params, batch.obs, batch.carry_in,
+                           task_ids=[9, 3])
 
 
 @pytest.mark.parametrize("num_tasks", [1, 10, 50])
@@ -121,8 +126,8 @@ def test_task_features_ignore_obs_and_differ_between_tasks(helpers):
   obs, carry = _task_inputs(setup, 1)
   apply = jax.jit(setup.networks.encoder.apply)
   task_dim = helpers.small_network_config().task_feature_dim
-  z_task_0 = apply(setup.state.params["encoder"], obs, 0, carry).features[:, :task_dim]
-  z_task_1 = apply(setup.state.params["encoder"], obs, 1, carry).features[:, :task_dim]
+  z_task_0 = apply(setup.state.params["encoder"], obs, _ids(0), carry).features[0, :, :task_dim]
+  z_task_1 = apply(setup.state.params["encoder"], obs, _ids(1), carry).features[0, :, :task_dim]
   # One z_task per task, broadcast over the batch.
   np.testing.assert_array_equal(z_task_0, np.broadcast_to(z_task_0[:1], z_task_0.shape))
   assert not np.allclose(z_task_0, z_task_1)
@@ -132,10 +137,10 @@ def test_attention_is_trained_by_lstm_and_attention_layer_only(helpers):
   """The attention sees stop_grad(z_task): its gradient must not reach the task encoder."""
   setup = helpers.learner_setup()
   obs, carry = _task_inputs(setup, 1)
-  weights = np.random.default_rng(0).normal(size=(obs.shape[0], 3)).astype(np.float32)
+  weights = np.random.default_rng(0).normal(size=(*obs.shape[:2], 3)).astype(np.float32)
 
   def attention_objective(encoder_params):
-    return jnp.sum(weights * setup.networks.encoder.apply(encoder_params, obs, 1, carry).attention)
+    return jnp.sum(weights * setup.networks.encoder.apply(encoder_params, obs, _ids(1), carry).attention)
 
   grads = jax.jit(jax.grad(attention_objective))(setup.state.params["encoder"])
   for name, grad in helpers.flatten_with_names(grads).items():
@@ -149,12 +154,12 @@ def test_carry_in_changes_the_critic_output(helpers):
   setup = helpers.learner_setup()
   networks, params = setup.networks, setup.state.params
   obs, carry = _task_inputs(setup, 1)
-  action = np.zeros((obs.shape[0], networks.action_dim), np.float32)
+  action = np.zeros((*obs.shape[:2], networks.action_dim), np.float32)
 
   @jax.jit
   def q_values(carry_in):
-    features = networks.encoder.apply(params["encoder"], obs, 1, carry_in).features
-    return networks.critic.apply(params["critic"], features, action, 1)
+    features = networks.encoder.apply(params["encoder"], obs, _ids(1), carry_in).features
+    return networks.critic.apply(params["critic"], features, action, _ids(1))
 
   other_carry = jax.tree.map(lambda x: -x, carry)
   assert np.all(q_values(carry) != q_values(other_carry))
@@ -184,13 +189,13 @@ def test_deterministic_action_is_tanh_of_the_actor_mean(helpers):
 
   @jax.jit
   def expected_actions():
-    # Each task through encoder and actor on its own, with its own task index.
+    # Each task through encoder and actor on its own, as a group of one row.
     per_task = []
     for task_id in range(num_tasks):
-      one_carry = jax.tree.map(lambda x: x[task_id][None], carry)
-      features = networks.encoder.apply(params["encoder"], obs[task_id][None], task_id,
+      one_carry = jax.tree.map(lambda x: x[task_id][None, None], carry)
+      features = networks.encoder.apply(params["encoder"], obs[task_id][None, None], _ids(task_id),
                                         one_carry).features
-      per_task.append(jnp.tanh(networks.actor.apply(params["actor"], features, task_id)[0][0]))
+      per_task.append(jnp.tanh(networks.actor.apply(params["actor"], features, _ids(task_id))[0][0, 0]))
     return jnp.stack(per_task)
 
   np.testing.assert_allclose(actions, expected_actions(), rtol=1e-5, atol=1e-6)
@@ -203,9 +208,8 @@ def test_without_temporal_input_there_is_no_carry(helpers):
   params = helpers.random_training_state(networks, helpers.TEST_SAC, seed=0).params["encoder"]
   assert networks.encoder.carry_dim == 0 and "lstm" not in params
   batch = helpers.random_batch(0, 1, 5, networks.obs_dim, networks.action_dim, 0)
-  obs, carry = np.asarray(batch.obs)[0], jax.tree.map(lambda x: np.asarray(x)[0], batch.carry_in)
-  out = jax.jit(networks.encoder.apply)(params, obs, 1, carry)
-  check_encoder_output(out, 5, networks.encoder.feature_dim, 0)
+  out = jax.jit(networks.encoder.apply)(params, batch.obs, _ids(1), batch.carry_in)
+  check_encoder_output(out, 1, 5, networks.encoder.feature_dim, 0)
   # Attention from z_task alone: the same weights for every sample of a task.
-  np.testing.assert_allclose(out.attention, np.broadcast_to(out.attention[:1], out.attention.shape),
+  np.testing.assert_allclose(out.attention, np.broadcast_to(out.attention[:, :1], out.attention.shape),
                              rtol=1e-6)

@@ -106,9 +106,7 @@ def test_metrics_match_losses_recomputed_from_the_network_pieces(helpers):
   _, metrics = setup.update(state, batch, setup.key)
   noise_next, noise_now = _noise(helpers, setup)
   params, target = state.params, state.target_params
-  encoder = jax.jit(networks.encoder.apply)
-  actor = jax.jit(networks.actor.apply)
-  critic = jax.jit(networks.critic.apply)
+  encoder, actor, critic = helpers.task_slice_networks(networks)
   info_nce = jax.jit(cmta.info_nce, static_argnums=2)
   target_entropy = -networks.action_dim  # SPEC §3: -|A|
 
@@ -149,16 +147,15 @@ def test_metrics_match_losses_recomputed_from_the_network_pieces(helpers):
 
 @functools.lru_cache(maxsize=None)
 def _loss_gradients(helpers):
-  """Through the same task vmap as the update: d(batch mean of each loss term)/d(params),
+  """Through the same loss as the update: d(batch mean of each loss term)/d(params),
   keyed by term (and "objective"), plus d(objective)/d(target params). One compile."""
   setup = helpers.learner_setup()
-  task_loss = sac.make_task_loss(setup.networks, setup.sac_config)
+  loss = sac.make_loss(setup.networks, setup.sac_config)
   noise_next, noise_now = _noise(helpers, setup)
   task_ids = jnp.arange(setup.networks.num_tasks, dtype=jnp.int32)
 
   def components(params, target_params):
-    objective, metrics = jax.vmap(task_loss, in_axes=(None, None, 0, 0, 0, 0))(
-        params, target_params, setup.batch, task_ids, noise_next, noise_now)
+    objective, metrics = loss(params, target_params, setup.batch, task_ids, noise_next, noise_now)
     parts = {name: metrics[name].mean() for name in LOSS_NAMES}
     parts["objective"] = objective.mean()
     return parts
@@ -254,7 +251,7 @@ def test_targets_move_by_polyak_averaging_only(helpers):
 def _entropies(helpers, setup, state, batch):
   """-mean log pi(a|s) per task, from the network pieces and the NumPy log-probability."""
   _, noise_now = _noise(helpers, setup)
-  encoder, actor = jax.jit(setup.networks.encoder.apply), jax.jit(setup.networks.actor.apply)
+  encoder, actor, _ = helpers.task_slice_networks(setup.networks)
   entropies = []
   for t in range(setup.networks.num_tasks):
     features = encoder(state.params["encoder"], np.asarray(batch.obs)[t], t,
