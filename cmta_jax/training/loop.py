@@ -268,10 +268,13 @@ def train(run_config: config_lib.RunConfig, run_dir: str, allow_config_change: b
     log_file.write(record)
     totals = jax.tree.map(jnp.zeros_like, totals)
     eta = (cfg_train.total_steps - step) / rate if rate > 0 else float("nan")
+    if count:
+      losses = (f"critic {record['critic_loss']:.3g} | "
+                f"contrastive {record['contrastive_loss']:.3g}")
+    else:
+      losses = "warm-up (no updates yet)"
     log(f"step {step}/{cfg_train.total_steps} | {rate:.1f} steps/s | ETA {_hms(eta)} | "
-        f"critic {record.get('critic_loss', float('nan')):.3g} | "
-        f"contrastive {record.get('contrastive_loss', float('nan')):.3g} | "
-        f"train success {record.get('train_success', float('nan')):.2f} | "
+        f"{losses} | train success {record.get('train_success', float('nan')):.2f} | "
         f"last eval success {last_success:.2f}")
 
   def save_checkpoint():
