@@ -79,21 +79,27 @@ def _l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
   return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
-def info_nce(queries: jax.Array, positives: jax.Array, temperature: float) -> jax.Array:
-  """Eq. 3: experts must differ from each other and stay consistent over time.
+def info_nce_per_sample(queries: jax.Array, positives: jax.Array, temperature: float) -> jax.Array:
+  """Eq. 3 per sample: experts must differ from each other and stay consistent over time.
 
-  queries [k, B, d]: z^i_t from the online encoder; positives [k, B, d]:
+  queries [k, ..., d]: z^i_t from the online encoder; positives [k, ..., d]:
   z^i_{t+1} from the target encoder (gradient stopped here). For expert i and
-  sample b the logits are [q_i.k+_i, q_i.q_j (j != i)] / temperature with the
-  positive as label. Mean over the batch, SUM over the k experts.
+  a sample the logits are [q_i.k+_i, q_i.q_j (j != i)] / temperature with the
+  positive as label. Returns [...]: each sample's cross-entropy SUMMED over
+  the k experts (the loss is its mean over the batch, see `info_nce`).
   """
   q = _l2_normalize(queries)
   k_pos = jax.lax.stop_gradient(_l2_normalize(positives))
   num_experts = q.shape[0]
-  positive_logits = jnp.einsum("ibd,ibd->bi", q, k_pos) / temperature  # [B, k]
-  pair_logits = jnp.einsum("ibd,jbd->bij", q, q) / temperature  # [B, k, k]
+  positive_logits = jnp.einsum("i...d,i...d->...i", q, k_pos) / temperature  # [..., k]
+  pair_logits = jnp.einsum("i...d,j...d->...ij", q, q) / temperature  # [..., k, k]
   # Row i: the diagonal (q_i.q_i) is replaced by the positive; the rest are the negatives.
-  is_self = jnp.eye(num_experts, dtype=bool)[None]
-  logits = jnp.where(is_self, positive_logits[:, :, None], pair_logits)
-  per_expert = jax.nn.logsumexp(logits, axis=-1) - positive_logits  # [B, k]
-  return per_expert.sum(axis=-1).mean()
+  is_self = jnp.eye(num_experts, dtype=bool)
+  logits = jnp.where(is_self, positive_logits[..., :, None], pair_logits)
+  per_expert = jax.nn.logsumexp(logits, axis=-1) - positive_logits  # [..., k]
+  return per_expert.sum(axis=-1)
+
+
+def info_nce(queries: jax.Array, positives: jax.Array, temperature: float) -> jax.Array:
+  """Eq. 3 for one batch [k, B, d]: mean over the batch, SUM over the k experts."""
+  return info_nce_per_sample(queries, positives, temperature).mean()

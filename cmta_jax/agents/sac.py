@@ -105,17 +105,15 @@ def make_loss(networks: AgentNetworks, config: SACConfig):
                        "experts; use 0")
 
   def task_terms(log_alpha, reward, terminated, q, next_q, next_log_prob, log_prob, q_pi,
-                 experts_t, experts_next, attention):
+                 contrastive_per_sample, attention):
     """ONE task's loss terms: q, next_q [num_q, B]; the rest [B, ...]."""
     alpha = jnp.exp(log_alpha)
     # Critic: y = r + gamma (1 - terminated) (min Q_target(s', a') - alpha log pi(a'|s')).
     next_value = next_q.min(axis=0) - sg(alpha) * next_log_prob
     td_target = sg(reward + config.discount * (1.0 - terminated) * next_value)
     critic_loss = jnp.mean(jnp.square(q - td_target), axis=-1).sum()
-    if use_contrastive:
-      contrastive_loss = cmta.info_nce(experts_t, experts_next, config.contrastive_temperature)
-    else:
-      contrastive_loss = jnp.zeros(())
+    # Eq. 3: mean over the task's samples (each already summed over experts).
+    contrastive_loss = contrastive_per_sample.mean() if use_contrastive else jnp.zeros(())
     actor_loss = jnp.mean(sg(alpha) * log_prob - q_pi)
     alpha_loss = jnp.mean(alpha * sg(-log_prob - entropy_target))
     objective = critic_loss + config.contrastive_weight * contrastive_loss + actor_loss + alpha_loss
@@ -151,15 +149,17 @@ def make_loss(networks: AgentNetworks, config: SACConfig):
     action, log_prob = distributions.sample_tanh_gaussian(mean, log_std, noise_now)
     q_pi = critic.apply(sg(params["critic"]), features, action, task_ids).min(axis=0)
 
-    experts_t = online_t.experts if use_contrastive else None
-    experts_next = target_next.experts if use_contrastive else None
+    contrastive_per_sample = None
+    if use_contrastive:  # [G, B]: per sample, over all groups at once
+      contrastive_per_sample = cmta.info_nce_per_sample(
+          online_t.experts, target_next.experts, config.contrastive_temperature)
     attention = None
     if online_t.attention is not None:  # [G, B, ..., choices]: one distribution per row
       attention = online_t.attention.reshape(*online_t.attention.shape[:2], -1,
                                              online_t.attention.shape[-1])
-    return jax.vmap(task_terms, in_axes=(0, 0, 0, 1, 1, 0, 0, 0, 1, 1, 0))(
+    return jax.vmap(task_terms, in_axes=(0, 0, 0, 1, 1, 0, 0, 0, 0, 0))(
         params["log_alpha"][task_ids], batch.reward, batch.terminated, q, next_q, next_log_prob,
-        log_prob, q_pi, experts_t, experts_next, attention)
+        log_prob, q_pi, contrastive_per_sample, attention)
 
   return loss
 

@@ -154,6 +154,21 @@ def test_info_nce_matches_numpy_loops(num_experts, batch, dim):
   np.testing.assert_allclose(loss, _numpy_info_nce(queries, positives, 0.1), rtol=1e-5, atol=1e-5)
 
 
+def test_info_nce_per_sample_over_task_groups_matches_each_groups_loss():
+  """The update takes experts [k, G, B, d] of all tasks at once; each group's mean of the
+  per-sample values must be that group's own InfoNCE (the NumPy loop)."""
+  rng = np.random.default_rng(4)
+  queries = rng.normal(size=(4, 3, 5, 6)) * rng.uniform(0.1, 5.0, (4, 3, 5, 1))
+  positives = rng.normal(size=(4, 3, 5, 6))
+  per_sample = jax.jit(cmta.info_nce_per_sample, static_argnums=2)(
+      jnp.asarray(queries, jnp.float32), jnp.asarray(positives, jnp.float32), 0.1)
+  assert per_sample.shape == (3, 5)
+  for group in range(3):
+    np.testing.assert_allclose(per_sample[group].mean(),
+                               _numpy_info_nce(queries[:, group], positives[:, group], 0.1),
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_info_nce_is_low_when_positive_matches_and_experts_differ():
   # Orthogonal experts whose positives equal themselves: the positive logit is 10, negatives 0.
   queries = jnp.eye(3)[:, None, :]  # [k=3, B=1, d=3]
