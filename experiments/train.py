@@ -108,5 +108,13 @@ def _fail(error: Exception) -> None:
   sys.exit(1)
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing, with a mistyped or unknown flag reported as our one-line error."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as error:
+    _fail(f"{error} (see --helpfull)")
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

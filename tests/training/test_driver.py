@@ -352,6 +352,8 @@ def cli_failures(baseline_run, tmp_path_factory, compilation_cache_dir):
       "long_episode": {"episode_length": 501},
       "negative_seed": {"seed": -1},
       "misaligned_checkpoints": {"checkpoint_every": EPISODE_LENGTH + 5},
+      "mistyped_steps": {"total_steps": "abc"},
+      "unknown_flag": {"totl_steps": 5},
       "absurd_replay": {"replay_capacity": 10**12},
       "config_mismatch": {"seed": 1, "hidden_width": 64},
       "only_checkpoint_corrupt": {},
@@ -400,6 +402,8 @@ def _assert_one_line_error(result, pattern: str, before_config: bool = True) -> 
     ("long_episode", r"episode_length must be an int in 1\.\.500, got 501"),
     ("negative_seed", r"seed must be in 0\.\.\d+, got -1"),
     ("misaligned_checkpoints", r"checkpoint_every \(25\) must be a multiple of the episode length"),
+    ("mistyped_steps", r"flag --total_steps=abc: invalid literal for int\(\)"),
+    ("unknown_flag", r"Unknown command line flag 'totl_steps'"),
 ])
 def test_bad_flags_fail_with_one_line_before_building_anything(cli_failures, name, pattern):
   _assert_one_line_error(cli_failures[name], pattern)
