@@ -148,6 +148,14 @@ PRESETS: dict[str, RunConfig] = {
         network=NetworkConfig(hidden_width=256),
         train=TrainConfig(total_steps=12_000, batch_per_task=64, replay_capacity=200_000,
                           eval_every=1_500, log_every=300, checkpoint_every=1_500)),
+    # The CPU evidence budget (BUILD_NOTES.md): about an hour per agent on one core of this
+    # 2-core machine, two runs side by side. Without the reward normaliser, which at this
+    # budget inflates the rewards of unsolved tasks (BUILD_NOTES.md, "reward normaliser").
+    "cpu_evidence": RunConfig(
+        env=EnvConfig(benchmark="MT10", mode="fixed", reward_normalization=False),
+        network=NetworkConfig(hidden_width=128),
+        train=TrainConfig(total_steps=105_000, batch_per_task=64, replay_capacity=1_000_000,
+                          eval_every=3_000, log_every=1_000, checkpoint_every=15_000)),
 }
 
 
