@@ -210,7 +210,8 @@ class ReplayBuffer:
     state = self._shape_info()
     state.update(size=self._size, pos=self._pos, rng_state=rng_words)
     for name, array in self._storage.items():
-      state[name] = array[:, :self._size]
+      if array.size:  # Agents without an LSTM have [T, N, 0] carries: nothing to save.
+        state[name] = array[:, :self._size]
     return state
 
   def load_state_dict(self, state: dict) -> None:
@@ -225,11 +226,17 @@ class ReplayBuffer:
                        f"capacity_per_task {self._capacity_per_task}")
     for name, shape in self._trailing.items():
       expected = (self._num_tasks, size) + shape
+      if not np.prod(shape):
+        continue  # Zero-size fields are not saved (see state_dict).
+      if name not in state:
+        raise ValueError(f"load_state_dict: the state has no field {name!r}")
       if np.shape(state[name]) != expected:
         raise ValueError(f"load_state_dict: {name} has shape {np.shape(state[name])}, "
                          f"expected {expected}")
     words = [int(w) for w in np.asarray(state["rng_state"], dtype=np.uint64)]
     for name, array in self._storage.items():
+      if not array.size:
+        continue
       array[:, :size] = state[name]
       # Slots at or past _size were never written (writes fill 0, 1, ... in order), so only
       # [size, old size) needs clearing; touching the whole tail would commit its lazy pages.

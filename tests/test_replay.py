@@ -134,6 +134,23 @@ def test_state_dict_round_trip(num_steps):
   assert_same_contents(original, restored)
 
 
+def test_state_dict_without_carries_leaves_out_the_empty_carry_fields():
+  # Agents without an LSTM store [T, N, 0] carries; checkpoint writers reject empty arrays.
+  original = ReplayBuffer(3, 60, OBS_DIM, ACTION_DIM, 0, seed=3)
+  fill(original, range(7), carry_dim=0)
+  state = original.state_dict()
+  assert not {"h_in", "c_in", "h_out", "c_out"} & set(state)
+  assert all(np.asarray(value).size for value in state.values())
+  restored = ReplayBuffer(3, 60, OBS_DIM, ACTION_DIM, 0, seed=99)
+  restored.load_state_dict(state)
+  assert_same_contents(original, restored)
+  with pytest.raises(ValueError, match="carry_dim is 0 in the state but 4"):
+    ReplayBuffer(3, 60, OBS_DIM, ACTION_DIM, CARRY_DIM, seed=0).load_state_dict(state)
+  del state["reward"]
+  with pytest.raises(ValueError, match="no field 'reward'"):
+    restored.load_state_dict(state)
+
+
 def test_load_into_used_buffer_clears_stale_slots():
   small = ReplayBuffer(2, 40, OBS_DIM, ACTION_DIM, CARRY_DIM, seed=0)
   fill(small, range(3))
