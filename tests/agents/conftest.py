@@ -19,11 +19,12 @@ import numpy as np
 import optax
 import pytest
 
+from cmta_jax import testing
 from cmta_jax.agents import registry
 from cmta_jax.agents import sac
 from cmta_jax.agents.networks import AgentNetworks, EncoderOutput
 from cmta_jax.config import NetworkConfig, SACConfig
-from cmta_jax.types import LSTMCarry, Transition
+from cmta_jax.types import Transition
 
 OBS_DIM = 7
 ACTION_DIM = 2
@@ -80,23 +81,7 @@ def _make_networks(num_tasks, network_config, obs_dim, action_dim):
                                       obs_dim=obs_dim, action_dim=action_dim)
 
 
-def random_batch(seed: int, num_tasks: int, batch_per_task: int, obs_dim: int, action_dim: int,
-                 carry_dim: int) -> Transition:
-  """A [T, B, ...] batch of random transitions with non-zero carries (so the
-  LSTM's recurrent weights get gradients) and some terminations."""
-  rng = np.random.default_rng(seed)
-
-  def normal(*shape):
-    return rng.normal(size=(num_tasks, batch_per_task) + shape)
-
-  def carry():
-    return LSTMCarry(h=np.tanh(normal(carry_dim)), c=normal(carry_dim))
-
-  batch = Transition(
-      obs=normal(obs_dim), action=np.tanh(normal(action_dim)), reward=normal(),
-      next_obs=normal(obs_dim), terminated=rng.random((num_tasks, batch_per_task)) < 0.2,
-      carry_in=carry(), carry_out=carry())
-  return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), batch)
+random_batch = testing.random_batch
 
 
 def random_training_state(networks: AgentNetworks, sac_config: SACConfig,

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from cmta_jax import envs
+from cmta_jax import testing
 from cmta_jax.agents import registry
 from cmta_jax.agents import sac
 from cmta_jax.agents import task_metadata
@@ -49,21 +50,8 @@ def _task_names(num_tasks: int) -> tuple[str, ...]:
 
 
 def _random_batch(seed: int, num_tasks: int, carry_dim: int) -> Transition:
-  """[T, B, ...] random transitions, non-zero carries, some terminations."""
-  rng = np.random.default_rng(seed)
-
-  def normal(*shape):
-    return rng.normal(size=(num_tasks, BATCH_PER_TASK) + shape)
-
-  def carry():
-    return LSTMCarry(h=np.tanh(normal(carry_dim)), c=normal(carry_dim))
-
-  batch = Transition(
-      obs=normal(OBS_DIM), action=np.tanh(normal(ACTION_DIM)), reward=normal(),
-      next_obs=normal(OBS_DIM), terminated=rng.random((num_tasks, BATCH_PER_TASK)) < 0.25,
-      carry_in=carry(), carry_out=carry())
-  # Built in NumPy: every eager jnp op on a new shape would compile.
-  return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), batch)
+  return testing.random_batch(seed, num_tasks, BATCH_PER_TASK, OBS_DIM, ACTION_DIM, carry_dim,
+                              termination_rate=0.25)
 
 
 # On networks this small, XLA's backend optimisations and fusion emitters cost
