@@ -209,10 +209,13 @@ class ReplayBuffer:
     ], dtype=np.uint64)
     state = self._shape_info()
     state.update(size=self._size, pos=self._pos, rng_state=rng_words)
-    for name, array in self._storage.items():
-      if array.size:  # Agents without an LSTM have [T, N, 0] carries: nothing to save.
-        state[name] = array[:, :self._size]
+    for name in self._saved_fields():
+      state[name] = self._storage[name][:, :self._size]
     return state
+
+  def _saved_fields(self) -> list[str]:
+    # Agents without an LSTM have [T, N, 0] carries: nothing to save, and orbax rejects them.
+    return [name for name, array in self._storage.items() if array.size]
 
   def load_state_dict(self, state: dict) -> None:
     """Exact restore of `state_dict()` output into a buffer of the same shape."""
@@ -224,19 +227,16 @@ class ReplayBuffer:
     if not (0 <= size <= self._capacity_per_task and 0 <= pos < self._capacity_per_task):
       raise ValueError(f"load_state_dict: size {size} / pos {pos} out of range for "
                        f"capacity_per_task {self._capacity_per_task}")
-    for name, shape in self._trailing.items():
-      expected = (self._num_tasks, size) + shape
-      if not np.prod(shape):
-        continue  # Zero-size fields are not saved (see state_dict).
+    for name in self._saved_fields():
+      expected = (self._num_tasks, size) + self._trailing[name]
       if name not in state:
         raise ValueError(f"load_state_dict: the state has no field {name!r}")
       if np.shape(state[name]) != expected:
         raise ValueError(f"load_state_dict: {name} has shape {np.shape(state[name])}, "
                          f"expected {expected}")
     words = [int(w) for w in np.asarray(state["rng_state"], dtype=np.uint64)]
-    for name, array in self._storage.items():
-      if not array.size:
-        continue
+    for name in self._saved_fields():
+      array = self._storage[name]
       array[:, :size] = state[name]
       # Slots at or past _size were never written (writes fill 0, 1, ... in order), so only
       # [size, old size) needs clearing; touching the whole tail would commit its lazy pages.
