@@ -11,6 +11,9 @@ from cmta_jax.envs import EnvConfig, validate_seed
 
 
 
+CARRY_MODES = ("stored", "frozen_memory", "burn_in")
+
+
 @dataclasses.dataclass(frozen=True)
 class NetworkConfig:
   """Widths and shapes of the encoder, actor and critic (SPEC §2, §6)."""
@@ -25,6 +28,10 @@ class NetworkConfig:
   expert_dim: int = 64  # z^j
   lstm_hidden: int = 64
   temporal_attention: bool = True  # False = CMTA w/o TI: attention from z_task only, no LSTM
+  # How the LSTM carry the attention reads is kept fresh (docs/carry_modes.md): stored |
+  # frozen_memory | burn_in. burn_in_steps: the window L that mode replays in each update.
+  carry_mode: str = "frozen_memory"
+  burn_in_steps: int = 20
   attention_temperature: float = 1.0
   log_std_min: float = -20.0
   log_std_max: float = 2.0
@@ -38,13 +45,16 @@ class NetworkConfig:
         hidden_width=self.hidden_width, hidden_layers=self.hidden_layers,
         task_embedding_dim=self.task_embedding_dim, task_feature_dim=self.task_feature_dim,
         num_experts=self.num_experts, expert_hidden=self.expert_hidden, expert_dim=self.expert_dim,
-        lstm_hidden=self.lstm_hidden, softmodu_layers=self.softmodu_layers,
+        lstm_hidden=self.lstm_hidden, burn_in_steps=self.burn_in_steps,
+        softmodu_layers=self.softmodu_layers,
         softmodu_modules=self.softmodu_modules, softmodu_width=self.softmodu_width)
     for name, value in positive.items():
       if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if any(w < 1 for w in self.task_encoder_hidden):
       raise ValueError(f"task_encoder_hidden widths must be positive, got {self.task_encoder_hidden}")
+    if self.carry_mode not in CARRY_MODES:
+      raise ValueError(f"unknown carry_mode {self.carry_mode!r}; choose one of {', '.join(CARRY_MODES)}")
     if self.attention_temperature <= 0:
       raise ValueError(f"attention_temperature must be > 0, got {self.attention_temperature}")
     if not self.log_std_min < self.log_std_max:
@@ -142,12 +152,13 @@ PRESETS: dict[str, RunConfig] = {
     "paper_mt10_mixed": _paper("MT10", "mixed"),
     "paper_mt50_fixed": _paper("MT50", "fixed"),
     "paper_mt50_mixed": _paper("MT50", "mixed"),
-    # About ten minutes on 2 CPU cores: narrower nets and batch, a short budget.
+    # About ten minutes on 2 CPU cores: the cpu_evidence networks on a short budget, long
+    # enough that the final evaluation solves a task (BUILD_NOTES.md, "Quick start").
     "quickstart": RunConfig(
-        env=EnvConfig(benchmark="MT10", mode="fixed"),
-        network=NetworkConfig(hidden_width=256),
-        train=TrainConfig(total_steps=12_000, batch_per_task=64, replay_capacity=200_000,
-                          eval_every=1_500, log_every=300, checkpoint_every=1_500)),
+        env=EnvConfig(benchmark="MT10", mode="fixed", reward_normalization=False),
+        network=NetworkConfig(hidden_width=128),
+        train=TrainConfig(total_steps=15_000, batch_per_task=64, replay_capacity=200_000,
+                          eval_every=1_500, log_every=500, checkpoint_every=1_500)),
     # The CPU evidence budget (BUILD_NOTES.md): about an hour per agent on one core of this
     # 2-core machine, two runs side by side. Without the reward normaliser, which at this
     # budget inflates the rewards of unsolved tasks (BUILD_NOTES.md, "reward normaliser").

@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from cmta_jax.types import LSTMCarry, Transition
+from cmta_jax.types import BurnIn, LSTMCarry, Transition
 
 _FLOAT_BYTES = np.dtype(np.float32).itemsize
 # Fraction of available memory the buffer may take; the rest is headroom for
@@ -19,8 +19,9 @@ _MEMORY_FRACTION = 0.8
 
 
 def _floats_per_transition(obs_dim: int, action_dim: int, carry_dim: int) -> int:
-  # obs + next_obs + action + reward + terminated + (h, c) for carry_in and carry_out.
-  return 2 * obs_dim + action_dim + 2 + 4 * carry_dim
+  # obs + next_obs + action + reward + terminated + (h, c) for carry_in and carry_out
+  # + the step within the episode (int32, the same size as a float32).
+  return 2 * obs_dim + action_dim + 3 + 4 * carry_dim
 
 
 def _capacity_per_task(num_tasks: int, capacity: int) -> int:
@@ -88,6 +89,10 @@ def check_fits_in_memory(num_tasks: int,
   return needed
 
 
+_TRANSITION_FIELDS = ("obs", "action", "reward", "next_obs", "terminated", "h_in", "c_in",
+                      "h_out", "c_out")
+
+
 class ReplayBuffer:
   """Ring buffer of [T, capacity_per_task, ...] float32 arrays, one per field."""
 
@@ -106,12 +111,13 @@ class ReplayBuffer:
     self._trailing = {
         "obs": (obs_dim,), "action": (action_dim,), "reward": (), "next_obs": (obs_dim,),
         "terminated": (), "h_in": (carry_dim,), "c_in": (carry_dim,), "h_out": (carry_dim,),
-        "c_out": (carry_dim,),
+        "c_out": (carry_dim,), "episode_step": (),
     }
     # np.zeros maps zero pages lazily: memory is committed as slots are first written,
     # so use check_fits_in_memory up front rather than relying on this to fail.
     self._storage = {
-        name: np.zeros((num_tasks, self._capacity_per_task) + shape, np.float32)
+        name: np.zeros((num_tasks, self._capacity_per_task) + shape,
+                       np.int32 if name == "episode_step" else np.float32)
         for name, shape in self._trailing.items()
     }
     self._size = 0  # filled slots per task (same for every task: adds are vector steps)
@@ -147,44 +153,88 @@ class ReplayBuffer:
     return sum(a.nbytes for a in self._storage.values())
 
   def add(self, obs, action, reward, next_obs, terminated, carry_in: LSTMCarry,
-          carry_out: LSTMCarry) -> None:
-    """Adds one transition per task; every argument has leading axis T.
+          carry_out: LSTMCarry, episode_step) -> None:
+    """Adds one transition per task; every array argument has leading axis T.
 
     `next_obs` must be the true s_{t+1} (the final observation on truncation), and
-    `terminated` 1 only on true termination, never on truncation.
+    `terminated` 1 only on true termination, never on truncation. `episode_step` is
+    t's index within its episode ([T] ints, 0 at the first step); the burn-in
+    window of `sample` never reaches back past step 0 of an episode.
     """
     values = {
         "obs": obs, "action": action, "reward": reward, "next_obs": next_obs,
         "terminated": terminated, "h_in": carry_in.h, "c_in": carry_in.c,
-        "h_out": carry_out.h, "c_out": carry_out.c,
+        "h_out": carry_out.h, "c_out": carry_out.c, "episode_step": episode_step,
     }
     # Validate every shape before writing anything, so a bad call leaves the buffer untouched.
     for name, value in values.items():
       expected = (self._num_tasks,) + self._trailing[name]
       if np.shape(value) != expected:
         raise ValueError(f"add: {name} has shape {np.shape(value)}, expected {expected}")
+    if np.any(np.asarray(episode_step) < 0) or not np.all(np.mod(episode_step, 1) == 0):
+      raise ValueError(f"add: episode_step must be non-negative integers, got {episode_step}")
     for name, value in values.items():
       self._storage[name][:, self._pos] = value  # casts to float32 (bools -> 0/1)
     self._pos = (self._pos + 1) % self._capacity_per_task
     self._size = min(self._size + 1, self._capacity_per_task)
 
-  def sample(self, batch_per_task: int) -> Transition:
-    """Task-balanced sample [T, B, ...].
+  def sample(self, batch_per_task: int, burn_in_steps: int = 0) -> Transition:
+    """Task-balanced sample [T, B, ...] (see `draw_slots` and `gather`)."""
+    return self.gather(self.draw_slots(batch_per_task), burn_in_steps)
 
-    Row t holds only task t's transitions, drawn uniformly with replacement over
-    its filled slots.
+  def draw_slots(self, batch_per_task: int, rng: np.random.Generator | None = None) -> np.ndarray:
+    """[T, B] slot indices: row t drawn uniformly with replacement over task t's filled slots.
+
+    With `rng=None` the buffer's own (checkpointed) generator draws them; pass another
+    generator to sample without moving the training stream (e.g. for diagnostics).
     """
     if not isinstance(batch_per_task, (int, np.integer)) or batch_per_task <= 0:
       raise ValueError(f"batch_per_task must be a positive int, got {batch_per_task!r}")
     if self._size == 0:
       raise ValueError("cannot sample from an empty replay buffer; add transitions first")
-    slots = self._rng.integers(0, self._size, size=(self._num_tasks, batch_per_task))
+    rng = self._rng if rng is None else rng
+    return rng.integers(0, self._size, size=(self._num_tasks, batch_per_task))
+
+  def gather(self, slots: np.ndarray, burn_in_steps: int = 0) -> Transition:
+    """The transitions at `slots` [T, B] (row t = task t), laid out [T, B, ...].
+
+    With `burn_in_steps` L > 0 the result also holds each transition's burn-in window
+    (`BurnIn`): the observations of the up to L steps before it in its own episode,
+    never reaching past the episode's first step or into slots already overwritten by
+    the ring (the oldest surviving step), plus the stored carry_in of the window's
+    first step. L >= the transition's step within its episode replays the episode from
+    its start (exact carry); see docs/carry_modes.md.
+    """
+    slots = np.asarray(slots)
+    if slots.shape[0] != self._num_tasks or slots.ndim != 2:
+      raise ValueError(f"gather: slots must be [{self._num_tasks}, B], got {slots.shape}")
+    if slots.size and (slots.min() < 0 or slots.max() >= self._size):
+      raise ValueError(f"gather: slots must lie in [0, {self._size}), got {slots.min()}..{slots.max()}")
+    if not isinstance(burn_in_steps, (int, np.integer)) or burn_in_steps < 0:
+      raise ValueError(f"burn_in_steps must be a non-negative int, got {burn_in_steps!r}")
     tasks = np.arange(self._num_tasks)[:, None]  # broadcasts against slots -> [T, B]
-    out = {name: array[tasks, slots] for name, array in self._storage.items()}
+    out = {name: self._storage[name][tasks, slots] for name in _TRANSITION_FIELDS}
+    burn_in = None
+    if burn_in_steps:
+      episode_step = self._storage["episode_step"][tasks, slots]
+      burn_in = self._burn_in_window(tasks, slots, episode_step, burn_in_steps)
     return Transition(
         obs=out["obs"], action=out["action"], reward=out["reward"], next_obs=out["next_obs"],
         terminated=out["terminated"], carry_in=LSTMCarry(out["h_in"], out["c_in"]),
-        carry_out=LSTMCarry(out["h_out"], out["c_out"]))
+        carry_out=LSTMCarry(out["h_out"], out["c_out"]), burn_in=burn_in)
+
+  def _burn_in_window(self, tasks, slots, episode_step, length: int) -> BurnIn:
+    cap = self._capacity_per_task
+    age = (self._pos - 1 - slots) % cap  # 0 = the newest slot
+    older_in_buffer = self._size - 1 - age  # steps before this one that the ring still holds
+    replayed = np.minimum(np.minimum(length, episode_step), older_in_buffer)  # [T, B]
+    offsets = np.arange(-length, 0)  # window position j holds step t - L + j
+    window = (slots[..., None] + offsets) % cap  # [T, B, L]
+    mask = offsets >= -replayed[..., None]
+    obs = np.where(mask[..., None], self._storage["obs"][tasks[..., None], window], 0.0)
+    first = (slots - replayed) % cap
+    carry = LSTMCarry(self._storage["h_in"][tasks, first], self._storage["c_in"][tasks, first])
+    return BurnIn(obs=obs.astype(np.float32), mask=mask.astype(np.float32), carry=carry)
 
   def _shape_info(self) -> dict:
     return {

@@ -12,6 +12,19 @@ class LSTMCarry(NamedTuple):
   c: jax.Array
 
 
+class BurnIn(NamedTuple):
+  """The steps before each sampled transition, for recomputing its carry (docs/carry_modes.md).
+
+  Position j of the window holds s_{t-L+j}; only the last n positions (n = min(L, the
+  transition's step within its episode, the steps still in the buffer)) belong to the
+  transition's own episode and are marked in `mask`; the others are zero.
+  """
+
+  obs: jax.Array  # [T, B, L, obs_dim] float32
+  mask: jax.Array  # [T, B, L] float32, 1.0 where the step is replayed
+  carry: LSTMCarry  # the stored carry_in of the first replayed step (zero at an episode start)
+
+
 class Transition(NamedTuple):
   """A batch of transitions laid out [T, B_task, ...] (task-major).
 
@@ -26,3 +39,4 @@ class Transition(NamedTuple):
   terminated: jax.Array  # [T, B] float32, 1.0 only on true termination (never on truncation)
   carry_in: LSTMCarry  # (h_{t-1}, c_{t-1}), each [T, B, hidden]
   carry_out: LSTMCarry  # (h_t, c_t), each [T, B, hidden]
+  burn_in: BurnIn | None = None  # only in carry mode `burn_in`

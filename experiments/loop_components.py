@@ -15,6 +15,8 @@ _BENCHMARK = flags.DEFINE_enum("benchmark", "MT10", ["MT10", "MT50"], "Benchmark
 _WIDTH = flags.DEFINE_integer("hidden_width", 256, "Actor/critic width.")
 _BATCH = flags.DEFINE_integer("batch_per_task", 64, "Batch per task.")
 _AGENT = flags.DEFINE_string("agent", "cmta", "Agent.")
+_CARRY_MODE = flags.DEFINE_string("carry_mode", "frozen_memory", "CMTA carry mode.")
+_BURN_IN = flags.DEFINE_integer("burn_in_steps", 20, "Burn-in window (carry mode burn_in).")
 
 
 def main(argv):
@@ -26,18 +28,20 @@ def main(argv):
   from cmta_jax.agents import registry, sac
   from cmta_jax.config import NetworkConfig, SACConfig
   from cmta_jax.envs import EnvConfig, MultiTaskEnv, task_names
-  from cmta_jax.training.loop import _batch_spec, empty_totals, make_act, make_train_step
+  from cmta_jax.training.loop import batch_spec, burn_in_steps, empty_totals, make_act, make_train_step
 
   names = task_names(_BENCHMARK.value)
   t, b = len(names), _BATCH.value
   run_config = registry.agent_defaults(
-      config_lib.RunConfig(agent=_AGENT.value, network=NetworkConfig(hidden_width=_WIDTH.value)),
+      config_lib.RunConfig(agent=_AGENT.value, network=NetworkConfig(
+          hidden_width=_WIDTH.value, carry_mode=_CARRY_MODE.value,
+          burn_in_steps=_BURN_IN.value)),
       explicit=set())
   networks = registry.make_agent_networks(_AGENT.value, run_config.network, names)
   sac_config: SACConfig = run_config.sac
   state = sac.init_training_state(jax.random.PRNGKey(0), networks, sac_config)
   rng = np.random.default_rng(0)
-  spec = _batch_spec(t, b, networks)
+  spec = batch_spec(t, b, networks, burn_in_steps(run_config, networks))
   batch = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), spec)
   train_step = make_train_step(networks, sac_config)
   totals = empty_totals(networks, sac_config, state, spec)
@@ -84,7 +88,7 @@ def main(argv):
   env_ms = 1e3 * (time.perf_counter() - start) / steps
   env.close()
   total = update_ms + act_ms + env_ms
-  print(f"{_AGENT.value} {_BENCHMARK.value} width {_WIDTH.value} B_task {b}: train step "
+  print(f"{_AGENT.value} ({run_config.network.carry_mode}) {_BENCHMARK.value} width {_WIDTH.value} B_task {b}: train step "
         f"{update_ms:.1f} ms | action selection {act_ms:.2f} ms | env step {env_ms:.1f} ms | "
         f"1/sum = {1e3 / total:.1f} vector steps/s")
 

@@ -73,6 +73,7 @@ def resolve_config(argv_flags=flags.FLAGS) -> config_lib.RunConfig:
       except ValueError:
         raise ValueError(f"--{name} must be comma-separated integers, got {','.join(value)!r}")
     run_config = config_lib.replace_path(run_config, path, value)
+  registry.check_explicit_fields(run_config, _explicit_paths(argv_flags))
   return run_config
 
 

@@ -23,6 +23,8 @@ def test_paper_presets_hold_the_paper_settings(name):
   assert flat["network.hidden_width"] == 512
   assert flat["network.hidden_layers"] == 3
   assert flat["env.reward_normalization"] is True
+  # The carry mode chosen from the CPU evidence (docs/carry_modes.md, BUILD_NOTES.md).
+  assert flat["network.carry_mode"] == "frozen_memory"
 
 
 def test_cpu_evidence_differs_from_the_paper_mt10_fixed_preset_only_in_its_budget_fields():

@@ -7,9 +7,11 @@ from cmta_jax.replay import ReplayBuffer, check_fits_in_memory, format_bytes
 from cmta_jax.types import LSTMCarry
 
 OBS_DIM, ACTION_DIM, CARRY_DIM = 5, 3, 4
+EPISODE_LENGTH = 6  # of the steps `fill` adds: step id s is step s % 6 of its episode
 
 
-def make_step(num_tasks: int, step: int, carry_dim: int = CARRY_DIM) -> dict:
+def make_step(num_tasks: int, step: int, carry_dim: int = CARRY_DIM,
+              episode_length: int = EPISODE_LENGTH) -> dict:
   """Distinct, recognisable values for one vector step: obs[t, 0] = task, obs[t, 1] = step id."""
   tasks = np.arange(num_tasks, dtype=np.float32)
   ident = tasks * 1000.0 + step  # unique per (task, step)
@@ -24,6 +26,7 @@ def make_step(num_tasks: int, step: int, carry_dim: int = CARRY_DIM) -> dict:
       terminated=(np.arange(num_tasks) + step) % 2 == 0,  # bools must be stored as 0/1
       carry_in=LSTMCarry(carry(0.1), carry(0.2)),
       carry_out=LSTMCarry(carry(0.3), carry(0.4)),
+      episode_step=np.full(num_tasks, step % episode_length),
   )
 
 
@@ -31,7 +34,8 @@ def flat_fields(step: dict) -> dict:
   return dict(obs=step["obs"], action=step["action"], reward=step["reward"],
               next_obs=step["next_obs"], terminated=step["terminated"].astype(np.float32),
               h_in=step["carry_in"].h, c_in=step["carry_in"].c,
-              h_out=step["carry_out"].h, c_out=step["carry_out"].c)
+              h_out=step["carry_out"].h, c_out=step["carry_out"].c,
+              episode_step=step["episode_step"])
 
 
 def sample_fields(batch) -> dict:
@@ -49,11 +53,12 @@ def assert_same_contents(a: ReplayBuffer, b: ReplayBuffer) -> None:
   np.testing.assert_array_equal(state_a["rng_state"], state_b["rng_state"])
 
 
-def fill(buffer: ReplayBuffer, steps, carry_dim: int = CARRY_DIM) -> dict:
+def fill(buffer: ReplayBuffer, steps, carry_dim: int = CARRY_DIM,
+         episode_length: int = EPISODE_LENGTH) -> dict:
   """Adds the given steps; returns {step id: per-task field values} for lookup."""
   added = {}
   for step in steps:
-    values = make_step(buffer.num_tasks, step, carry_dim)
+    values = make_step(buffer.num_tasks, step, carry_dim, episode_length)
     buffer.add(**values)
     added[step] = flat_fields(values)
   return added
@@ -187,13 +192,13 @@ def test_bytes_needed_matches_allocation(carry_dim):
   buffer = ReplayBuffer(3, 100, OBS_DIM, ACTION_DIM, carry_dim, seed=0)  # 33 per task
   assert ReplayBuffer.bytes_needed(3, 100, OBS_DIM, ACTION_DIM, carry_dim) == buffer.nbytes
   assert buffer.nbytes == sum(a.nbytes for a in buffer._storage.values())
-  assert buffer.nbytes == 3 * 33 * (2 * OBS_DIM + ACTION_DIM + 2 + 4 * carry_dim) * 4
+  assert buffer.nbytes == 3 * 33 * (2 * OBS_DIM + ACTION_DIM + 3 + 4 * carry_dim) * 4
 
 
 def test_memory_check_names_a_capacity_that_fits():
   args = (10, 5_000_000, 39, 4, 64)
   needed = ReplayBuffer.bytes_needed(*args)
-  assert needed == 10 * 500_000 * 340 * 4  # the paper-default 6.8 GB buffer
+  assert needed == 10 * 500_000 * 341 * 4  # the paper-default 6.8 GB buffer
   assert check_fits_in_memory(*args, available_bytes=2 * needed) == needed
   with pytest.raises(MemoryError) as info:
     check_fits_in_memory(*args, available_bytes=needed)  # fits, but not with the 20% headroom
@@ -234,4 +239,77 @@ def test_bad_arguments():
   step = make_step(3, 9)  # wrong number of tasks
   with pytest.raises(ValueError, match="obs"):
     buffer.add(**step)
+  step = make_step(2, 9)
+  step["episode_step"] = np.full(2, -1)
+  with pytest.raises(ValueError, match="episode_step"):
+    buffer.add(**step)
+  with pytest.raises(ValueError, match="burn_in_steps"):
+    buffer.sample(4, burn_in_steps=-1)
+  with pytest.raises(ValueError, match="slots"):
+    buffer.gather(np.full((2, 3), 2))  # slot 2 was never written
   assert buffer.size_per_task == 2  # failed adds leave the buffer untouched
+
+
+def _check_burn_in_windows(buffer: ReplayBuffer, steps_added: int, length: int,
+                           episode_length: int) -> int:
+  """Gathers EVERY filled slot with a window of `length`; checks each window against the
+  step ids in obs[..., 1]; returns how many windows were cut short by the ring."""
+  slots = np.tile(np.arange(buffer.size_per_task), (buffer.num_tasks, 1))
+  batch = buffer.gather(slots, burn_in_steps=length)
+  window = batch.burn_in
+  assert window.obs.shape == (buffer.num_tasks, buffer.size_per_task, length, OBS_DIM)
+  assert window.mask.shape == (buffer.num_tasks, buffer.size_per_task, length)
+  oldest = steps_added - buffer.size_per_task  # step id of the oldest surviving transition
+  cut_by_ring = 0
+  for task in range(buffer.num_tasks):
+    for b in range(buffer.size_per_task):
+      step = int(batch.obs[task, b, 1])
+      within_episode = step % episode_length
+      replayed = min(length, within_episode, step - oldest)
+      cut_by_ring += replayed < min(length, within_episode)
+      expected_mask = np.arange(length) >= length - replayed
+      np.testing.assert_array_equal(window.mask[task, b], expected_mask.astype(np.float32))
+      # The replayed steps are this task's, in order, directly before `step`, same episode.
+      np.testing.assert_array_equal(window.obs[task, b, expected_mask, 0], task)
+      np.testing.assert_array_equal(window.obs[task, b, expected_mask, 1],
+                                    np.arange(step - replayed, step))
+      np.testing.assert_array_equal(window.obs[task, b, ~expected_mask], 0.0)
+      # The window starts from the carry stored with its first replayed step.
+      first = make_step(buffer.num_tasks, step - replayed, CARRY_DIM, episode_length)
+      np.testing.assert_array_equal(window.carry.h[task, b], first["carry_in"].h[task])
+      np.testing.assert_array_equal(window.carry.c[task, b], first["carry_in"].c[task])
+  return cut_by_ring
+
+
+@pytest.mark.parametrize("length", [1, 3, 8])
+def test_burn_in_window_never_leaves_the_episode(length):
+  buffer = ReplayBuffer(3, 3 * 40, OBS_DIM, ACTION_DIM, CARRY_DIM, seed=0)
+  fill(buffer, range(20), episode_length=7)  # episodes of 7 steps; the last one unfinished
+  assert _check_burn_in_windows(buffer, 20, length, episode_length=7) == 0
+
+
+@pytest.mark.parametrize("length", [2, 5, 9])
+def test_burn_in_window_never_crosses_the_ring_write_position(length):
+  # 10 slots per task, 23 steps of episodes of 8: the ring wrapped twice and the oldest
+  # surviving step (13) is in the middle of an episode whose start was overwritten.
+  buffer = ReplayBuffer(2, 2 * 10, OBS_DIM, ACTION_DIM, CARRY_DIM, seed=0)
+  fill(buffer, range(23), episode_length=8)
+  cut = _check_burn_in_windows(buffer, 23, length, episode_length=8)
+  assert cut > 0  # some windows did meet the write position, and stopped there
+
+
+def test_sample_with_burn_in_draws_the_same_transitions():
+  buffers = [ReplayBuffer(2, 40, OBS_DIM, ACTION_DIM, CARRY_DIM, seed=5) for _ in range(2)]
+  for buffer in buffers:
+    fill(buffer, range(15))
+  plain, windowed = buffers[0].sample(16), buffers[1].sample(16, burn_in_steps=4)
+  assert plain.burn_in is None and windowed.burn_in is not None
+  np.testing.assert_array_equal(plain.obs, windowed.obs)  # the window does not move the RNG
+
+
+def test_draw_slots_with_another_rng_leaves_the_sampler_stream_alone():
+  buffers = [ReplayBuffer(2, 40, OBS_DIM, ACTION_DIM, CARRY_DIM, seed=5) for _ in range(2)]
+  for buffer in buffers:
+    fill(buffer, range(15))
+  buffers[0].draw_slots(8, np.random.default_rng(1))
+  np.testing.assert_array_equal(buffers[0].sample(16).obs, buffers[1].sample(16).obs)

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from cmta_jax.agents.networks import Encoder, EncoderOutput
+from cmta_jax.agents.task_encoder import make_task_encoder
 from cmta_jax.config import NetworkConfig
 from cmta_jax.nn import layers
 from cmta_jax.types import LSTMCarry
@@ -23,21 +24,6 @@ def make_state_encoder(obs_dim: int) -> Encoder:
     return EncoderOutput(features=obs, carry=carry_in, experts=None, attention=None)
 
   return Encoder(init=lambda key: {}, apply=apply, feature_dim=obs_dim, carry_dim=0)
-
-
-def make_task_encoder(config: NetworkConfig, num_tasks: int):
-  """g(task) as CMTA's: Embedding(T, 64) -> ReLU -> MLP (no activation at the end)."""
-  sizes = (config.task_embedding_dim, *config.task_encoder_hidden, config.task_feature_dim)
-
-  def init(key):
-    k_table, k_mlp = jax.random.split(key)
-    return {"task_embedding": layers.glorot_uniform(k_table, num_tasks, config.task_embedding_dim),
-            "task_encoder": layers.mlp_init(k_mlp, sizes)}
-
-  def apply(params, task_ids):
-    return layers.mlp_apply(params["task_encoder"], jax.nn.relu(params["task_embedding"][task_ids]))
-
-  return init, apply
 
 
 def make_task_state_encoder(config: NetworkConfig, num_tasks: int, obs_dim: int) -> Encoder:

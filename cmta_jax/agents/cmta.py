@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cmta_jax.agents.networks import Encoder, EncoderOutput
+from cmta_jax.agents.task_encoder import make_task_encoder
 from cmta_jax.config import NetworkConfig
 from cmta_jax.nn import layers
 from cmta_jax.types import LSTMCarry
@@ -19,50 +20,53 @@ def make_mixture_encoder(config: NetworkConfig, num_tasks: int, obs_dim: int,
                          pretrained_task_embeddings: np.ndarray | None = None) -> Encoder:
   """(s_t, task, carry_in) -> ([z_task; z_enc], carry_out, experts, attention).
 
-  z_task = g(task): learned Embedding(T, 64) or a fixed pretrained vector,
-  then ReLU and an MLP. Experts f^j(s_t) are one stacked, batched MLP. The
-  attention is softmax(W [stop_grad(z_task); h_t] / temperature), with h_t
-  from one LSTM step on s_t when `config.temporal_attention`.
+  z_task = g(task) (`task_encoder.py`). Experts f^j(s_t) are one stacked, batched
+  MLP. The attention is softmax(W [stop_grad(z_task); h_t] / temperature), with h_t
+  from one LSTM step on s_t when `config.temporal_attention`. How the carry is
+  advanced and stored depends on `config.carry_mode` (docs/carry_modes.md):
+    stored, burn_in: h_t and carry_out = lstm(s_t, carry_in), one trained LSTM.
+    frozen_memory: h_t = lstm(s_t, carry_in).h with the trained LSTM, while
+      carry_out = memory_lstm(s_t, carry_in) from an LSTM that no loss trains
+      (its parameters are used under stop_gradient), so stored carries stay exact.
   """
   temporal = config.temporal_attention
   carry_dim = config.lstm_hidden if temporal else 0
-  if pretrained_task_embeddings is not None:
-    pretrained = jnp.asarray(pretrained_task_embeddings, jnp.float32)
-    if pretrained.ndim != 2 or pretrained.shape[0] != num_tasks:
-      raise ValueError(f"pretrained task embeddings must be [{num_tasks}, dim], got {pretrained.shape}")
-    task_input_dim = pretrained.shape[1]
-  else:
-    pretrained = None
-    task_input_dim = config.task_embedding_dim
-  task_encoder_sizes = (task_input_dim, *config.task_encoder_hidden, config.task_feature_dim)
+  frozen_memory = temporal and config.carry_mode == "frozen_memory"
+  task_init, task_apply = make_task_encoder(config, num_tasks, pretrained_task_embeddings)
   attention_in = config.task_feature_dim + carry_dim
 
   def init(key):
-    k_table, k_task, k_experts, k_lstm, k_attention = jax.random.split(key, 5)
+    k_task, k_experts, k_lstm, k_attention, k_memory = jax.random.split(key, 5)
     params = {
-        "task_encoder": layers.mlp_init(k_task, task_encoder_sizes),
+        **task_init(k_task),
         "experts": layers.stacked_mlp_init(
             k_experts, config.num_experts, (obs_dim, config.expert_hidden, config.expert_dim)),
         "attention": layers.dense_init(k_attention, attention_in, config.num_experts),
     }
-    if pretrained is None:
-      params["task_embedding"] = layers.glorot_uniform(k_table, num_tasks, config.task_embedding_dim)
     if temporal:
       params["lstm"] = layers.lstm_init(k_lstm, obs_dim, config.lstm_hidden)
+    if frozen_memory:
+      params["memory_lstm"] = layers.lstm_init(k_memory, obs_dim, config.lstm_hidden)
     return params
+
+  def advance_carry(params, obs, carry_in: LSTMCarry) -> LSTMCarry:
+    """The carry recurrence: what acting stores as carry_out, and what burn-in replays."""
+    if frozen_memory:
+      return layers.lstm_apply(jax.lax.stop_gradient(params["memory_lstm"]), obs, carry_in)
+    return layers.lstm_apply(params["lstm"], obs, carry_in)
 
   def apply(params, obs, task_ids, carry_in: LSTMCarry) -> EncoderOutput:
     groups, batch = obs.shape[:2]
-    table = pretrained if pretrained is not None else params["task_embedding"]
     # z_task is computed once per group and broadcast over its rows.
-    z_task = layers.mlp_apply(params["task_encoder"], jax.nn.relu(table[task_ids]))  # [G, F_task]
+    z_task = task_apply(params, task_ids)  # [G, F_task]
     z_task = jnp.broadcast_to(z_task[:, None], (groups, batch, z_task.shape[-1]))
     experts = layers.stacked_mlp_apply(params["experts"], obs)  # [k, G, B, d]
     # The attention must not train the task encoder (reference code detaches it).
     attention_input = jax.lax.stop_gradient(z_task)
     if temporal:
-      carry_out = layers.lstm_apply(params["lstm"], obs, carry_in)
-      attention_input = jnp.concatenate([attention_input, carry_out.h], axis=-1)
+      carry_out = advance_carry(params, obs, carry_in)
+      h = layers.lstm_apply(params["lstm"], obs, carry_in).h if frozen_memory else carry_out.h
+      attention_input = jnp.concatenate([attention_input, h], axis=-1)
     else:
       carry_out = carry_in
     logits = layers.dense_apply(params["attention"], attention_input)
@@ -72,7 +76,7 @@ def make_mixture_encoder(config: NetworkConfig, num_tasks: int, obs_dim: int,
     return EncoderOutput(features=features, carry=carry_out, experts=experts, attention=attention)
 
   return Encoder(init=init, apply=apply, feature_dim=config.task_feature_dim + config.expert_dim,
-                 carry_dim=carry_dim)
+                 carry_dim=carry_dim, advance_carry=advance_carry if temporal else None)
 
 
 def _l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:

@@ -43,6 +43,9 @@ class Encoder(NamedTuple):
   apply: Callable[[Params, jax.Array, jax.Array, LSTMCarry], EncoderOutput]
   feature_dim: int
   carry_dim: int
+  # (params, obs [G, B, obs_dim], carry [G, B, carry_dim]) -> the next carry: the recurrence
+  # alone, for recomputing carries over a burn-in window. None without recurrence.
+  advance_carry: Callable[[Params, jax.Array, LSTMCarry], LSTMCarry] | None = None
 
 
 class Actor(NamedTuple):

@@ -70,6 +70,19 @@ def agent_defaults(run_config, explicit: set[str]):
   return run_config
 
 
+def check_explicit_fields(run_config, explicit: set[str]) -> None:
+  """Flags that were given but cannot act on this agent: a one-line ValueError, not silence."""
+  recurrent = has_experts(run_config.agent) and run_config.network.temporal_attention and (
+      AGENT_SPECS[run_config.agent].encoder == "mixture")
+  carry_fields = {"network.carry_mode", "network.burn_in_steps"} & explicit
+  if carry_fields and not recurrent:
+    raise ValueError(f"{', '.join('--' + f.split('.')[-1] for f in sorted(carry_fields))} only "
+                     "applies to agents with an LSTM ('cmta' with temporal_attention=true)")
+  if "network.burn_in_steps" in explicit and run_config.network.carry_mode != "burn_in":
+    raise ValueError(f"--burn_in_steps only applies to --carry_mode=burn_in "
+                     f"(carry_mode is {run_config.network.carry_mode!r})")
+
+
 def make_agent_networks(agent: str, config: NetworkConfig, task_names: Sequence[str],
                         obs_dim: int = 39, action_dim: int = 4) -> AgentNetworks:
   check_agent(agent)

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from cmta_jax.agents import carry as carry_lib
 from cmta_jax.agents import cmta
 from cmta_jax.agents.networks import AgentNetworks
 from cmta_jax.config import SACConfig
@@ -133,9 +134,13 @@ def make_loss(networks: AgentNetworks, config: SACConfig):
     return objective, metrics
 
   def loss(params, target_params, batch: Transition, task_ids, noise_next, noise_now):
-    online_t = encoder.apply(params["encoder"], batch.obs, task_ids, batch.carry_in)
-    online_next = encoder.apply(sg(params["encoder"]), batch.next_obs, task_ids, batch.carry_out)
-    target_next = encoder.apply(target_params["encoder"], batch.next_obs, task_ids, batch.carry_out)
+    carry_in, carry_next = carry_lib.carries_for_update(encoder.advance_carry, params["encoder"],
+                                                        batch)
+    online_t = encoder.apply(params["encoder"], batch.obs, task_ids, carry_in)
+    if carry_next is None:  # burn-in: s_{t+1}'s carry is this pass's fresh carry_out
+      carry_next = sg(online_t.carry)
+    online_next = encoder.apply(sg(params["encoder"]), batch.next_obs, task_ids, carry_next)
+    target_next = encoder.apply(target_params["encoder"], batch.next_obs, task_ids, carry_next)
 
     # a' from the actor on the online encoding of s'; its Q from the target networks.
     next_mean, next_log_std = actor.apply(sg(params["actor"]), online_next.features, task_ids)

@@ -18,16 +18,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from cmta_jax import analysis, config as config_lib
+from cmta_jax.agents import carry as carry_lib
 from cmta_jax.agents import registry, sac
 from cmta_jax.envs import MultiTaskEnv, make_variations, task_names
 from cmta_jax.replay import ReplayBuffer, check_fits_in_memory, format_bytes
 from cmta_jax.training.checkpointing import Checkpointer
 from cmta_jax.training.evaluation import evaluate
 from cmta_jax.training.metrics_log import MetricsLog
+from cmta_jax.types import BurnIn
 
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
 DIVERGENCE_THRESHOLD = 1e8
+# Replay transitions per task for the attention diagnostics at each log step (docs/carry_modes.md).
+DIAGNOSTIC_SAMPLES_PER_TASK = 8
+_DIAGNOSTIC_STREAM = 3  # numpy seed stream of the diagnostic samples; never the replay's own RNG
 # Fields that may change when a run is resumed: extending a run is normal.
 RESUMABLE_CHANGES = ("train.total_steps",)
 
@@ -183,7 +188,8 @@ def train(run_config: config_lib.RunConfig, run_dir: str, allow_config_change: b
   state = sac.init_training_state(jax.random.fold_in(base_key, 2), networks, run_config.sac)
   buffer = ReplayBuffer(num_tasks, cfg_train.replay_capacity, networks.obs_dim, networks.action_dim,
                         carry_dim, seed=cfg_train.seed)
-  example_batch = _batch_spec(num_tasks, cfg_train.batch_per_task, networks)
+  window = burn_in_steps(run_config, networks)
+  example_batch = batch_spec(num_tasks, cfg_train.batch_per_task, networks, window)
   totals = empty_totals(networks, run_config.sac, state, example_batch)
   checkpointer = Checkpointer(run_dir, cfg_train.keep_checkpoints)
   restored = checkpointer.restore_latest({"train_state": state, "totals": totals}, log)
@@ -211,6 +217,10 @@ def train(run_config: config_lib.RunConfig, run_dir: str, allow_config_change: b
   carry_host = jax.device_get(carry)  # the same carry on the host, for the replay buffer
   act = make_act(networks)
   train_step = make_train_step(networks, run_config.sac)
+  diagnostics = None
+  if networks.encoder.advance_carry is not None:
+    diagnostics = jax.jit(carry_lib.make_attention_diagnostics(networks.encoder))
+  episode_step = 0  # checkpoints are at episode starts
   eval_history = [r for r in _read_eval_history(run_dir)]
   start_step, start_time = step, time.perf_counter()
   last_success = eval_history[-1]["mean_success"] if eval_history else float("nan")
@@ -251,11 +261,10 @@ def train(run_config: config_lib.RunConfig, run_dir: str, allow_config_change: b
     record = {"step": step, "kind": "train", "updates": int(count)}
     if count:
       means = {k: np.asarray(v) / count for k, v in sums.items()}
-      for name in ("critic_loss", "actor_loss", "alpha_loss", "contrastive_loss", "entropy",
-                   "q_mean", "attention_entropy"):
-        if name in means:
-          record[name] = float(np.mean(means[name]))
-      record["alpha"] = _per_task(names, means["alpha"])
+      for name, value in sorted(means.items()):  # every metric the update returns
+        record[name] = _per_task(names, value) if name == "alpha" else float(np.mean(value))
+    if diagnostics is not None and len(buffer):
+      record.update(attention_diagnostics())
     episodes = stats.pop()
     if episodes is not None:
       record["train_success"] = float(np.mean(episodes["success"]))
@@ -273,9 +282,17 @@ def train(run_config: config_lib.RunConfig, run_dir: str, allow_config_change: b
                 f"contrastive {record['contrastive_loss']:.3g}")
     else:
       losses = "warm-up (no updates yet)"
+    if "attention_staleness" in record:
+      losses += f" | attention staleness {record['attention_staleness']:.3f}"
     log(f"step {step}/{cfg_train.total_steps} | {rate:.1f} steps/s | ETA {_hms(eta)} | "
         f"{losses} | train success {record.get('train_success', float('nan')):.2f} | "
         f"last eval success {last_success:.2f}")
+
+  def attention_diagnostics():
+    # Its own seeded draw, so logging never moves the replay sampler's stream.
+    rng = np.random.default_rng([cfg_train.seed, _DIAGNOSTIC_STREAM, step])
+    return measure_attention(diagnostics, state.params["encoder"], buffer, window,
+                             cfg_env.episode_length, rng)
 
   def save_checkpoint():
     check_divergence()
@@ -295,18 +312,20 @@ def train(run_config: config_lib.RunConfig, run_dir: str, allow_config_change: b
         check_divergence(actions)
       if step >= cfg_train.warmup_steps:
         # Dispatched asynchronously: the environment steps while the update runs.
-        state, totals = train_step(state, totals, buffer.sample(cfg_train.batch_per_task),
+        state, totals = train_step(state, totals, buffer.sample(cfg_train.batch_per_task, window),
                                    base_key, step)
       result = env.step(actions)
       carry_out_host = jax.device_get(carry_out)
       buffer.add(obs, actions, result.reward, result.next_obs, result.terminated,
-                 carry_host, carry_out_host)
+                 carry_host, carry_out_host, episode_step=np.full(num_tasks, episode_step))
       stats.add_step(result.success, result.raw_reward, result.episode_start)
       if result.episode_start:
         carry = sac.initial_carry(networks, num_tasks)
         carry_host = jax.device_get(carry)
+        episode_step = 0
       else:
         carry, carry_host = carry_out, carry_out_host
+        episode_step += 1
       obs = result.obs
       step += 1
       if step % cfg_train.log_every == 0 or step == cfg_train.total_steps:
@@ -344,13 +363,38 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-def _batch_spec(num_tasks, batch_per_task, networks):
+def measure_attention(diagnostics, encoder_params, buffer: ReplayBuffer, window: int,
+                      episode_length: int, rng: np.random.Generator,
+                      samples_per_task: int = DIAGNOSTIC_SAMPLES_PER_TASK) -> dict[str, float]:
+  """attention_staleness and attention_entropy_fresh (`carry.make_attention_diagnostics`,
+  jitted as `diagnostics`) on `samples_per_task` replay transitions per task drawn with `rng`:
+  the update's view uses the run's burn-in `window` (0 = stored carries), the exact one a
+  window of a whole episode."""
+  slots = buffer.draw_slots(samples_per_task, rng)
+  used, exact = buffer.gather(slots, window), buffer.gather(slots, episode_length)
+  values = jax.device_get(diagnostics(encoder_params, used, exact))
+  return {name: float(value) for name, value in values.items()}
+
+
+def burn_in_steps(run_config: config_lib.RunConfig, networks) -> int:
+  """The burn-in window the update's batches carry: L in carry mode `burn_in`, else 0."""
+  recurrent = networks.encoder.advance_carry is not None
+  return run_config.network.burn_in_steps if (
+      recurrent and run_config.network.carry_mode == "burn_in") else 0
+
+
+def batch_spec(num_tasks: int, batch_per_task: int, networks, burn_in_steps: int = 0):
+  """Shapes and dtypes of the update's batch (a `Transition` of ShapeDtypeStructs)."""
   def spec(*shape):
     return jax.ShapeDtypeStruct((num_tasks, batch_per_task, *shape), jnp.float32)
   carry = sac.LSTMCarry(spec(networks.encoder.carry_dim), spec(networks.encoder.carry_dim))
+  burn_in = None
+  if burn_in_steps:
+    burn_in = BurnIn(obs=spec(burn_in_steps, networks.obs_dim), mask=spec(burn_in_steps),
+                     carry=carry)
   return sac.Transition(obs=spec(networks.obs_dim), action=spec(networks.action_dim), reward=spec(),
                         next_obs=spec(networks.obs_dim), terminated=spec(), carry_in=carry,
-                        carry_out=carry)
+                        carry_out=carry, burn_in=burn_in)
 
 
 def _read_eval_history(run_dir):

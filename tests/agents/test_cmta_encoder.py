@@ -144,7 +144,8 @@ def test_attention_is_trained_by_lstm_and_attention_layer_only(helpers):
 
   grads = jax.jit(jax.grad(attention_objective))(setup.state.params["encoder"])
   for name, grad in helpers.flatten_with_names(grads).items():
-    if name.startswith(("task_encoder", "task_embedding", "experts")):
+    # memory_lstm (carry mode frozen_memory) only advances the carry, and is never trained.
+    if name.startswith(("task_encoder", "task_embedding", "experts", "memory_lstm")):
       np.testing.assert_array_equal(grad, np.zeros_like(grad), err_msg=name)
     else:  # lstm/*, attention/*
       assert np.any(grad != 0), name
@@ -165,11 +166,13 @@ def test_carry_in_changes_the_critic_output(helpers):
   assert np.all(q_values(carry) != q_values(other_carry))
 
 
-def test_select_action_carry_is_one_lstm_step(helpers):
-  setup = helpers.learner_setup()
+@pytest.mark.parametrize("mode,lstm", [("stored", "lstm"), ("frozen_memory", "memory_lstm")])
+def test_select_action_carry_is_one_lstm_step(helpers, mode, lstm):
+  """The carry acting stores: one step of the trained LSTM, or of the frozen memory LSTM."""
+  setup = helpers.learner_setup(network_config=helpers.small_network_config(carry_mode=mode))
   num_tasks, params = setup.networks.num_tasks, setup.state.params
   obs, carry = _first_step_of_each_task(setup)
-  expected = jax.jit(layers.lstm_apply)(params["encoder"]["lstm"], obs, carry)
+  expected = jax.jit(layers.lstm_apply)(params["encoder"][lstm], obs, carry)
   for deterministic in (False, True):
     _, carry_out = helpers.select_action_fn(setup.networks)(
         sac.policy_params(setup.state), obs, np.arange(num_tasks), carry, jax.random.key(0),
@@ -213,3 +216,12 @@ def test_without_temporal_input_there_is_no_carry(helpers):
   # Attention from z_task alone: the same weights for every sample of a task.
   np.testing.assert_allclose(out.attention, np.broadcast_to(out.attention[:, :1], out.attention.shape),
                              rtol=1e-6)
+
+
+def test_task_embedding_table_is_standard_normal(helpers):
+  """N(0, 1) as nn.Embedding in the authors' code (docs/algorithm.md): a Glorot table made
+  z_task ~6x smaller at initialisation."""
+  networks = helpers.make_networks(50, helpers.small_network_config(task_embedding_dim=64))
+  table = np.asarray(jax.jit(networks.encoder.init)(jax.random.key(0))["task_embedding"])
+  assert table.shape == (50, 64)
+  assert abs(table.mean()) < 0.05 and abs(table.std() - 1.0) < 0.05

@@ -111,7 +111,7 @@ def test_metrics_match_losses_recomputed_from_the_network_pieces(helpers):
   target_entropy = -networks.action_dim  # SPEC §3: -|A|
 
   for t in range(networks.num_tasks):
-    obs, action, reward, next_obs, terminated, carry_in, carry_out = _task_slice(batch, t)
+    obs, action, reward, next_obs, terminated, carry_in, carry_out, _ = _task_slice(batch, t)
     alpha = float(np.exp(np.asarray(params["log_alpha"])[t]))
     online_now = encoder(params["encoder"], obs, t, carry_in)
     online_next = encoder(params["encoder"], next_obs, t, carry_out)

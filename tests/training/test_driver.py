@@ -234,11 +234,15 @@ def test_end_to_end_run_writes_metrics_tensorboard_summary_and_checkpoints(basel
   for record in trains[1:]:
     assert record["updates"] == SMALL["log_every"]
     for key in ("critic_loss", "actor_loss", "alpha_loss", "contrastive_loss",
-                "attention_entropy"):
+                "attention_entropy", "td_target_mean", "q_mean", "entropy"):
       assert np.isfinite(record[key]), key
     assert list(record["alpha"]) == list(MT10)
     assert all(v > 0 for v in record["alpha"].values())
     assert "time/steps_per_sec" in record
+  # The carry diagnostics at every log step, warm-up included (frozen_memory: exact carries).
+  for record in trains:
+    assert 0.0 <= record["attention_staleness"] < 1e-4, record["step"]
+    assert 0.0 < record["attention_entropy_fresh"] <= np.log(6) + 1e-6
   # Two 20-step episodes finish in every 40-step log window.
   assert all(list(r["train_success_per_task"]) == list(MT10) for r in trains)
 
@@ -246,6 +250,7 @@ def test_end_to_end_run_writes_metrics_tensorboard_summary_and_checkpoints(basel
   assert sorted(scalars["eval/mean_success"]) == [0, 80, 160]
   assert sorted(scalars["train/critic_loss"]) == [80, 120, 160]
   assert sorted(scalars["train/alpha/reach-v3"]) == [80, 120, 160]
+  assert sorted(scalars["train/attention_staleness"]) == [40, 80, 120, 160]
 
   assert os.path.exists(os.path.join(run_dir, "summary.json"))
   assert summary["steps"] == TOTAL_STEPS
@@ -280,6 +285,25 @@ def test_resumed_run_is_bit_identical_to_uninterrupted(baseline_run, tmp_path):
     assert resumed["meta"] == uninterrupted["meta"]
   assert without_time(read_records(run_dir)) == without_time(read_records(baseline_dir))
   assert summary == baseline_summary
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("carry_mode", ["stored", "burn_in"])  # frozen_memory: the baseline run
+def test_every_carry_mode_resumes_exactly(tmp_path, carry_mode):
+  run_config = make_config(total_steps=80, eval_every=40, carry_mode=carry_mode, burn_in_steps=8)
+  uninterrupted_dir, resumed_dir = str(tmp_path / "uninterrupted"), str(tmp_path / "resumed")
+  summary = loop.train(run_config, uninterrupted_dir, log=LogCapture())
+  loop.train(make_config(total_steps=40, eval_every=40, carry_mode=carry_mode, burn_in_steps=8),
+             resumed_dir, log=LogCapture())
+  log = LogCapture()
+  assert loop.train(run_config, resumed_dir, log=log) == summary
+  assert "from the checkpoint at step 40" in log.text
+  resumed, uninterrupted = restore_checkpoint(resumed_dir, 80), restore_checkpoint(uninterrupted_dir, 80)
+  assert_trees_equal(resumed["state"], uninterrupted["state"])
+  assert_trees_equal(resumed["replay"], uninterrupted["replay"])
+  assert without_time(read_records(resumed_dir)) == without_time(read_records(uninterrupted_dir))
+  staleness = [r["attention_staleness"] for r in read_records(resumed_dir) if r["kind"] == "train"]
+  assert staleness[0] < 1e-4 and staleness[-1] > staleness[0]  # the LSTM has moved since acting
 
 
 @pytest.mark.slow
@@ -376,6 +400,10 @@ def cli_failures(baseline_run, tmp_path_factory, compilation_cache_dir):
       "misaligned_checkpoints": {"checkpoint_every": EPISODE_LENGTH + 5},
       "mistyped_steps": {"total_steps": "abc"},
       "unknown_flag": {"totl_steps": 5},
+      "unknown_carry_mode": {"carry_mode": "fresh"},
+      "burn_in_steps_without_burn_in": {"carry_mode": "stored", "burn_in_steps": 10},
+      "carry_mode_without_lstm": {"agent": "mtsac", "carry_mode": "burn_in"},
+      "zero_burn_in_steps": {"carry_mode": "burn_in", "burn_in_steps": 0},
       "absurd_replay": {"replay_capacity": 10**12},
       "config_mismatch": {"seed": 1, "hidden_width": 64},
       "only_checkpoint_corrupt": {},
@@ -426,6 +454,10 @@ def _assert_one_line_error(result, pattern: str, before_config: bool = True) -> 
     ("misaligned_checkpoints", r"checkpoint_every \(25\) must be a multiple of the episode length"),
     ("mistyped_steps", r"flag --total_steps=abc: invalid literal for int\(\)"),
     ("unknown_flag", r"Unknown command line flag 'totl_steps'"),
+    ("unknown_carry_mode", r"unknown carry_mode 'fresh'; choose one of stored, frozen_memory, burn_in"),
+    ("burn_in_steps_without_burn_in", r"--burn_in_steps only applies to --carry_mode=burn_in"),
+    ("carry_mode_without_lstm", r"--carry_mode only applies to agents with an LSTM"),
+    ("zero_burn_in_steps", r"burn_in_steps must be a positive integer, got 0"),
 ])
 def test_bad_flags_fail_with_one_line_before_building_anything(cli_failures, name, pattern):
   _assert_one_line_error(cli_failures[name], pattern)
