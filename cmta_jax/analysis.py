@@ -1,4 +1,4 @@
-"""Success-curve statistics as the paper reports them (SPEC §5), plus robust aggregates."""
+"""Success-curve statistics as the paper reports them (docs/algorithm.md §5), plus robust aggregates."""
 
 from typing import Sequence
 

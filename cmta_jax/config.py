@@ -1,6 +1,6 @@
 """Run configuration: one frozen dataclass per concern, named presets.
 
-Every default is the paper's value (SPEC §2-§5). `validate()` methods raise a
+Every default is the paper's value (docs/algorithm.md §2-§5). `validate()` methods raise a
 one-line ValueError so a launch fails before anything is built.
 """
 
@@ -16,7 +16,7 @@ CARRY_MODES = ("stored", "frozen_memory", "burn_in")
 
 @dataclasses.dataclass(frozen=True)
 class NetworkConfig:
-  """Widths and shapes of the encoder, actor and critic (SPEC §2, §6)."""
+  """Widths and shapes of the encoder, actor and critic (docs/algorithm.md §2, §6)."""
 
   hidden_width: int = 512  # actor and each Q head: hidden_layers x hidden_width, ReLU
   hidden_layers: int = 3
@@ -63,7 +63,7 @@ class NetworkConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SACConfig:
-  """The shared SAC update and CMTA's contrastive term (SPEC §3)."""
+  """The shared SAC update and CMTA's contrastive term (docs/algorithm.md §3)."""
 
   discount: float = 0.99
   actor_lr: float = 3e-4
@@ -95,7 +95,7 @@ class SACConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-  """Schedule, replay, evaluation, logging and checkpoints (SPEC §4-§5)."""
+  """Schedule, replay, evaluation, logging and checkpoints (docs/algorithm.md §4-§5)."""
 
   seed: int = 0
   total_steps: int = 2_400_000  # vector steps (= environment steps per task)
@@ -143,7 +143,7 @@ class RunConfig:
 def _paper(benchmark: str, mode: str) -> RunConfig:
   return RunConfig(
       env=EnvConfig(benchmark=benchmark, mode=mode),
-      # The paper used 1 evaluation episode per task; Mixed needs more (SPEC §5).
+      # The paper used 1 evaluation episode per task; Mixed needs more (docs/algorithm.md §5).
       train=TrainConfig(eval_episodes=1 if mode == "fixed" else 10))
 
 
@@ -195,3 +195,19 @@ def getattr_path(config: Any, path: str) -> Any:
   for part in path.split("."):
     config = getattr(config, part)
   return config
+
+
+def from_flat(flat: dict[str, Any]) -> RunConfig:
+  """The inverse of `flatten` (lists back to tuples); absent fields keep their defaults.
+
+  Raises ValueError naming an unknown field.
+  """
+  run_config = RunConfig()
+  known = flatten(run_config)
+  for path, value in flat.items():
+    if path not in known:
+      raise ValueError(f"unknown config field {path!r}")
+    if isinstance(getattr_path(run_config, path), tuple):
+      value = tuple(value)
+    run_config = replace_path(run_config, path, value)
+  return run_config

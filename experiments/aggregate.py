@@ -9,22 +9,25 @@ every seed reached are used.
 """
 
 import json
+import os
 import sys
 
 import numpy as np
 
-from cmta_jax import analysis
+from cmta_jax import analysis, cli
 from cmta_jax.training.metrics_log import read_records
 
 
 def main(run_dirs: list[str]) -> dict:
   if not run_dirs:
-    raise SystemExit("usage: aggregate.py RUN_DIR [RUN_DIR ...]")
+    cli.fail("usage: aggregate.py RUN_DIR [RUN_DIR ...]")
   curves = {}
   for run_dir in run_dirs:
+    if not os.path.isdir(run_dir):
+      raise ValueError(f"{run_dir} is not a directory (give run directories)")
     evals = [r for r in read_records(run_dir) if r["kind"] == "eval"]
     if not evals:
-      raise SystemExit(f"error: {run_dir} has no evaluation records")
+      raise ValueError(f"{run_dir} has no evaluation records (is it a run directory?)")
     curves[run_dir] = {r["step"]: r["mean_success"] for r in evals}
   steps = sorted(set.intersection(*(set(c) for c in curves.values())))
   per_seed = np.array([[curves[d][s] for s in steps] for d in run_dirs])
@@ -41,4 +44,4 @@ def main(run_dirs: list[str]) -> dict:
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  cli.one_line_errors(lambda argv: main(argv[1:]))(sys.argv)

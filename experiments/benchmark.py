@@ -18,6 +18,8 @@ import time
 
 from absl import app, flags
 
+from cmta_jax import cli
+
 _AGENTS = flags.DEFINE_list("agents", ["cmta"], "Agents to time at the MT10 setting ('all' = every agent).")
 _CALLS = flags.DEFINE_integer("calls", 50, "Timed calls per function (after warm-up).")
 _WIDTH = flags.DEFINE_integer("hidden_width", 512, "Actor/critic width.")
@@ -169,4 +171,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(cli.one_line_errors(main), flags_parser=cli.parse_flags)

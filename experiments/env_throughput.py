@@ -13,6 +13,8 @@ import time
 from typing import Any
 
 from absl import app, flags
+
+from cmta_jax import cli
 import numpy as np
 
 # Run as a script from the repo root without installing the package.
@@ -116,4 +118,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(cli.one_line_errors(main), flags_parser=cli.parse_flags)

@@ -11,6 +11,8 @@ import time
 
 from absl import app, flags
 
+from cmta_jax import cli
+
 _BENCHMARK = flags.DEFINE_enum("benchmark", "MT10", ["MT10", "MT50"], "Benchmark.")
 _WIDTH = flags.DEFINE_integer("hidden_width", 256, "Actor/critic width.")
 _BATCH = flags.DEFINE_integer("batch_per_task", 64, "Batch per task.")
@@ -94,4 +96,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(cli.one_line_errors(main), flags_parser=cli.parse_flags)

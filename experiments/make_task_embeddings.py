@@ -168,10 +168,13 @@ def main() -> None:
       "descriptions": {n: DESCRIPTIONS[n] for n in names},
       "embeddings": vectors,
   }
-  args.out.parent.mkdir(parents=True, exist_ok=True)
-  with open(args.out, "w", encoding="utf-8") as f:
-    json.dump(payload, f, separators=(",", ":"))
-    f.write("\n")
+  try:
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "w", encoding="utf-8") as f:
+      json.dump(payload, f, separators=(",", ":"))
+      f.write("\n")
+  except OSError as e:  # this script runs outside the package's venv: no cmta_jax.cli here
+    sys.exit(f"error: cannot write {args.out}: {e.strerror or e} (choose another --out)")
   print(f"wrote {len(names)} x {DIM} embeddings to {args.out} "
         f"({args.out.stat().st_size / 1024:.0f} KiB) with {payload['model']}")
 

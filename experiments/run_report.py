@@ -11,14 +11,14 @@ ends with a task x run table of the mean over the last evaluations, for
 comparing agents at the same budget.
 """
 
-import json
 import os
 
 from absl import app, flags
 import numpy as np
 
-from cmta_jax import analysis
+from cmta_jax import analysis, cli
 from cmta_jax.training.metrics_log import read_records
+from cmta_jax.training.run_dir import read_saved_config
 
 _LAST_EVALS = flags.DEFINE_integer("last_evals", 5, "Evaluations per task shown (the last N).")
 _TRAIN_WINDOW = flags.DEFINE_integer(
@@ -34,8 +34,9 @@ class RunSummary:
     self.trains = [r for r in records if r["kind"] == "train"]
     if not self.evals:
       raise ValueError(f"{run_dir} has no evaluation records (is it a run directory?)")
-    config_path = os.path.join(run_dir, "config.json")
-    config = json.load(open(config_path)) if os.path.exists(config_path) else {}
+    if not os.path.isdir(run_dir):
+      raise ValueError(f"{run_dir} is not a directory (give run directories)")
+    config = read_saved_config(run_dir) or {}
     self.run_dir = run_dir
     self.agent = config.get("agent", "?")
     self.tasks = list(self.evals[-1]["success"])
@@ -111,17 +112,14 @@ def comparison_table(runs: list[RunSummary], last_evals: int) -> str:
 def main(argv):
   run_dirs = argv[1:]
   if not run_dirs:
-    raise app.UsageError("usage: run_report.py RUN_DIR [RUN_DIR ...] [--last_evals=N]")
+    cli.fail("usage: run_report.py RUN_DIR [RUN_DIR ...] [--last_evals=N]")
   if _LAST_EVALS.value < 1 or _TRAIN_WINDOW.value < 1:
-    raise app.UsageError("--last_evals and --train_window must be positive")
-  try:
-    runs = [RunSummary(d) for d in run_dirs]
-  except ValueError as error:
-    raise SystemExit(f"error: {error}") from None
+    cli.fail("--last_evals and --train_window must be positive")
+  runs = [RunSummary(d) for d in run_dirs]
   print("\n\n".join(report_run(r, _LAST_EVALS.value, _TRAIN_WINDOW.value) for r in runs))
   if len(runs) > 1:
     print("\n" + comparison_table(runs, _LAST_EVALS.value))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(cli.one_line_errors(main), flags_parser=cli.parse_flags)

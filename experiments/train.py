@@ -13,6 +13,7 @@ import sys
 
 from absl import app, flags, logging
 
+from cmta_jax import cli
 from cmta_jax import config as config_lib
 from cmta_jax.agents import registry
 
@@ -83,39 +84,35 @@ def _explicit_paths(argv_flags) -> set[str]:
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are written --name=value)")
   # Orbax reports every file it writes at INFO; keep the console for progress.
   logging.set_verbosity(logging.WARNING)
   try:
     run_config = resolve_config()
     run_config.validate()
   except ValueError as error:
-    _fail(error)
+    cli.fail(error)
   # Imported only now, so that --help and bad flags answer without loading the driver.
   from cmta_jax.training import loop
-  from cmta_jax.training.checkpointing import NoUsableCheckpoint
+  from cmta_jax.training.checkpointing import CheckpointWriteFailed, NoUsableCheckpoint
+  from cmta_jax.training.preemption import Preempted
+  from cmta_jax.training.run_dir import RunDirInUse
+  run_dir = _RUN_DIR.value or os.path.join(
+      "runs", f"{run_config.agent}_{run_config.env.benchmark}_{run_config.env.mode}"
+      f"_seed{run_config.train.seed}")
   try:
-    run_dir = _RUN_DIR.value or os.path.join(
-        "runs", f"{run_config.agent}_{run_config.env.benchmark}_{run_config.env.mode}"
-        f"_seed{run_config.train.seed}")
     loop.train(run_config, run_dir, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
-  except (ValueError, FileNotFoundError, MemoryError, NoUsableCheckpoint,
-          loop.TrainingDiverged) as error:
-    _fail(error)
-
-
-def _fail(error: Exception) -> None:
-  print(f"error: {error}", file=sys.stderr)
-  sys.exit(1)
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-  """absl's parsing, with a mistyped or unknown flag reported as our one-line error."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as error:
-    _fail(f"{error} (see --helpfull)")
+  except Preempted as stopped:
+    cli.fail(f"{stopped}", cli.EXIT_PREEMPTED)
+  except (loop.Interrupted, KeyboardInterrupt) as interrupted:
+    cli.fail(f"{interrupted}" or "interrupted before the first checkpoint", cli.EXIT_INTERRUPTED)
+  except CheckpointWriteFailed as error:
+    # orbax's worker threads may still be failing: leave without waiting for them.
+    print(f"error: {cli.describe(error)}", file=sys.stderr, flush=True)
+    os._exit(cli.EXIT_ERROR)
+  except (*cli.USER_ERRORS, NoUsableCheckpoint, loop.TrainingDiverged, RunDirInUse) as error:
+    cli.fail(error)
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

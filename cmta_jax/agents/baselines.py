@@ -1,4 +1,4 @@
-"""Encoders of the paper's baselines (SPEC §6). Each one plugs into the same SAC update.
+"""Encoders of the paper's baselines (docs/algorithm.md §6). Each one plugs into the same SAC update.
 
 MT-SAC, MTMH-SAC and Single-SAC feed the state itself to the heads (their
 difference is the head layout, see `networks.py`); MT-SAC+TE adds a learned

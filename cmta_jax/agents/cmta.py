@@ -2,7 +2,7 @@
 
 The same mixture-of-experts encoder also serves CARE: there the task vector
 comes from a frozen pretrained description embedding instead of a learned
-table, and there is no temporal input (SPEC §6).
+table, and there is no temporal input (docs/algorithm.md §6).
 """
 
 import jax

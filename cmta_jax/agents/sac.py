@@ -1,4 +1,4 @@
-"""The one SAC update every agent trains with (SPEC §3), and action selection.
+"""The one SAC update every agent trains with (docs/algorithm.md §3), and action selection.
 
 `make_update_fn(networks, config)` returns a pure function
 `update(state, batch, key) -> (state, metrics)` that does, in one call:

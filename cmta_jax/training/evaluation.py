@@ -1,4 +1,4 @@
-"""Evaluation (SPEC §5): deterministic policy, carry reset per episode, E episodes per task."""
+"""Evaluation (docs/algorithm.md §5): deterministic policy, carry reset per episode, E episodes per task."""
 
 import jax
 import numpy as np

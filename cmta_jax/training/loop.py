@@ -22,55 +22,27 @@ from cmta_jax.agents import carry as carry_lib
 from cmta_jax.agents import registry, sac
 from cmta_jax.envs import MultiTaskEnv, make_variations, task_names
 from cmta_jax.replay import ReplayBuffer, check_fits_in_memory, format_bytes
+from cmta_jax.training import run_dir as run_dir_lib
 from cmta_jax.training.checkpointing import Checkpointer
 from cmta_jax.training.evaluation import evaluate
 from cmta_jax.training.metrics_log import MetricsLog
+from cmta_jax.training.preemption import Preempted, StopSignals
 from cmta_jax.types import BurnIn
 
-CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
 DIVERGENCE_THRESHOLD = 1e8
 # Replay transitions per task for the attention diagnostics at each log step (docs/carry_modes.md).
 DIAGNOSTIC_SAMPLES_PER_TASK = 8
 _DIAGNOSTIC_STREAM = 3  # numpy seed stream of the diagnostic samples; never the replay's own RNG
-# Fields that may change when a run is resumed: extending a run is normal.
-RESUMABLE_CHANGES = ("train.total_steps",)
+ConfigMismatch = run_dir_lib.ConfigMismatch
 
 
 class TrainingDiverged(RuntimeError):
   pass
 
 
-class ConfigMismatch(ValueError):
-  pass
-
-
-def _config_diff(saved: dict, current: dict) -> list[str]:
-  diffs = []
-  for key in sorted(set(saved) | set(current)):
-    if key in RESUMABLE_CHANGES:
-      continue
-    if saved.get(key, "<missing>") != current.get(key, "<missing>"):
-      diffs.append(f"{key}: saved {saved.get(key, '<missing>')!r} != now {current.get(key, '<missing>')!r}")
-  return diffs
-
-
-def prepare_run_dir(run_config: config_lib.RunConfig, run_dir: str, allow_config_change: bool) -> None:
-  """Creates run_dir and saves the config; refuses a run dir holding a different config."""
-  os.makedirs(run_dir, exist_ok=True)
-  path = os.path.join(run_dir, CONFIG_FILE)
-  current = config_lib.flatten(run_config)
-  if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
-    diffs = _config_diff(saved, current)
-    if diffs and not allow_config_change:
-      raise ConfigMismatch(f"{run_dir} holds a run with a different config ({'; '.join(diffs)}); "
-                           "use another --run_dir or pass --allow_config_change")
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(current, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+class Interrupted(Exception):
+  """A second Ctrl-C stopped the run at once; it resumes from its last checkpoint."""
 
 
 class _EpisodeStats:
@@ -181,9 +153,34 @@ def train(run_config: config_lib.RunConfig, run_dir: str, allow_config_change: b
   needed = check_fits_in_memory(num_tasks, cfg_train.replay_capacity, networks.obs_dim,
                                 networks.action_dim, carry_dim)
   log(f"replay buffer: {cfg_train.replay_capacity} transitions need {format_bytes(needed)}")
-  prepare_run_dir(run_config, run_dir, allow_config_change)
-  log("config:\n" + json.dumps(config_lib.flatten(run_config), indent=1, sort_keys=True))
+  # Everything below happens under the run directory's lock, and nothing in it is written
+  # before the config is known to fit its checkpoints.
+  with run_dir_lib.RunDirLock(run_dir):
+    saved = run_dir_lib.read_saved_config(run_dir)
+    run_dir_lib.check_resume_config(run_dir, saved, run_config, allow_config_change,
+                                    checkpoint_shapes)
+    return _train_locked(run_config, run_dir, networks, log)
 
+
+def checkpoint_shapes(run_config: config_lib.RunConfig) -> tuple:
+  """What a config fixes of its checkpoints' arrays: the learner state's leaves (path ->
+  shape, dtype) and the replay buffer's shape. Tracing only, nothing is computed."""
+  run_config.validate()
+  names = task_names(run_config.env.benchmark)
+  networks = registry.make_agent_networks(run_config.agent, run_config.network, names)
+  state = jax.eval_shape(lambda key: sac.init_training_state(key, networks, run_config.sac),
+                         jax.random.PRNGKey(0))
+  num_tasks = len(names)
+  replay = (num_tasks, run_config.train.replay_capacity // num_tasks, networks.obs_dim,
+            networks.action_dim, networks.encoder.carry_dim)
+  return run_dir_lib.abstract_shapes(state), replay
+
+
+def _train_locked(run_config: config_lib.RunConfig, run_dir: str, networks,
+                  log: Callable[[str], None]) -> dict:
+  cfg_env, cfg_train = run_config.env, run_config.train
+  names = task_names(cfg_env.benchmark)
+  num_tasks, carry_dim = len(names), networks.encoder.carry_dim
   base_key = jax.random.PRNGKey(cfg_train.seed)
   state = sac.init_training_state(jax.random.fold_in(base_key, 2), networks, run_config.sac)
   buffer = ReplayBuffer(num_tasks, cfg_train.replay_capacity, networks.obs_dim, networks.action_dim,
@@ -192,7 +189,20 @@ def train(run_config: config_lib.RunConfig, run_dir: str, allow_config_change: b
   example_batch = batch_spec(num_tasks, cfg_train.batch_per_task, networks, window)
   totals = empty_totals(networks, run_config.sac, state, example_batch)
   checkpointer = Checkpointer(run_dir, cfg_train.keep_checkpoints)
-  restored = checkpointer.restore_latest({"train_state": state, "totals": totals}, log)
+  saved_steps = checkpointer.steps()
+  if saved_steps and saved_steps[-1] > cfg_train.total_steps:
+    checkpointer.close()
+    raise ValueError(f"{run_dir} is already at step {saved_steps[-1]}, past --total_steps="
+                     f"{cfg_train.total_steps}; nothing changed (give --total_steps >= "
+                     f"{saved_steps[-1]} to resume or extend it)")
+  try:
+    restored = checkpointer.restore_latest({"train_state": state, "totals": totals}, log)
+  except BaseException:
+    checkpointer.close()
+    raise
+  # Only now is the run really starting or resuming: record its config.
+  run_dir_lib.write_config(run_dir, run_config)
+  log("config:\n" + json.dumps(config_lib.flatten(run_config), indent=1, sort_keys=True))
 
   variations = make_variations(cfg_env.benchmark, cfg_train.seed)
   env = MultiTaskEnv(cfg_env, cfg_train.seed, "train", variations=variations)
@@ -301,7 +311,13 @@ def train(run_config: config_lib.RunConfig, run_dir: str, allow_config_change: b
     checkpointer.save(step, {"train_state": state, "totals": totals}, buffer.state_dict(),
                       json.loads(json.dumps(meta, default=_json_default)))
 
+  def last_checkpoint() -> str:
+    steps = checkpointer.steps()
+    return f"step {steps[-1]}" if steps else "none yet"
+
+  stop = StopSignals(log)
   try:
+    stop.__enter__()
     if step == 0:
       run_eval()
     while step < cfg_train.total_steps:
@@ -310,7 +326,7 @@ def train(run_config: config_lib.RunConfig, run_dir: str, allow_config_change: b
       actions = np.asarray(actions)
       if not np.all(np.isfinite(actions)):
         check_divergence(actions)
-      if step >= cfg_train.warmup_steps:
+      if step >= cfg_train.warmup_steps and len(buffer):  # (warm-up 0: from the 2nd step)
         # Dispatched asynchronously: the environment steps while the update runs.
         state, totals = train_step(state, totals, buffer.sample(cfg_train.batch_per_task, window),
                                    base_key, step)
@@ -334,7 +350,18 @@ def train(run_config: config_lib.RunConfig, run_dir: str, allow_config_change: b
         run_eval()
       if step % cfg_train.checkpoint_every == 0 or step == cfg_train.total_steps:
         save_checkpoint()
+      if stop.requested and result.episode_start and step < cfg_train.total_steps:
+        if step not in checkpointer.steps():
+          save_checkpoint()
+        raise Preempted(f"stopped by {stop.requested} at step {step} of {cfg_train.total_steps} "
+                        f"after writing its checkpoint in {checkpointer.directory}; run the same "
+                        "command to resume")
+  except KeyboardInterrupt:
+    raise Interrupted(f"interrupted at step {step} of {cfg_train.total_steps}; last checkpoint: "
+                      f"{last_checkpoint()} in {checkpointer.directory}; run the same command to "
+                      "resume") from None
   finally:
+    stop.__exit__(None, None, None)
     log_file.close()
     checkpointer.close()
     env.close()

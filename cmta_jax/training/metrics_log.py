@@ -34,17 +34,30 @@ def _to_json(value: Any) -> Any:
 
 
 def read_records(run_dir: str) -> list[dict]:
+  """The records of RUN_DIR/metrics.jsonl ([] without the file).
+
+  A torn last line (a crash mid-write) is dropped; any other bad line raises ValueError
+  naming the file and the line.
+  """
   path = os.path.join(run_dir, METRICS_FILE)
   if not os.path.exists(path):
     return []
   with open(path) as f:
-    lines = [line for line in f if line.strip()]
-  records = [json.loads(line) for line in lines[:-1]]
-  if lines:
+    lines = [(number, line) for number, line in enumerate(f, start=1) if line.strip()]
+  records = []
+  for index, (number, line) in enumerate(lines):
     try:
-      records.append(json.loads(lines[-1]))
-    except json.JSONDecodeError:
-      pass  # A write cut short by a crash: that step is past the last checkpoint anyway.
+      record = json.loads(line)
+    except json.JSONDecodeError as error:
+      if index == len(lines) - 1:
+        break  # A write cut short by a crash: that step is past the last checkpoint anyway.
+      raise ValueError(f"{path}, line {number}: not a JSON record ({error.msg}); fix or delete "
+                       "that line") from None
+    if not isinstance(record, dict) or not isinstance(record.get("step"), int) or (
+        "kind" not in record):
+      raise ValueError(f"{path}, line {number}: not a metrics record (needs 'step' and 'kind'); "
+                       "fix or delete that line")
+    records.append(record)
   return records
 
 

@@ -1,4 +1,4 @@
-"""The paper's baselines and ablations (SPEC §6) on the one SAC update.
+"""The paper's baselines and ablations (docs/algorithm.md §6) on the one SAC update.
 
 Every agent acts and updates at MT1/MT10/MT50 sizes; each baseline's defining
 structure is checked through gradients (MTMH-SAC heads, Single-SAC slices),

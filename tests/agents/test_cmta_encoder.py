@@ -88,7 +88,7 @@ class ModuleBoundariesTest(chex.TestCase):
     network_config = NetworkConfig()
     networks = self.helpers.make_networks(10, network_config, obs_dim=39, action_dim=4)
     params = self.helpers.random_training_state(networks, SACConfig(), seed=0).params
-    # SPEC §2: [z_task (64); z_enc (64)], LSTM 64, 6 experts of 64, actor/critic 3 x 512.
+    # docs/algorithm.md §2: [z_task (64); z_enc (64)], LSTM 64, 6 experts of 64, actor/critic 3 x 512.
     encoder = params["encoder"]
     self.assertEqual([layer["w"].shape for layer in encoder["task_encoder"]],
                      [(64, 128), (128, 64), (64, 64), (64, 64)])

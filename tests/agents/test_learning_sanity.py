@@ -114,7 +114,7 @@ def train_point_task(agent_name: str, *, num_steps: int = 3000, warmup_steps: in
   steps_in_episode = 0
   for step in range(num_steps):
     obs = _observe(position, GOALS, goal_in_obs)
-    # The carry advances during warm-up too, so stored carries are always real (SPEC §4).
+    # The carry advances during warm-up too, so stored carries are always real (docs/algorithm.md §4).
     action, next_carry = act(sac.policy_params(state), obs, carry, step)
     action = np.asarray(action)
     if step < warmup_steps:
@@ -139,7 +139,7 @@ def train_point_task(agent_name: str, *, num_steps: int = 3000, warmup_steps: in
 
   def learned_policy(obs, ids, step):
     nonlocal eval_carry
-    if step == 0:  # zero carry at each episode start (SPEC §5)
+    if step == 0:  # zero carry at each episode start (docs/algorithm.md §5)
       eval_carry = sac.initial_carry(networks, len(ids))
     action, eval_carry = select_action(params, obs, jnp.asarray(ids, jnp.int32), eval_carry,
                                        jax.random.key(0), deterministic=True)

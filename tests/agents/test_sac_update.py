@@ -1,4 +1,4 @@
-"""The one SAC update (SPEC §3): shapes, each loss recomputed from the network
+"""The one SAC update (docs/algorithm.md §3): shapes, each loss recomputed from the network
 pieces, exact gradient routing, Polyak targets, the per-task temperature, the
 task vmap against a Python loop, carries and determinism.
 
@@ -98,7 +98,7 @@ def test_update_shapes_and_finiteness(helpers, num_tasks):
 
 
 def test_metrics_match_losses_recomputed_from_the_network_pieces(helpers):
-  """Every loss of SPEC §3, rebuilt per task from encoder/actor/critic calls and a
+  """Every loss of docs/algorithm.md §3, rebuilt per task from encoder/actor/critic calls and a
   NumPy tanh-Gaussian log-probability, against the update's per-task metrics."""
   setup = helpers.learner_setup()
   networks, config, batch = setup.networks, setup.sac_config, setup.batch
@@ -108,7 +108,7 @@ def test_metrics_match_losses_recomputed_from_the_network_pieces(helpers):
   params, target = state.params, state.target_params
   encoder, actor, critic = helpers.task_slice_networks(networks)
   info_nce = jax.jit(cmta.info_nce, static_argnums=2)
-  target_entropy = -networks.action_dim  # SPEC §3: -|A|
+  target_entropy = -networks.action_dim  # docs/algorithm.md §3: -|A|
 
   for t in range(networks.num_tasks):
     obs, action, reward, next_obs, terminated, carry_in, carry_out, _ = _task_slice(batch, t)

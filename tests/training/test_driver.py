@@ -11,7 +11,9 @@ import glob
 import json
 import os
 import re
+import resource
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -24,10 +26,12 @@ import orbax.checkpoint as ocp
 import pytest
 from tensorboardX.proto import event_pb2
 
+from cmta_jax import cli
 from cmta_jax import config as config_lib
 from cmta_jax.agents import registry
 from cmta_jax.envs import metaworld_env, task_names
 from cmta_jax.training import loop, metrics_log
+from cmta_jax.training import run_dir as run_dir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN_SCRIPT = os.path.join(REPO, "experiments", "train.py")
@@ -273,6 +277,7 @@ def test_resumed_run_is_bit_identical_to_uninterrupted(baseline_run, tmp_path):
   run_dir = str(tmp_path / "run")
   half = loop.train(make_config(total_steps=TOTAL_STEPS // 2), run_dir, log=LogCapture())
   assert half["steps"] == TOTAL_STEPS // 2
+  _assert_refusals_change_nothing(run_dir)
   log = LogCapture()
   # Raising total_steps is the one config change a resume accepts without a flag.
   summary = loop.train(make_config(), run_dir, log=log)
@@ -285,6 +290,42 @@ def test_resumed_run_is_bit_identical_to_uninterrupted(baseline_run, tmp_path):
     assert resumed["meta"] == uninterrupted["meta"]
   assert without_time(read_records(run_dir)) == without_time(read_records(baseline_dir))
   assert summary == baseline_summary
+
+
+def _run_dir_contents(run_dir: str) -> dict[str, bytes]:
+  """Every file of the run directory (checkpoints included) by relative path, with its bytes."""
+  contents = {}
+  for root, _, files in os.walk(run_dir):
+    for name in files:
+      if name == run_dir_lib.LOCK_FILE:  # rewritten by every launch that takes the lock
+        continue
+      path = os.path.join(root, name)
+      with open(path, "rb") as f:
+        contents[os.path.relpath(path, run_dir)] = f.read()
+  return contents
+
+
+def _assert_refusals_change_nothing(run_dir: str) -> None:
+  """Launches that must be refused on a run at step TOTAL_STEPS // 2, before touching it."""
+  before = _run_dir_contents(run_dir)
+  refusals = [
+      # Array shapes differ: never, even with --allow_config_change.
+      (dict(hidden_width=64), True, r"other array shapes \(network.hidden_width: saved 32 != now 64"),
+      (dict(replay_capacity=20_000), True, r"other array shapes \(train.replay_capacity"),
+      (dict(carry_mode="stored"), True, r"other array shapes \(network.carry_mode"),
+      (dict(hidden_width=64), False, r"different config .*--allow_config_change"),
+      # Below the step already reached.
+      (dict(total_steps=TOTAL_STEPS // 4), False,
+       rf"already at step {TOTAL_STEPS // 2}, past --total_steps={TOTAL_STEPS // 4}; nothing changed"),
+  ]
+  for overrides, allow, pattern in refusals:
+    log = LogCapture()
+    with pytest.raises(ValueError, match=pattern):
+      loop.train(make_config(**{"total_steps": TOTAL_STEPS, **overrides}), run_dir,
+                 allow_config_change=allow, log=log)
+    assert "config:" not in log.text
+  assert _run_dir_contents(run_dir) == before  # checkpoints, config.json, metrics: untouched
+  assert not os.path.exists(os.path.join(run_dir, "checkpoints_unreadable"))
 
 
 @pytest.mark.slow
@@ -407,8 +448,21 @@ def cli_failures(baseline_run, tmp_path_factory, compilation_cache_dir):
       "absurd_replay": {"replay_capacity": 10**12},
       "config_mismatch": {"seed": 1, "hidden_width": 64},
       "only_checkpoint_corrupt": {},
+      "reshaping_change": {"hidden_width": 64, "allow_config_change": True},
+      "past_total_steps": {"total_steps": TOTAL_STEPS // 2},
+      "run_dir_is_a_file": {},
+      "run_dir_under_a_file": {},
+      "empty_config": {},
+      "locked": {},
   }
   run_dirs = {name: str(root / name) for name in cases}
+  run_dirs["run_dir_under_a_file"] = str(root / "run_dir_is_a_file" / "run")
+  with open(run_dirs["run_dir_is_a_file"], "w") as f:
+    f.write("a file, not a run directory\n")
+  for name in ("reshaping_change", "past_total_steps"):
+    shutil.copytree(baseline_run[0], run_dirs[name])
+  os.makedirs(run_dirs["empty_config"])
+  open(os.path.join(run_dirs["empty_config"], "config.json"), "w").close()
   # A run dir holding another run's config; and one whose only checkpoint is garbled.
   os.makedirs(run_dirs["config_mismatch"])
   shutil.copy(os.path.join(baseline_run[0], "config.json"), run_dirs["config_mismatch"])
@@ -417,14 +471,19 @@ def cli_failures(baseline_run, tmp_path_factory, compilation_cache_dir):
     shutil.rmtree(os.path.join(run_dirs["only_checkpoint_corrupt"], "checkpoints", str(step)))
   _garble(os.path.join(run_dirs["only_checkpoint_corrupt"], "checkpoints", str(TOTAL_STEPS)))
 
+  before = {name: _run_dir_contents(run_dirs[name]) for name in ("reshaping_change", "past_total_steps")}
+
   env = subprocess_env(compilation_cache_dir)
-  started = {name: (time.monotonic(), subprocess.Popen(
-      cli_args(run_dirs[name], **overrides), env=env, stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE, text=True)) for name, overrides in cases.items()}
-  results = {}
-  for name, (start, process) in started.items():
-    stdout, stderr = process.communicate(timeout=CLI_TIMEOUT)
-    results[name] = (run_dirs[name], process.returncode, stdout, stderr)
+  with run_dir_lib.RunDirLock(run_dirs["locked"]):  # as a first launch would hold it
+    started = {name: (time.monotonic(), subprocess.Popen(
+        cli_args(run_dirs[name], **overrides), env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)) for name, overrides in cases.items()}
+    results = {}
+    for name, (start, process) in started.items():
+      stdout, stderr = process.communicate(timeout=CLI_TIMEOUT)
+      results[name] = (run_dirs[name], process.returncode, stdout, stderr)
+  for name, contents in before.items():
+    assert _run_dir_contents(run_dirs[name]) == contents, f"{name}: the run directory changed"
   return results
 
 
@@ -478,6 +537,26 @@ def test_config_mismatch_is_refused_listing_fields(cli_failures):
   assert "train.seed: saved 0 != now 1" in line
   assert "network.hidden_width: saved 32 != now 64" in line
   assert "--allow_config_change" in line
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,pattern", [
+    ("reshaping_change", r"other array shapes \(network.hidden_width: saved 32 != now 64\): these "
+                         r"fields can never change on resume, even with --allow_config_change"),
+    ("past_total_steps", rf"is already at step {TOTAL_STEPS}, past --total_steps={TOTAL_STEPS // 2}; "
+                         r"nothing changed"),
+    ("run_dir_is_a_file", r"File exists: .*run_dir_is_a_file \(it exists and is not a directory"),
+    ("run_dir_under_a_file", r"Not a directory: .*run_dir_is_a_file/run \(a part of the path is a "
+                             r"file"),
+    ("empty_config", r"empty_config/config.json is not valid JSON \(Expecting value: line 1 "
+                     r"column 1 \(char 0\)\); restore it, or delete it"),
+    ("locked", rf"locked is in use by process {os.getpid()} on "),
+])
+def test_run_directory_problems_are_one_line_and_change_nothing(cli_failures, name, pattern):
+  _assert_one_line_error(cli_failures[name], pattern)  # (the fixture checks "nothing changed")
+  assert "Traceback" not in cli_failures[name][3]
+  if name in ("empty_config", "locked"):
+    assert sorted(os.listdir(cli_failures[name][0])) in ([".lock"], [".lock", "config.json"])
 
 
 @pytest.mark.slow
@@ -551,3 +630,139 @@ def test_metrics_log_drops_a_torn_last_line_and_records_after_the_resume_step(tm
   log.close()
   assert [(r["step"], r.get("critic_loss")) for r in read_records(run_dir)] == [
       (0, None), (20, None), (40, 1.0)]
+
+
+# ---------------------------------------------------------------- runs that must not be lost
+
+
+def _start_cli(run_dir: str, cache_dir: str, preexec_fn=None, **overrides) -> subprocess.Popen:
+  return subprocess.Popen(cli_args(run_dir, **overrides), env=subprocess_env(cache_dir),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          preexec_fn=preexec_fn)
+
+
+def _wait_for_train_record(run_dir: str, process: subprocess.Popen, step: int) -> None:
+  """Until the run has logged step `step` (its loop is running, its lock held)."""
+  deadline = time.monotonic() + CLI_TIMEOUT
+  while time.monotonic() < deadline:
+    assert process.poll() is None, process.communicate()
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if os.path.exists(path) and any(r["kind"] == "train" and r["step"] >= step
+                                    for r in metrics_log.read_records(run_dir)):
+      return
+    time.sleep(0.2)
+  raise AssertionError(f"no train record at step {step} within {CLI_TIMEOUT} s")
+
+
+@pytest.mark.slow
+def test_second_launch_on_a_running_run_is_refused_and_the_first_completes(
+    baseline_run, tmp_path, compilation_cache_dir):
+  run_dir = str(tmp_path / "run")
+  first = _start_cli(run_dir, compilation_cache_dir)
+  _wait_for_train_record(run_dir, first, SMALL["log_every"])
+  second = _start_cli(run_dir, compilation_cache_dir)
+  stdout, stderr = second.communicate(timeout=CLI_TIMEOUT)
+  _assert_one_line_error((run_dir, second.returncode, stdout, stderr),
+                         rf"is in use by process {first.pid} on .* \(started ")
+  stdout, stderr = first.communicate(timeout=CLI_TIMEOUT)
+  assert first.returncode == 0, stderr
+  # The first run is unharmed: it ends exactly as the uninterrupted in-process run.
+  assert_trees_equal(restore_checkpoint(run_dir, TOTAL_STEPS)["state"],
+                     restore_checkpoint(baseline_run[0], TOTAL_STEPS)["state"])
+  assert without_time(read_records(run_dir)) == without_time(read_records(baseline_run[0]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_first_ctrl_c_checkpoints_at_the_episode_end_and_resumes_exactly(
+    baseline_run, tmp_path, compilation_cache_dir, signum):
+  run_dir = str(tmp_path / "run")
+  process = _start_cli(run_dir, compilation_cache_dir)
+  _wait_for_train_record(run_dir, process, SMALL["log_every"])
+  process.send_signal(signum)
+  stdout, stderr = process.communicate(timeout=CLI_TIMEOUT)
+  assert process.returncode == cli.EXIT_PREEMPTED, stderr
+  name = signal.Signals(signum).name
+  line = _assert_one_line_error((run_dir, process.returncode, stdout, stderr),
+                                rf"stopped by {name} at step (\d+) of {TOTAL_STEPS} after writing "
+                                r"its checkpoint in .*; run the same command to resume",
+                                before_config=False)
+  stopped_at = int(re.search(r"at step (\d+)", line).group(1))
+  assert stopped_at % EPISODE_LENGTH == 0 and stopped_at < TOTAL_STEPS
+  assert checkpoint_steps(run_dir)[-1] == stopped_at
+  assert f"{name}: stopping at the end of this episode" in stdout
+  if signum == signal.SIGTERM:  # the resume equals the uninterrupted run
+    summary = loop.train(make_config(), run_dir, log=LogCapture())
+    assert summary == baseline_run[3]
+    assert_trees_equal(restore_checkpoint(run_dir, TOTAL_STEPS)["state"],
+                       restore_checkpoint(baseline_run[0], TOTAL_STEPS)["state"])
+
+
+@pytest.mark.slow
+def test_second_ctrl_c_stops_at_once_in_one_line(tmp_path, compilation_cache_dir):
+  run_dir = str(tmp_path / "run")
+  process = _start_cli(run_dir, compilation_cache_dir, total_steps=10 * TOTAL_STEPS)
+  _wait_for_train_record(run_dir, process, SMALL["log_every"])
+  process.send_signal(signal.SIGINT)
+  time.sleep(0.5)
+  process.send_signal(signal.SIGINT)
+  stdout, stderr = process.communicate(timeout=CLI_TIMEOUT)
+  assert process.returncode == cli.EXIT_INTERRUPTED, stderr
+  _assert_one_line_error((run_dir, process.returncode, stdout, stderr),
+                         r"interrupted at step \d+ of 1600; last checkpoint: (step \d+|none yet) in .*; run "
+                         r"the same command to resume", before_config=False)
+
+
+def _limit_file_size(limit_bytes: int):
+  def preexec():
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+  return preexec
+
+
+@pytest.mark.slow
+def test_a_checkpoint_that_cannot_be_written_is_one_line_and_loses_nothing(
+    baseline_run, tmp_path, compilation_cache_dir):
+  # A real OS write error inside orbax (EFBIG from a file-size limit stands in for a full
+  # disk, which the free-space check before each save catches first).
+  run_dir = str(tmp_path / "run")
+  process = _start_cli(run_dir, compilation_cache_dir, preexec_fn=_limit_file_size(200_000))
+  stdout, stderr = process.communicate(timeout=CLI_TIMEOUT)
+  assert process.returncode == cli.EXIT_ERROR
+  _assert_one_line_error((run_dir, process.returncode, stdout, stderr),
+                         r"cannot write the checkpoint of step (\d+) in .*checkpoints \(File too "
+                         r"large\); earlier checkpoints kept \(steps \[.*\]\); fix the cause, then "
+                         r"run the same command to resume", before_config=False)
+  failed_at = int(re.search(r"checkpoint of step (\d+)", stderr).group(1))
+  assert sorted(os.listdir(os.path.join(run_dir, "checkpoints"))) == [
+      str(s) for s in range(SMALL["checkpoint_every"], failed_at, SMALL["checkpoint_every"])]
+  # Without the limit the same command completes, as the uninterrupted run.
+  assert loop.train(make_config(), run_dir, log=LogCapture()) == baseline_run[3]
+
+
+@pytest.mark.slow
+def test_no_warmup_updates_from_the_second_step_and_a_dead_lock_is_taken_over(tmp_path):
+  run_dir = str(tmp_path / "run")
+  os.makedirs(run_dir)
+  with open(os.path.join(run_dir, run_dir_lib.LOCK_FILE), "w") as f:
+    f.write("process 999999 on a-crashed-host (started 2026-01-01 00:00:00 UTC)")  # not locked
+  loop.train(make_config(warmup_steps=0, total_steps=40, eval_every=40), run_dir,
+             log=LogCapture())
+  first_log = [r for r in read_records(run_dir) if r["kind"] == "train"][0]
+  assert first_log["step"] == 40 and first_log["updates"] == 39
+
+
+def test_unreadable_metrics_line_names_the_file_and_line(tmp_path):
+  run_dir = str(tmp_path)
+  with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
+    f.write(json.dumps({"step": 0, "kind": "eval", "mean_success": 0.0}) + "\n")
+    f.write("{garbled\n")
+    f.write(json.dumps({"step": 20, "kind": "train"}) + "\n")
+  with pytest.raises(ValueError, match=r"metrics.jsonl, line 2: not a JSON record .*fix or delete"):
+    metrics_log.read_records(run_dir)
+  result = subprocess.run([sys.executable, os.path.join(REPO, "experiments", "run_report.py"),
+                           run_dir], capture_output=True, text=True, timeout=CLI_TIMEOUT)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines() == [
+      f"error: {os.path.join(run_dir, 'metrics.jsonl')}, line 2: not a JSON record (Expecting "
+      "property name enclosed in double quotes); fix or delete that line"]

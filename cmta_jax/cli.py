@@ -1,0 +1,74 @@
+"""How every command under experiments/ fails: one line on stderr, a non-zero exit status.
+
+  error: <what went wrong, naming the path, file or flag> (<what to do>)
+
+Errors a user can cause (bad flags, paths, files, disk, memory) are reported
+this way; anything else is a bug and keeps its traceback.
+"""
+
+import errno
+import functools
+import sys
+from typing import Callable, NoReturn
+
+from absl import flags
+
+EXIT_ERROR = 1
+# sysexits.h EX_TEMPFAIL: stopped on request (SIGTERM, first Ctrl-C) after writing a
+# checkpoint; running the same command resumes. Job schedulers can requeue on it.
+EXIT_PREEMPTED = 75
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: stopped at once by a second Ctrl-C
+USER_ERRORS = (ValueError, OSError, MemoryError)
+
+_OS_HINTS = {
+    errno.ENOSPC: "the disk is full: free some space, then run the same command again",
+    errno.EDQUOT: "the disk quota is exhausted: free some space, then run the same command again",
+    errno.EACCES: "no permission: make it writable or choose another path",
+    errno.EPERM: "no permission: make it writable or choose another path",
+    errno.EROFS: "read-only file system: choose another path",
+    errno.ENOTDIR: "a part of the path is a file, not a directory: choose another path",
+    errno.EEXIST: "it exists and is not a directory: choose another path",
+    errno.EISDIR: "it is a directory, not a file",
+    errno.EFBIG: "a file would exceed the size limit (ulimit -f) or the disk is full",
+}
+
+
+def describe(error: BaseException) -> str:
+  """One line: OSErrors as '<reason>: <path> (<what to do>)', others as their message."""
+  if isinstance(error, OSError) and error.strerror:
+    path = error.filename if error.filename2 is None else f"{error.filename} -> {error.filename2}"
+    text = error.strerror if path is None else f"{error.strerror}: {path}"
+    hint = _OS_HINTS.get(error.errno)
+    return f"{text} ({hint})" if hint else text
+  text = str(error).strip() or type(error).__name__
+  return " ".join(text.split())
+
+
+def fail(error: BaseException | str, status: int = EXIT_ERROR) -> NoReturn:
+  message = error if isinstance(error, str) else describe(error)
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(status)
+
+
+def one_line_errors(main: Callable, expected: tuple[type[BaseException], ...] = ()) -> Callable:
+  """Wraps an absl `main(argv)`: user errors (and `expected`) become one line and exit 1."""
+
+  @functools.wraps(main)
+  def wrapped(argv):
+    try:
+      return main(argv)
+    except KeyboardInterrupt:
+      fail("interrupted", EXIT_INTERRUPTED)
+    except (*USER_ERRORS, *expected) as error:
+      fail(error)
+
+  return wrapped
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing (use as `app.run(main, flags_parser=parse_flags)`), with an unknown
+  or mistyped flag reported as one line instead of absl's FATAL and usage text."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as error:
+    fail(f"{error} (see --helpfull)")

@@ -1,0 +1,155 @@
+"""A run directory's guards: one process at a time, and a resume only with a config it fits.
+
+Everything here decides before anything in the directory is changed, so a
+refused launch leaves the run exactly as it was: its checkpoints in place and
+its `config.json` untouched (the driver writes `config.json` only once the run
+has really started or resumed).
+"""
+
+import datetime
+import fcntl
+import json
+import os
+import socket
+
+import jax
+
+from cmta_jax import config as config_lib
+
+CONFIG_FILE = "config.json"
+LOCK_FILE = ".lock"
+# Fields that may change when a run is resumed without --allow_config_change: extending a
+# run is normal.
+RESUMABLE_CHANGES = ("train.total_steps",)
+
+
+class ConfigMismatch(ValueError):
+  pass
+
+
+class RunDirInUse(RuntimeError):
+  pass
+
+
+class RunDirLock:
+  """An exclusive `flock` on RUN_DIR/.lock for the life of a run (a context manager).
+
+  The kernel drops the lock when its process dies, however it dies, so a lock left
+  by a dead process is simply taken over. A second launch on a locked directory
+  raises RunDirInUse naming the holder (pid, host, start time), at once.
+  Creates `run_dir` if needed; OSError if it cannot (a file, no permission).
+  """
+
+  def __init__(self, run_dir: str):
+    self.run_dir = run_dir
+    self.path = os.path.join(run_dir, LOCK_FILE)
+    self._fd = None
+
+  def __enter__(self) -> "RunDirLock":
+    os.makedirs(self.run_dir, exist_ok=True)
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.read(fd, 4096).decode(errors="replace").strip() or "another process"
+      os.close(fd)
+      raise RunDirInUse(f"{self.run_dir} is in use by {holder}; wait for it to finish or stop "
+                        "it, or use another --run_dir") from None
+    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    os.ftruncate(fd, 0)
+    os.write(fd, f"process {os.getpid()} on {socket.gethostname()} (started {started})".encode())
+    self._fd = fd
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    # Unlocked by closing; the file stays (removing it would race with a waiting launch).
+    os.close(self._fd)
+    self._fd = None
+
+
+def read_saved_config(run_dir: str) -> dict | None:
+  """The flat config saved in RUN_DIR/config.json, or None if there is none.
+
+  Raises ValueError naming the file if it is not a JSON object.
+  """
+  path = os.path.join(run_dir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    text = f.read()
+  try:
+    saved = json.loads(text)
+  except json.JSONDecodeError as error:
+    raise ValueError(f"{path} is not valid JSON ({error}); restore it, or delete it to resume "
+                     "with the current flags unchecked") from None
+  if not isinstance(saved, dict):
+    raise ValueError(f"{path} does not hold a config (a JSON object); restore it, or delete it "
+                     "to resume with the current flags unchecked")
+  return saved
+
+
+def write_config(run_dir: str, run_config: config_lib.RunConfig) -> None:
+  """Atomically (a crash leaves the old file or the new one)."""
+  path = os.path.join(run_dir, CONFIG_FILE)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(config_lib.flatten(run_config), f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def config_diff(saved: dict, current: dict) -> list[str]:
+  """'field: saved X != now Y' for every field that differs, except RESUMABLE_CHANGES."""
+  diffs = []
+  for key in sorted(set(saved) | set(current)):
+    if key in RESUMABLE_CHANGES:
+      continue
+    before, now = saved.get(key, "<missing>"), current.get(key, "<missing>")
+    if before != now:
+      diffs.append(f"{key}: saved {before!r} != now {now!r}")
+  return diffs
+
+
+def check_resume_config(run_dir: str, saved: dict | None, run_config: config_lib.RunConfig,
+                        allow_config_change: bool, shapes) -> None:
+  """Refuses (one-line ConfigMismatch) a resume whose config differs from the saved one.
+
+  `shapes(run_config)` -> a comparable summary of every array shape a checkpoint holds.
+  With `allow_config_change`, fields that leave those shapes alone may change; a field
+  that changes them never may (the checkpoints could not be restored).
+  """
+  if saved is None:
+    return
+  current = config_lib.flatten(run_config)
+  diffs = config_diff(saved, current)
+  if not diffs:
+    return
+  if not allow_config_change:
+    raise ConfigMismatch(f"{run_dir} holds a run with a different config ({'; '.join(diffs)}); "
+                         "use another --run_dir or pass --allow_config_change")
+  try:
+    saved_config = config_lib.from_flat(saved)
+  except (TypeError, ValueError) as error:
+    raise ConfigMismatch(f"{os.path.join(run_dir, CONFIG_FILE)} cannot be read as a config "
+                         f"({error}); use another --run_dir") from None
+  current_shapes = shapes(run_config)
+  if shapes(saved_config) == current_shapes:
+    return
+  # Name the fields that change shapes: each one applied alone to the saved config.
+  reshaping = []
+  for key in config_diff(saved, current):
+    path = key.split(":")[0]
+    try:
+      one_change = config_lib.replace_path(saved_config, path, config_lib.getattr_path(run_config, path))
+      if shapes(one_change) != shapes(saved_config):
+        reshaping.append(key)
+    except (AttributeError, TypeError, ValueError):
+      reshaping.append(key)
+  raise ConfigMismatch(
+      f"{run_dir} holds checkpoints of other array shapes ({'; '.join(reshaping or diffs)}): these "
+      "fields can never change on resume, even with --allow_config_change; use another --run_dir")
+
+
+def abstract_shapes(tree) -> dict:
+  """{path: (shape, dtype)} of a pytree of arrays or ShapeDtypeStructs."""
+  return {jax.tree_util.keystr(path): (tuple(leaf.shape), str(leaf.dtype))
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
