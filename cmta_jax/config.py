@@ -33,6 +33,7 @@ class NetworkConfig:
   carry_mode: str = "frozen_memory"
   burn_in_steps: int = 20
   attention_temperature: float = 1.0
+  contrastive_temperature: float = 0.1  # of CMTA's InfoNCE logits (Eq. 3)
   log_std_min: float = -20.0
   log_std_max: float = 2.0
   # Soft Modularization (Yang et al. 2020), paper Table 5.
@@ -55,6 +56,8 @@ class NetworkConfig:
       raise ValueError(f"task_encoder_hidden widths must be positive, got {self.task_encoder_hidden}")
     if self.carry_mode not in CARRY_MODES:
       raise ValueError(f"unknown carry_mode {self.carry_mode!r}; choose one of {', '.join(CARRY_MODES)}")
+    if self.contrastive_temperature <= 0:
+      raise ValueError(f"contrastive_temperature must be > 0, got {self.contrastive_temperature}")
     if self.attention_temperature <= 0:
       raise ValueError(f"attention_temperature must be > 0, got {self.attention_temperature}")
     if not self.log_std_min < self.log_std_max:
@@ -75,20 +78,21 @@ class SACConfig:
   target_entropy: float | None = None  # None = -action_dim
   encoder_tau: float = 0.05
   critic_tau: float = 0.005
-  contrastive_weight: float = 2500.0  # beta; 0 = CMTA w/o CL
-  contrastive_temperature: float = 0.1
+  # Weight of the encoder's own auxiliary loss (CMTA: beta of the InfoNCE term, Eq. 3);
+  # 0 = CMTA w/o CL. Flag --auxiliary_weight, alias --contrastive_weight.
+  auxiliary_weight: float = 2500.0
 
   def validate(self) -> None:
     if not 0.0 <= self.discount < 1.0:
       raise ValueError(f"discount must be in [0, 1), got {self.discount}")
-    for name in ("actor_lr", "critic_lr", "alpha_lr", "init_alpha", "contrastive_temperature"):
+    for name in ("actor_lr", "critic_lr", "alpha_lr", "init_alpha"):
       if getattr(self, name) <= 0:
         raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
     for name in ("encoder_tau", "critic_tau"):
       if not 0.0 < getattr(self, name) <= 1.0:
         raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
-    if self.contrastive_weight < 0:
-      raise ValueError(f"contrastive_weight must be >= 0, got {self.contrastive_weight}")
+    if self.auxiliary_weight < 0:
+      raise ValueError(f"auxiliary_weight must be >= 0, got {self.auxiliary_weight}")
     if not (0 <= self.adam_b1 < 1 and 0 <= self.adam_b2 < 1):
       raise ValueError("adam_b1 and adam_b2 must be in [0, 1)")
 
@@ -152,12 +156,14 @@ PRESETS: dict[str, RunConfig] = {
     "paper_mt10_mixed": _paper("MT10", "mixed"),
     "paper_mt50_fixed": _paper("MT50", "fixed"),
     "paper_mt50_mixed": _paper("MT50", "mixed"),
-    # About ten minutes on 2 CPU cores: the cpu_evidence networks on a short budget, long
-    # enough that the final evaluation solves a task (BUILD_NOTES.md, "Quick start").
+    # Minutes on 2 CPU cores: the cpu_evidence networks, temperatures starting at 0.1
+    # instead of 1 (skips ~10k steps of entropy-dominated start), a short budget whose
+    # evaluations solve a task from 6k steps on (BUILD_NOTES.md, "Quick start re-tuned").
     "quickstart": RunConfig(
         env=EnvConfig(benchmark="MT10", mode="fixed", reward_normalization=False),
         network=NetworkConfig(hidden_width=128),
-        train=TrainConfig(total_steps=15_000, batch_per_task=64, replay_capacity=200_000,
+        sac=SACConfig(init_alpha=0.1),
+        train=TrainConfig(total_steps=12_000, batch_per_task=64, replay_capacity=200_000,
                           eval_every=1_500, log_every=500, checkpoint_every=1_500)),
     # The CPU evidence budget (BUILD_NOTES.md): about an hour per agent on one core of this
     # 2-core machine, two runs side by side. Without the reward normaliser, which at this

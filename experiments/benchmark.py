@@ -70,28 +70,24 @@ def time_agent(agent: str, benchmark: str, calls: int, width: int, batch_per_tas
   import jax
   import jax.numpy as jnp
   import numpy as np
+  from cmta_jax import config as config_lib
+  from cmta_jax import testing
   from cmta_jax.agents import registry, sac
-  from cmta_jax.config import NetworkConfig, SACConfig
-  from cmta_jax.envs import task_names
-  from cmta_jax.types import LSTMCarry, Transition
+  from cmta_jax.config import NetworkConfig
+  from cmta_jax.envs import MultiTaskEnv, task_names
 
   names = task_names(benchmark)
   num_tasks = len(names)
-  networks = registry.make_agent_networks(agent, NetworkConfig(hidden_width=width), names)
-  sac_config = SACConfig(contrastive_weight=2500.0 if agent == "cmta" else 0.0)
+  # The agent's own defaults (e.g. the contrastive term for CMTA only), as train.py uses them.
+  run_config = registry.agent_defaults(
+      config_lib.RunConfig(agent=agent, network=NetworkConfig(hidden_width=width)), explicit=set())
+  networks = registry.make_agent_networks(agent, run_config.network, names,
+                                         MultiTaskEnv.obs_dim, MultiTaskEnv.action_dim)
+  sac_config = run_config.sac
   state = sac.init_training_state(jax.random.PRNGKey(0), networks, sac_config)
-  rng = np.random.default_rng(0)
-
-  def normal(*shape):
-    return jnp.asarray(rng.normal(size=shape), jnp.float32)
-
-  hidden = networks.encoder.carry_dim
   t, b = num_tasks, batch_per_task
-  batch = Transition(
-      obs=normal(t, b, 39), action=jnp.asarray(rng.uniform(-1, 1, (t, b, 4)), jnp.float32),
-      reward=normal(t, b), next_obs=normal(t, b, 39), terminated=jnp.zeros((t, b), jnp.float32),
-      carry_in=LSTMCarry(normal(t, b, hidden), normal(t, b, hidden)),
-      carry_out=LSTMCarry(normal(t, b, hidden), normal(t, b, hidden)))
+  batch = testing.random_batch(0, t, b, networks.obs_dim, networks.action_dim,
+                               networks.encoder.carry_dim, termination_rate=0.0)
   update = jax.jit(sac.make_update_fn(networks, sac_config), donate_argnums=0)
   update_flops = _flops(update.lower(state, batch, jax.random.PRNGKey(0)).compile())
   keys = iter(jax.random.split(jax.random.PRNGKey(1), 10 * calls + 10))
@@ -109,8 +105,9 @@ def time_agent(agent: str, benchmark: str, calls: int, width: int, batch_per_tas
 
   select = jax.jit(sac.make_select_action_fn(networks), static_argnames="deterministic")
   params = sac.policy_params(holder["state"])
-  obs, task_ids = normal(t, 39), jnp.arange(t, dtype=jnp.int32)
-  carry = LSTMCarry(normal(t, hidden), normal(t, hidden))
+  # One acting step per task: row 0 of each task's rows of the batch.
+  obs, task_ids = batch.obs[:, 0], jnp.arange(t, dtype=jnp.int32)
+  carry = jax.tree.map(lambda x: x[:, 0], batch.carry_in)
   select_flops = _flops(select.lower(params, obs, task_ids, carry, jax.random.PRNGKey(0)).compile())
 
   def one_select():
@@ -140,7 +137,7 @@ def main(argv):
   for agent in agents:
     registry.check_agent(agent)
   if _CALLS.value < 1 or _ROUNDS.value < 1:
-    raise app.UsageError("--calls and --rounds must be positive")
+    cli.fail("--calls and --rounds must be positive")
   peak_call, peak_flops = make_peak_matmul()
   print(f"machine: {platform.processor() or platform.machine()}, {jax.device_count()} x "
         f"{jax.devices()[0].platform}, jax {jax.__version__}")

@@ -39,7 +39,8 @@ def main(argv):
           hidden_width=_WIDTH.value, carry_mode=_CARRY_MODE.value,
           burn_in_steps=_BURN_IN.value)),
       explicit=set())
-  networks = registry.make_agent_networks(_AGENT.value, run_config.network, names)
+  networks = registry.make_agent_networks(_AGENT.value, run_config.network, names,
+                                         MultiTaskEnv.obs_dim, MultiTaskEnv.action_dim)
   sac_config: SACConfig = run_config.sac
   state = sac.init_training_state(jax.random.PRNGKey(0), networks, sac_config)
   rng = np.random.default_rng(0)

@@ -29,13 +29,13 @@ class RunSummary:
   """What the report needs from one run directory."""
 
   def __init__(self, run_dir: str):
+    if not os.path.isdir(run_dir):
+      raise ValueError(f"{run_dir} is not a directory (give run directories)")
     records = read_records(run_dir)
     self.evals = [r for r in records if r["kind"] == "eval"]
     self.trains = [r for r in records if r["kind"] == "train"]
     if not self.evals:
       raise ValueError(f"{run_dir} has no evaluation records (is it a run directory?)")
-    if not os.path.isdir(run_dir):
-      raise ValueError(f"{run_dir} is not a directory (give run directories)")
     config = read_saved_config(run_dir) or {}
     self.run_dir = run_dir
     self.agent = config.get("agent", "?")

@@ -24,8 +24,8 @@ _RUN_DIR = flags.DEFINE_string("run_dir", None, "Run directory (default runs/<ag
                                "<mode>_seed<seed>). Holding a checkpoint -> resume.")
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     "allow_config_change", False, "Resume a run directory even if its saved config differs.")
-_AGENT = flags.DEFINE_enum("agent", None, list(registry.AGENTS),
-                           "Agent: " + "; ".join(f"{k}: {v}" for k, v in registry.AGENT_HELP.items()))
+_AGENT = flags.DEFINE_enum("agent", None, list(registry.agent_names()),
+                           "Agent: " + "; ".join(f"{k}: {v}" for k, v in registry.agent_help().items()))
 
 _SECTION_HELP = {"env": "environment", "network": "network", "sac": "SAC update",
                  "train": "schedule"}
@@ -57,6 +57,8 @@ def _define_config_flags() -> dict[str, str]:
 
 
 _FIELD_PATHS = _define_config_flags()
+# Renamed fields keep their old flag names (users' scripts use them).
+flags.DEFINE_alias("contrastive_weight", "auxiliary_weight")
 
 
 def resolve_config(argv_flags=flags.FLAGS) -> config_lib.RunConfig:

@@ -10,6 +10,7 @@ encoder of `cmta.py` with a pretrained task embedding and no temporal input.
 import jax
 import jax.numpy as jnp
 
+from cmta_jax.agents import cmta
 from cmta_jax.agents.networks import Encoder, EncoderOutput
 from cmta_jax.agents.task_encoder import make_task_encoder
 from cmta_jax.config import NetworkConfig
@@ -99,4 +100,9 @@ def make_soft_modular_encoder(config: NetworkConfig, num_tasks: int, obs_dim: in
     return EncoderOutput(features=hidden.mean(axis=0).reshape(groups, batch, width), carry=carry_in,
                          experts=None, attention=weights.reshape(groups, batch, *weights.shape[1:]))
 
-  return Encoder(init=init, apply=apply, feature_dim=width, carry_dim=0)
+  def routing_diagnostics(out: EncoderOutput) -> dict[str, jax.Array]:
+    """{"attention_entropy": [G, B]}: the mean entropy of a sample's routing distributions."""
+    return {"attention_entropy": cmta.entropy(out.attention).mean(axis=(-2, -1))}
+
+  return Encoder(init=init, apply=apply, feature_dim=width, carry_dim=0,
+                 diagnostics=routing_diagnostics)

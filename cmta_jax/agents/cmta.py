@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cmta_jax.agents.networks import Encoder, EncoderOutput
+from cmta_jax.agents.networks import AuxiliaryLoss, Encoder, EncoderOutput
 from cmta_jax.agents.task_encoder import make_task_encoder
 from cmta_jax.config import NetworkConfig
 from cmta_jax.nn import layers
@@ -75,8 +75,24 @@ def make_mixture_encoder(config: NetworkConfig, num_tasks: int, obs_dim: int,
     features = jnp.concatenate([z_task, z_enc], axis=-1)
     return EncoderOutput(features=features, carry=carry_out, experts=experts, attention=attention)
 
+  def contrastive_loss(online_t: EncoderOutput, target_next: EncoderOutput) -> jax.Array:
+    return info_nce_per_sample(online_t.experts, target_next.experts,
+                               config.contrastive_temperature)
+
   return Encoder(init=init, apply=apply, feature_dim=config.task_feature_dim + config.expert_dim,
-                 carry_dim=carry_dim, advance_carry=advance_carry if temporal else None)
+                 carry_dim=carry_dim, advance_carry=advance_carry if temporal else None,
+                 auxiliary_loss=AuxiliaryLoss("contrastive_loss", contrastive_loss),
+                 diagnostics=attention_diagnostics)
+
+
+def attention_diagnostics(out: EncoderOutput) -> dict[str, jax.Array]:
+  """{"attention_entropy": [G, B]}: each sample's mixture entropy in nats (log k = uniform)."""
+  return {"attention_entropy": entropy(out.attention)}
+
+
+def entropy(probabilities: jax.Array) -> jax.Array:
+  """Entropy (nats) of distributions over the last axis."""
+  return -jnp.sum(probabilities * jnp.log(probabilities + 1e-12), axis=-1)
 
 
 def _l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:

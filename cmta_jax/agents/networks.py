@@ -37,6 +37,15 @@ class EncoderOutput(NamedTuple):
   attention: jax.Array | None  # [G, B, ...] mixing/routing weights (None without experts)
 
 
+class AuxiliaryLoss(NamedTuple):
+  """An encoder's own loss term, added to the critic's objective with `sac.auxiliary_weight`."""
+
+  name: str  # its metric name, e.g. "contrastive_loss"
+  # (online output on s_t, target output on s_{t+1}) -> [G, B]: each sample's loss; the
+  # update averages it per task.
+  per_sample: Callable[[EncoderOutput, EncoderOutput], jax.Array]
+
+
 class Encoder(NamedTuple):
   init: Callable[[jax.Array], Params]
   # (params, obs [G, B, obs_dim], task_ids [G] int32, carry_in [G, B, carry_dim]) -> EncoderOutput
@@ -46,6 +55,9 @@ class Encoder(NamedTuple):
   # (params, obs [G, B, obs_dim], carry [G, B, carry_dim]) -> the next carry: the recurrence
   # alone, for recomputing carries over a burn-in window. None without recurrence.
   advance_carry: Callable[[Params, jax.Array, LSTMCarry], LSTMCarry] | None = None
+  auxiliary_loss: AuxiliaryLoss | None = None
+  # (online output on s_t) -> {metric name: [G, B]}, averaged per task and logged.
+  diagnostics: Callable[[EncoderOutput], dict[str, jax.Array]] | None = None
 
 
 class Actor(NamedTuple):

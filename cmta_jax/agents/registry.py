@@ -1,79 +1,158 @@
-"""Agent name -> networks. A new agent is an encoder plus one entry here.
+"""Agents as data: name -> (encoder factory, head layout, help, per-agent config defaults).
 
-Every agent is trained by the same SAC update (`sac.py`); agents differ only
-in their encoder and in the task layout of the actor/critic heads.
+Every agent is trained by the same SAC update (`sac.py`); agents differ only in
+their encoder and in the task layout of the actor/critic heads. Adding an agent
+is one module with an encoder factory plus one `register` call (README, "Adding
+an agent"). A malformed entry fails at registration, and an encoder whose
+outputs do not have the promised shapes fails when the agent is built, each
+with a one-line ValueError.
 """
 
 import dataclasses
-from typing import NamedTuple, Sequence
+import re
+from typing import Any, Callable, NamedTuple, Sequence
 
+import jax
+import jax.numpy as jnp
+
+from cmta_jax import config as config_lib
 from cmta_jax.agents import baselines, cmta, task_metadata
-from cmta_jax.agents.networks import AgentNetworks, make_actor, make_critic
+from cmta_jax.agents.networks import (HEAD_LAYOUTS, AgentNetworks, Encoder, make_actor,
+                                      make_critic)
 from cmta_jax.config import NetworkConfig
+from cmta_jax import envs
+from cmta_jax.types import LSTMCarry
+
+# (network config, task names, observation size) -> Encoder
+EncoderFactory = Callable[[NetworkConfig, Sequence[str], int], Encoder]
 
 
 class AgentSpec(NamedTuple):
-  encoder: str  # state | task_state | mixture | mixture_pretrained | soft_modular
-  head_layout: str  # shared | multihead | independent
+  make_encoder: EncoderFactory
+  head_layout: str  # shared | multihead | independent (networks.py)
   help: str
+  # Config defaults of this agent ("section.field" -> value), applied unless given as flags.
+  defaults: dict[str, Any] = {}
+  # Whether --temporal_attention / --carry_mode / --burn_in_steps mean anything for it.
+  recurrent_options: bool = False
 
 
-AGENT_SPECS = {
-    "cmta": AgentSpec("mixture", "shared",
-                      "CMTA: task encoder + contrastive experts mixed by LSTM temporal attention"),
-    "mtsac": AgentSpec("state", "shared", "MT-SAC: shared actor/critic on the state"),
-    "mtsac_te": AgentSpec("task_state", "shared", "MT-SAC+TE: [learned task encoding; state]"),
-    "mtmhsac": AgentSpec("state", "multihead", "MTMH-SAC: shared trunk, one output head per task"),
-    "softmodu": AgentSpec("soft_modular", "shared",
-                          "Soft Modularization: 4x4 modules of width 64 with task-state routing"),
-    "care": AgentSpec("mixture_pretrained", "shared",
-                      "CARE: experts mixed by attention on a pretrained task-description embedding"),
-    "single_sac": AgentSpec("state", "independent", "Single-SAC: independent networks per task"),
-}
-AGENTS = tuple(AGENT_SPECS)
-AGENT_HELP = {name: spec.help for name, spec in AGENT_SPECS.items()}
-# Encoders with experts can take the contrastive term (CMTA; CARE + CL as an ablation).
-_HAS_EXPERTS = ("mixture", "mixture_pretrained")
+AGENT_SPECS: dict[str, AgentSpec] = {}
+_NO_AUXILIARY = {"sac.auxiliary_weight": 0.0}
+
+
+def register(name: str, spec: AgentSpec) -> None:
+  """Adds an agent; raises ValueError (one line) for a bad name or a malformed spec."""
+  if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+    raise ValueError(f"agent name must be lower_snake_case, got {name!r}")
+  if name in AGENT_SPECS:
+    raise ValueError(f"agent {name!r} is already registered")
+  if not isinstance(spec, AgentSpec) or not callable(spec.make_encoder):
+    raise ValueError(f"agent {name!r}: give an AgentSpec whose make_encoder is callable")
+  if spec.head_layout not in HEAD_LAYOUTS:
+    raise ValueError(f"agent {name!r}: unknown head layout {spec.head_layout!r}; choose one of "
+                     f"{', '.join(HEAD_LAYOUTS)}")
+  if not spec.help.strip():
+    raise ValueError(f"agent {name!r}: give a one-line help text")
+  fields = config_lib.flatten(config_lib.RunConfig())
+  unknown = sorted(set(spec.defaults) - set(fields))
+  if unknown:
+    raise ValueError(f"agent {name!r}: unknown config fields in defaults: {', '.join(unknown)}")
+  AGENT_SPECS[name] = spec
+
+
+def _state_encoder(config, task_names, obs_dim):
+  return baselines.make_state_encoder(obs_dim)
+
+
+def _task_state_encoder(config, task_names, obs_dim):
+  return baselines.make_task_state_encoder(config, len(task_names), obs_dim)
+
+
+def _soft_modular_encoder(config, task_names, obs_dim):
+  return baselines.make_soft_modular_encoder(config, len(task_names), obs_dim)
+
+
+def _cmta_encoder(config, task_names, obs_dim):
+  return cmta.make_mixture_encoder(config, len(task_names), obs_dim)
+
+
+def _care_encoder(config, task_names, obs_dim):
+  # Pretrained description embeddings in place of the learned table; never a temporal input.
+  return cmta.make_mixture_encoder(
+      dataclasses.replace(config, temporal_attention=False), len(task_names), obs_dim,
+      pretrained_task_embeddings=task_metadata.load_task_embeddings(task_names))
+
+
+register("cmta", AgentSpec(
+    _cmta_encoder, "shared",
+    "CMTA: task encoder + contrastive experts mixed by LSTM temporal attention",
+    recurrent_options=True))
+register("mtsac", AgentSpec(_state_encoder, "shared", "MT-SAC: shared actor/critic on the state",
+                            _NO_AUXILIARY))
+register("mtsac_te", AgentSpec(_task_state_encoder, "shared",
+                               "MT-SAC+TE: [learned task encoding; state]", _NO_AUXILIARY))
+register("mtmhsac", AgentSpec(_state_encoder, "multihead",
+                              "MTMH-SAC: shared trunk, one output head per task", _NO_AUXILIARY))
+register("softmodu", AgentSpec(
+    _soft_modular_encoder, "shared",
+    "Soft Modularization: 4x4 modules of width 64 with task-state routing", _NO_AUXILIARY))
+register("care", AgentSpec(
+    _care_encoder, "shared",
+    "CARE: experts mixed by attention on a pretrained task-description embedding",
+    {**_NO_AUXILIARY, "network.temporal_attention": False}))
+register("single_sac", AgentSpec(_state_encoder, "independent",
+                                 "Single-SAC: independent networks per task", _NO_AUXILIARY))
+
+
+def agent_names() -> tuple[str, ...]:
+  return tuple(AGENT_SPECS)
+
+
+def agent_help() -> dict[str, str]:
+  return {name: spec.help for name, spec in AGENT_SPECS.items()}
+
+
+AGENTS = agent_names()  # the built-in agents, for flag choices and tests
 
 
 def check_agent(agent: str) -> None:
   if agent not in AGENT_SPECS:
-    raise ValueError(f"unknown agent {agent!r}; choose one of {', '.join(AGENTS)}")
+    raise ValueError(f"unknown agent {agent!r}; choose one of {', '.join(AGENT_SPECS)}")
 
 
-def has_experts(agent: str) -> bool:
-  check_agent(agent)
-  return AGENT_SPECS[agent].encoder in _HAS_EXPERTS
+def make_encoder(run_config) -> Encoder:
+  """The encoder of `run_config`'s agent for its benchmark (no parameters are made)."""
+  check_agent(run_config.agent)
+  return AGENT_SPECS[run_config.agent].make_encoder(
+      run_config.network, envs.task_names(run_config.env.benchmark), envs.OBS_DIM)
 
 
 def check_agent_config(run_config) -> None:
   """Cross-field checks that depend on the agent (one-line ValueError)."""
   check_agent(run_config.agent)
-  if run_config.sac.contrastive_weight > 0 and not has_experts(run_config.agent):
-    raise ValueError(f"agent {run_config.agent!r} has no experts, so contrastive_weight must be 0 "
-                     f"(got {run_config.sac.contrastive_weight})")
-  if not run_config.network.temporal_attention and not has_experts(run_config.agent):
-    raise ValueError("temporal_attention=False (CMTA w/o TI) only applies to agents with experts "
-                     "('cmta'; 'care' never has temporal input)")
+  weight = run_config.sac.auxiliary_weight
+  if weight > 0 and make_encoder(run_config).auxiliary_loss is None:
+    raise ValueError(f"agent {run_config.agent!r} has no auxiliary (contrastive) loss, so "
+                     f"--contrastive_weight must be 0 (got {weight})")
 
 
 def agent_defaults(run_config, explicit: set[str]):
-  """Per-agent defaults: only CMTA uses the contrastive term unless it is set explicitly."""
+  """`run_config` with the agent's own defaults for every field not given explicitly."""
   check_agent(run_config.agent)
-  if run_config.agent != "cmta" and "sac.contrastive_weight" not in explicit:
-    run_config = dataclasses.replace(
-        run_config, sac=dataclasses.replace(run_config.sac, contrastive_weight=0.0))
-  if AGENT_SPECS[run_config.agent].encoder == "mixture_pretrained" and (
-      "network.temporal_attention" not in explicit):
-    run_config = dataclasses.replace(
-        run_config, network=dataclasses.replace(run_config.network, temporal_attention=False))
+  for path, value in AGENT_SPECS[run_config.agent].defaults.items():
+    if path not in explicit:
+      run_config = config_lib.replace_path(run_config, path, value)
   return run_config
 
 
 def check_explicit_fields(run_config, explicit: set[str]) -> None:
   """Flags that were given but cannot act on this agent: a one-line ValueError, not silence."""
-  recurrent = has_experts(run_config.agent) and run_config.network.temporal_attention and (
-      AGENT_SPECS[run_config.agent].encoder == "mixture")
+  spec = AGENT_SPECS[run_config.agent]
+  recurrent = spec.recurrent_options and run_config.network.temporal_attention
+  if "network.temporal_attention" in explicit and not spec.recurrent_options:
+    raise ValueError(f"--temporal_attention only applies to agents with an LSTM ('cmta'), not "
+                     f"{run_config.agent!r}")
   carry_fields = {"network.carry_mode", "network.burn_in_steps"} & explicit
   if carry_fields and not recurrent:
     raise ValueError(f"{', '.join('--' + f.split('.')[-1] for f in sorted(carry_fields))} only "
@@ -84,26 +163,44 @@ def check_explicit_fields(run_config, explicit: set[str]) -> None:
 
 
 def make_agent_networks(agent: str, config: NetworkConfig, task_names: Sequence[str],
-                        obs_dim: int = 39, action_dim: int = 4) -> AgentNetworks:
+                        obs_dim: int, action_dim: int) -> AgentNetworks:
+  """The agent's encoder, actor and critic for these tasks and sizes (from the environment).
+
+  Raises ValueError (one line) if the encoder's outputs do not have its declared shapes.
+  """
   check_agent(agent)
   spec = AGENT_SPECS[agent]
   num_tasks = len(task_names)
-  if spec.encoder == "state":
-    encoder = baselines.make_state_encoder(obs_dim)
-  elif spec.encoder == "task_state":
-    encoder = baselines.make_task_state_encoder(config, num_tasks, obs_dim)
-  elif spec.encoder == "soft_modular":
-    encoder = baselines.make_soft_modular_encoder(config, num_tasks, obs_dim)
-  elif spec.encoder == "mixture":
-    encoder = cmta.make_mixture_encoder(config, num_tasks, obs_dim)
-  else:  # CARE: pretrained description embeddings, no temporal input.
-    embeddings = task_metadata.load_task_embeddings(task_names)
-    encoder = cmta.make_mixture_encoder(
-        dataclasses.replace(config, temporal_attention=False), num_tasks, obs_dim,
-        pretrained_task_embeddings=embeddings)
+  encoder = spec.make_encoder(config, task_names, obs_dim)
+  _check_encoder_shapes(agent, encoder, num_tasks, obs_dim)
   actor = make_actor(encoder.feature_dim, action_dim, config.hidden_width, config.hidden_layers,
                      num_tasks, spec.head_layout, config.log_std_min, config.log_std_max)
   critic = make_critic(encoder.feature_dim, action_dim, config.hidden_width, config.hidden_layers,
                        num_tasks, spec.head_layout)
   return AgentNetworks(encoder=encoder, actor=actor, critic=critic, num_tasks=num_tasks,
                        obs_dim=obs_dim, action_dim=action_dim)
+
+
+def _check_encoder_shapes(agent: str, encoder: Encoder, num_tasks: int, obs_dim: int) -> None:
+  """Traces (no compute) the encoder on a [2 tasks, 3 rows] batch against its declaration."""
+  groups, rows, carry_dim = min(2, num_tasks), 3, encoder.carry_dim
+  carry = LSTMCarry(jax.ShapeDtypeStruct((groups, rows, carry_dim), jnp.float32),
+                    jax.ShapeDtypeStruct((groups, rows, carry_dim), jnp.float32))
+  try:
+    out = jax.eval_shape(
+        lambda key, obs, ids, carry: encoder.apply(encoder.init(key), obs, ids, carry),
+        jax.random.PRNGKey(0), jax.ShapeDtypeStruct((groups, rows, obs_dim), jnp.float32),
+        jax.ShapeDtypeStruct((groups,), jnp.int32), carry)
+  except Exception as error:  # pylint: disable=broad-except
+    raise ValueError(f"agent {agent!r}: its encoder fails on a [{groups}, {rows}, {obs_dim}] "
+                     f"batch: {type(error).__name__}: {str(error).splitlines()[0]}") from None
+  expected = {"features": (groups, rows, encoder.feature_dim),
+              "carry.h": (groups, rows, carry_dim), "carry.c": (groups, rows, carry_dim)}
+  got = {"features": out.features.shape, "carry.h": out.carry.h.shape,
+         "carry.c": out.carry.c.shape}
+  wrong = [f"{name} {got[name]} (expected {shape})" for name, shape in expected.items()
+           if tuple(got[name]) != shape]
+  if wrong:
+    raise ValueError(f"agent {agent!r}: its encoder returns {', '.join(wrong)} for a "
+                     f"[{groups}, {rows}, {obs_dim}] batch (feature_dim {encoder.feature_dim}, "
+                     f"carry_dim {carry_dim})")

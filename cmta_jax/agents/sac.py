@@ -1,5 +1,8 @@
 """The one SAC update every agent trains with (docs/algorithm.md §3), and action selection.
 
+It knows no agent: an encoder brings its own carry recurrence, auxiliary loss (CMTA's
+InfoNCE) and diagnostics (`networks.Encoder`).
+
 `make_update_fn(networks, config)` returns a pure function
 `update(state, batch, key) -> (state, metrics)` that does, in one call:
 critic + beta * InfoNCE on the encoder and Q heads, the actor on stop-gradient
@@ -26,7 +29,6 @@ import jax.numpy as jnp
 import optax
 
 from cmta_jax.agents import carry as carry_lib
-from cmta_jax.agents import cmta
 from cmta_jax.agents.networks import AgentNetworks
 from cmta_jax.config import SACConfig
 from cmta_jax.nn import distributions
@@ -95,32 +97,25 @@ def make_loss(networks: AgentNetworks, config: SACConfig):
   """
   encoder, actor, critic = networks.encoder, networks.actor, networks.critic
   entropy_target = target_entropy(networks, config)
-  use_contrastive = config.contrastive_weight > 0
-  if use_contrastive:
-    probe = jax.eval_shape(lambda key: encoder.apply(
-        encoder.init(key), jnp.zeros((1, 1, networks.obs_dim)), jnp.zeros((1,), jnp.int32),
-        LSTMCarry(jnp.zeros((1, 1, encoder.carry_dim)), jnp.zeros((1, 1, encoder.carry_dim)))),
-        jax.random.PRNGKey(0))
-    if probe.experts is None:
-      raise ValueError(f"contrastive_weight is {config.contrastive_weight} but this encoder has no "
-                       "experts; use 0")
+  auxiliary = encoder.auxiliary_loss
+  weight = config.auxiliary_weight
+  if weight > 0 and auxiliary is None:
+    raise ValueError(f"auxiliary_weight (--contrastive_weight) is {weight} but this encoder has "
+                     "no auxiliary loss; use 0")
 
   def task_terms(log_alpha, reward, terminated, q, next_q, next_log_prob, log_prob, q_pi,
-                 contrastive_per_sample, attention):
+                 auxiliary_per_sample, diagnostics):
     """ONE task's loss terms: q, next_q [num_q, B]; the rest [B, ...]."""
     alpha = jnp.exp(log_alpha)
     # Critic: y = r + gamma (1 - terminated) (min Q_target(s', a') - alpha log pi(a'|s')).
     next_value = next_q.min(axis=0) - sg(alpha) * next_log_prob
     td_target = sg(reward + config.discount * (1.0 - terminated) * next_value)
     critic_loss = jnp.mean(jnp.square(q - td_target), axis=-1).sum()
-    # Eq. 3: mean over the task's samples (each already summed over experts).
-    contrastive_loss = contrastive_per_sample.mean() if use_contrastive else jnp.zeros(())
     actor_loss = jnp.mean(sg(alpha) * log_prob - q_pi)
     alpha_loss = jnp.mean(alpha * sg(-log_prob - entropy_target))
-    objective = critic_loss + config.contrastive_weight * contrastive_loss + actor_loss + alpha_loss
+    objective = critic_loss + actor_loss + alpha_loss
     metrics = {
         "critic_loss": critic_loss,
-        "contrastive_loss": contrastive_loss,
         "actor_loss": actor_loss,
         "alpha_loss": alpha_loss,
         "alpha": alpha,
@@ -128,9 +123,11 @@ def make_loss(networks: AgentNetworks, config: SACConfig):
         "q_mean": q.mean(),
         "td_target_mean": td_target.mean(),
     }
-    if attention is not None:
-      metrics["attention_entropy"] = -jnp.mean(
-          jnp.sum(attention * jnp.log(attention + 1e-12), axis=-1))
+    if auxiliary is not None:  # e.g. Eq. 3: mean over the task's samples
+      auxiliary_loss = auxiliary_per_sample.mean() if weight > 0 else jnp.zeros(())
+      objective = objective + weight * auxiliary_loss
+      metrics[auxiliary.name] = auxiliary_loss
+    metrics.update({name: value.mean() for name, value in diagnostics.items()})
     return objective, metrics
 
   def loss(params, target_params, batch: Transition, task_ids, noise_next, noise_now):
@@ -154,17 +151,14 @@ def make_loss(networks: AgentNetworks, config: SACConfig):
     action, log_prob = distributions.sample_tanh_gaussian(mean, log_std, noise_now)
     q_pi = critic.apply(sg(params["critic"]), features, action, task_ids).min(axis=0)
 
-    contrastive_per_sample = None
-    if use_contrastive:  # [G, B]: per sample, over all groups at once
-      contrastive_per_sample = cmta.info_nce_per_sample(
-          online_t.experts, target_next.experts, config.contrastive_temperature)
-    attention = None
-    if online_t.attention is not None:  # [G, B, ..., choices]: one distribution per row
-      attention = online_t.attention.reshape(*online_t.attention.shape[:2], -1,
-                                             online_t.attention.shape[-1])
+    # The encoder's own terms, per sample [G, B], over all groups at once.
+    auxiliary_per_sample = None
+    if auxiliary is not None and weight > 0:
+      auxiliary_per_sample = auxiliary.per_sample(online_t, target_next)
+    diagnostics = sg(encoder.diagnostics(online_t)) if encoder.diagnostics else {}
     return jax.vmap(task_terms, in_axes=(0, 0, 0, 1, 1, 0, 0, 0, 0, 0))(
         params["log_alpha"][task_ids], batch.reward, batch.terminated, q, next_q, next_log_prob,
-        log_prob, q_pi, contrastive_per_sample, attention)
+        log_prob, q_pi, auxiliary_per_sample, diagnostics)
 
   return loss
 

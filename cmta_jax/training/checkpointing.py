@@ -16,6 +16,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 import warnings
 from typing import Any, Callable
 
@@ -103,9 +104,18 @@ class Checkpointer:
           f"kept (steps {self.steps()}); free some space, then run the same command to resume")
 
   def _remove_partial_writes(self, step: int) -> None:
-    for name in os.listdir(self.directory) if os.path.isdir(self.directory) else []:
-      if name.startswith(f"{step}.") and "tmp" in name or name == str(step) and not self._complete(step):
+    """Removes what a failed save of `step` left. orbax's writer threads may still be
+    finishing (and re-creating files) for a moment, so it retries for up to ~5 s."""
+    for _ in range(50):
+      partial = [name for name in (os.listdir(self.directory) if os.path.isdir(self.directory)
+                                   else [])
+                 if name.startswith(f"{step}.") and "tmp" in name
+                 or name == str(step) and not self._complete(step)]
+      if not partial:
+        return
+      for name in partial:
         shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+      time.sleep(0.1)
 
   def _complete(self, step: int) -> bool:
     return os.path.exists(os.path.join(self.directory, str(step), "_CHECKPOINT_METADATA"))

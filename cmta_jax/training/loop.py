@@ -148,7 +148,8 @@ def train(run_config: config_lib.RunConfig, run_dir: str, allow_config_change: b
     log(f"note: eval_every ({cfg_train.eval_every}) > total_steps ({cfg_train.total_steps}): "
         "evaluation runs only at the start and the end")
   names = task_names(cfg_env.benchmark)
-  networks = registry.make_agent_networks(run_config.agent, run_config.network, names)
+  networks = registry.make_agent_networks(run_config.agent, run_config.network, names,
+                                         MultiTaskEnv.obs_dim, MultiTaskEnv.action_dim)
   num_tasks, carry_dim = len(names), networks.encoder.carry_dim
   needed = check_fits_in_memory(num_tasks, cfg_train.replay_capacity, networks.obs_dim,
                                 networks.action_dim, carry_dim)
@@ -167,7 +168,8 @@ def checkpoint_shapes(run_config: config_lib.RunConfig) -> tuple:
   shape, dtype) and the replay buffer's shape. Tracing only, nothing is computed."""
   run_config.validate()
   names = task_names(run_config.env.benchmark)
-  networks = registry.make_agent_networks(run_config.agent, run_config.network, names)
+  networks = registry.make_agent_networks(run_config.agent, run_config.network, names,
+                                         MultiTaskEnv.obs_dim, MultiTaskEnv.action_dim)
   state = jax.eval_shape(lambda key: sac.init_training_state(key, networks, run_config.sac),
                          jax.random.PRNGKey(0))
   num_tasks = len(names)
@@ -288,8 +290,10 @@ def _train_locked(run_config: config_lib.RunConfig, run_dir: str, networks,
     totals = jax.tree.map(jnp.zeros_like, totals)
     eta = (cfg_train.total_steps - step) / rate if rate > 0 else float("nan")
     if count:
-      losses = (f"critic {record['critic_loss']:.3g} | "
-                f"contrastive {record['contrastive_loss']:.3g}")
+      losses = f"critic {record['critic_loss']:.3g}"
+      if networks.encoder.auxiliary_loss is not None:
+        name = networks.encoder.auxiliary_loss.name
+        losses += f" | {name.removesuffix('_loss')} {record[name]:.3g}"
     else:
       losses = "warm-up (no updates yet)"
     if "attention_staleness" in record:

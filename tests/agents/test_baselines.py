@@ -30,16 +30,17 @@ from cmta_jax.agents.networks import AgentNetworks
 from cmta_jax.config import NetworkConfig, RunConfig, SACConfig
 from cmta_jax.types import LSTMCarry, Transition
 
-OBS_DIM = 39  # Meta-World's observation and action sizes (the registry's defaults).
+OBS_DIM = 39  # Meta-World's observation and action sizes.
 ACTION_DIM = 4
 BATCH_PER_TASK = 4
 NUM_TASKS = (1, 10, 50)
-PAPER_BETA = SACConfig().contrastive_weight
+PAPER_BETA = SACConfig().auxiliary_weight
 # Narrow networks with the paper's structure (all layers present, fewer units).
 SMALL = NetworkConfig(hidden_width=32, hidden_layers=2, task_embedding_dim=8,
                       task_encoder_hidden=(16,), task_feature_dim=8, num_experts=3,
                       expert_hidden=16, expert_dim=8, lstm_hidden=8, softmodu_width=16)
-NO_EXPERTS = tuple(a for a in registry.AGENTS if not registry.has_experts(a))
+NO_EXPERTS = tuple(a for a in registry.AGENTS  # agents whose encoder has no auxiliary loss
+                   if registry.make_encoder(RunConfig(agent=a)).auxiliary_loss is None)
 
 
 def _task_names(num_tasks: int) -> tuple[str, ...]:
@@ -64,13 +65,13 @@ def _compile(fn, *example_args):
   return jax.jit(fn).lower(*example_args).compile(compiler_options=_FAST_COMPILE)
 
 
-def _sac_config(agent: str, contrastive_weight: float | None = None) -> SACConfig:
+def _sac_config(agent: str, auxiliary_weight: float | None = None) -> SACConfig:
   """The agent's own defaults (beta 0 except CMTA), or an explicit beta."""
-  explicit = set() if contrastive_weight is None else {"sac.contrastive_weight"}
+  explicit = set() if auxiliary_weight is None else {"sac.auxiliary_weight"}
   run_config = RunConfig(agent=agent)
-  if contrastive_weight is not None:
+  if auxiliary_weight is not None:
     run_config = dataclasses.replace(
-        run_config, sac=dataclasses.replace(run_config.sac, contrastive_weight=contrastive_weight))
+        run_config, sac=dataclasses.replace(run_config.sac, auxiliary_weight=auxiliary_weight))
   return registry.agent_defaults(run_config, explicit).sac
 
 
@@ -82,7 +83,7 @@ class Setup(NamedTuple):
 
 @functools.lru_cache(maxsize=None)
 def _setup(agent: str, num_tasks: int) -> Setup:
-  networks = registry.make_agent_networks(agent, SMALL, _task_names(num_tasks))
+  networks = registry.make_agent_networks(agent, SMALL, _task_names(num_tasks), OBS_DIM, ACTION_DIM)
   # Compiled: eagerly, every random op of the (vmapped) init would compile on its own.
   init = _compile(lambda key: sac.init_training_state(key, networks, _sac_config(agent)),
                   jax.random.key(0))
@@ -98,11 +99,11 @@ def _update_fn(agent: str, num_tasks: int):
                   jax.random.key(0))
 
 
-def _task_loss_terms(agent: str, num_tasks: int, contrastive_weight: float | None = None):
+def _task_loss_terms(agent: str, num_tasks: int, auxiliary_weight: float | None = None):
   """params -> (objective, metrics) of task_id's loss alone on the setup's batch:
   the other tasks' terms are simply not part of it."""
   setup = _setup(agent, num_tasks)
-  task_loss = sac.make_task_loss(setup.networks, _sac_config(agent, contrastive_weight))
+  task_loss = sac.make_task_loss(setup.networks, _sac_config(agent, auxiliary_weight))
   noise_next, noise_now = jnp.asarray(
       np.random.default_rng(3).normal(size=(2, BATCH_PER_TASK, setup.networks.action_dim)),
       jnp.float32)
@@ -116,15 +117,15 @@ def _task_loss_terms(agent: str, num_tasks: int, contrastive_weight: float | Non
 
 
 @functools.lru_cache(maxsize=None)
-def _task_grad_fn(agent: str, num_tasks: int, contrastive_weight: float | None = None):
+def _task_grad_fn(agent: str, num_tasks: int, auxiliary_weight: float | None = None):
   """Compiled (params, task_id) -> (grads, metrics) of one task's loss alone."""
-  loss_terms = _task_loss_terms(agent, num_tasks, contrastive_weight)
+  loss_terms = _task_loss_terms(agent, num_tasks, auxiliary_weight)
   return _compile(jax.grad(loss_terms, has_aux=True), _setup(agent, num_tasks).state.params,
                   jnp.int32(0))
 
 
-def _task_grads(agent: str, num_tasks: int, task_id: int, contrastive_weight=None):
-  grads, metrics = _task_grad_fn(agent, num_tasks, contrastive_weight)(
+def _task_grads(agent: str, num_tasks: int, task_id: int, auxiliary_weight=None):
+  grads, metrics = _task_grad_fn(agent, num_tasks, auxiliary_weight)(
       _setup(agent, num_tasks).state.params, jnp.int32(task_id))
   return jax.tree.map(np.asarray, grads), jax.tree.map(np.asarray, metrics)
 
@@ -187,9 +188,13 @@ def test_agent_acts_and_updates(agent, num_tasks):
   chex.assert_tree_all_finite((new_state.params, new_state.target_params, metrics))
   chex.assert_trees_all_equal_shapes(new_state.params, state.params)
   assert int(new_state.step) == 1
-  # beta = 0 (every agent's default but CMTA's) means no contrastive term at all.
-  contrastive = np.asarray(metrics["contrastive_loss"])
-  assert np.all(contrastive > 0) if agent == "cmta" else np.all(contrastive == 0)
+  # beta = 0 (every agent's default but CMTA's) means no contrastive term at all; agents
+  # whose encoder has no auxiliary loss report none.
+  if agent in NO_EXPERTS:
+    assert "contrastive_loss" not in metrics
+  else:
+    contrastive = np.asarray(metrics["contrastive_loss"])
+    assert np.all(contrastive > 0) if agent == "cmta" else np.all(contrastive == 0)
   # The update did something: the temperature of every task moved.
   assert np.all(np.asarray(new_state.params["log_alpha"]) != np.asarray(state.params["log_alpha"]))
 
@@ -366,7 +371,7 @@ def test_care_encoder_reads_pretrained_vectors_and_has_no_lstm():
 def test_care_without_embedding_file_fails_clearly(monkeypatch, tmp_path):
   monkeypatch.setattr(task_metadata, "embeddings_path", lambda: tmp_path / "task_embeddings.json")
   with pytest.raises(FileNotFoundError, match="make_task_embeddings") as error:
-    registry.make_agent_networks("care", SMALL, _task_names(10))
+    registry.make_agent_networks("care", SMALL, _task_names(10), OBS_DIM, ACTION_DIM)
   assert "\n" not in str(error.value)
 
 
@@ -376,7 +381,8 @@ def test_care_without_embedding_file_fails_clearly(monkeypatch, tmp_path):
 
 def _encoder(network_config: NetworkConfig, agent: str = "cmta", shapes_only: bool = False):
   """(encoder, params); with `shapes_only`, params are ShapeDtypeStructs (nothing compiles)."""
-  encoder = registry.make_agent_networks(agent, network_config, _task_names(2)).encoder
+  encoder = registry.make_agent_networks(agent, network_config, _task_names(2), OBS_DIM,
+                                         ACTION_DIM).encoder
   key = jax.random.key(0)
   if shapes_only:
     return encoder, jax.eval_shape(encoder.init, key)
@@ -417,11 +423,11 @@ def test_num_experts_sets_the_stacked_expert_axis(agent, num_experts):
 
 def test_cmta_without_contrastive_term_is_the_critic_objective_alone():
   task_id = 2
-  grads_without, metrics_without = _task_grads("cmta", 10, task_id, contrastive_weight=0.0)
+  grads_without, metrics_without = _task_grads("cmta", 10, task_id, auxiliary_weight=0.0)
   assert metrics_without["contrastive_loss"] == 0.0
 
   # Reference: the full CMTA loss (paper beta), with the contrastive term left out by hand.
-  assert _sac_config("cmta").contrastive_weight == PAPER_BETA
+  assert _sac_config("cmta").auxiliary_weight == PAPER_BETA
   loss_terms = _task_loss_terms("cmta", 10)
 
   def objective_without_contrastive(params):
@@ -448,7 +454,7 @@ def test_cmta_without_contrastive_term_is_the_critic_objective_alone():
 
 
 def test_care_with_contrastive_term_has_a_contrastive_loss():
-  grads, metrics = _task_grads("care", 10, 0, contrastive_weight=PAPER_BETA)
+  grads, metrics = _task_grads("care", 10, 0, auxiliary_weight=PAPER_BETA)
   assert np.isfinite(metrics["contrastive_loss"]) and metrics["contrastive_loss"] > 0
   assert all(np.any(g != 0) for g in _leaves(grads["encoder"]["experts"]).values())
 
@@ -460,10 +466,10 @@ def test_care_with_contrastive_term_has_a_contrastive_loss():
 @pytest.mark.parametrize("agent", registry.AGENTS)
 def test_agent_defaults_turn_off_contrastive_term_except_for_cmta(agent):
   defaults = registry.agent_defaults(RunConfig(agent=agent), explicit=set())
-  assert defaults.sac.contrastive_weight == (PAPER_BETA if agent == "cmta" else 0.0)
+  assert defaults.sac.auxiliary_weight == (PAPER_BETA if agent == "cmta" else 0.0)
   # An explicit value is kept, whatever the agent.
-  explicit = _sac_config(agent, contrastive_weight=123.0)
-  assert explicit.contrastive_weight == 123.0
+  explicit = _sac_config(agent, auxiliary_weight=123.0)
+  assert explicit.auxiliary_weight == 123.0
 
 
 @pytest.mark.parametrize("agent", registry.AGENTS)
@@ -479,30 +485,30 @@ def _one_line_value_error(run_config, match: str) -> None:
 
 @pytest.mark.parametrize("agent", NO_EXPERTS)
 def test_contrastive_term_is_refused_without_experts(agent):
-  _one_line_value_error(RunConfig(agent=agent, sac=SACConfig(contrastive_weight=1.0)),
-                        "no experts")
+  _one_line_value_error(RunConfig(agent=agent, sac=SACConfig(auxiliary_weight=1.0)),
+                        "no auxiliary \\(contrastive\\) loss, so --contrastive_weight must be 0")
 
 
 @pytest.mark.parametrize("agent", ["cmta", "care"])
 def test_contrastive_term_is_accepted_with_experts(agent):
   # As launched: `--agent=care --contrastive_weight=2500` is the CARE + CL ablation.
-  run_config = RunConfig(agent=agent, sac=SACConfig(contrastive_weight=PAPER_BETA))
-  registry.check_agent_config(registry.agent_defaults(run_config, {"sac.contrastive_weight"}))
+  run_config = RunConfig(agent=agent, sac=SACConfig(auxiliary_weight=PAPER_BETA))
+  registry.check_agent_config(registry.agent_defaults(run_config, {"sac.auxiliary_weight"}))
 
 
-@pytest.mark.parametrize("agent", NO_EXPERTS)
-def test_without_temporal_attention_is_refused_for_agents_other_than_cmta(agent):
-  _one_line_value_error(
-      RunConfig(agent=agent, sac=SACConfig(contrastive_weight=0.0),
-                network=NetworkConfig(temporal_attention=False)),
-      "temporal_attention")
+@pytest.mark.parametrize("agent", [a for a in registry.AGENTS if a != "cmta"])
+def test_temporal_attention_flag_is_refused_for_agents_other_than_cmta(agent):
+  run_config = registry.agent_defaults(RunConfig(agent=agent), explicit=set())
+  with pytest.raises(ValueError, match="--temporal_attention only applies to agents with an LSTM"):
+    registry.check_explicit_fields(run_config, {"network.temporal_attention"})
 
 
 def test_unknown_agent_is_refused_with_the_choices():
   for call in (lambda: registry.check_agent("mt_sac"),
                lambda: registry.check_agent_config(RunConfig(agent="mt_sac")),
                lambda: registry.agent_defaults(RunConfig(agent="mt_sac"), explicit=set()),
-               lambda: registry.make_agent_networks("mt_sac", SMALL, _task_names(2))):
+               lambda: registry.make_agent_networks("mt_sac", SMALL, _task_names(2), OBS_DIM,
+                                                    ACTION_DIM)):
     with pytest.raises(ValueError, match="unknown agent 'mt_sac'") as error:
       call()
     assert all(agent in str(error.value) for agent in registry.AGENTS)
@@ -521,7 +527,7 @@ def test_baseline_solves_two_point_tasks(agent):
       FAST_SAC, train_point_task)
   # The agents' own defaults (beta = 0: no experts). MT-SAC is blind to the
   # task index, so the goal must be in its observation.
-  sac_config = dataclasses.replace(FAST_SAC, contrastive_weight=0.0)
+  sac_config = dataclasses.replace(FAST_SAC, auxiliary_weight=0.0)
   result = train_point_task(agent, goal_in_obs=agent == "mtsac", sac_config=sac_config)
   score = result.normalized_score()
   print(f"{agent}: score {score}, {result.seconds:.1f} s")

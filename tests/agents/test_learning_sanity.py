@@ -122,7 +122,8 @@ def train_point_task(agent_name: str, *, num_steps: int = 3000, warmup_steps: in
     next_position, reward = _move(position, action[:, 0], GOALS)
     # Episodes only end by truncation: never terminated, always bootstrapped.
     buffer.add(obs, action, reward, _observe(next_position, GOALS, goal_in_obs),
-               np.zeros(num_tasks), carry, next_carry)
+               np.zeros(num_tasks), carry, next_carry,
+               episode_step=np.full(num_tasks, steps_in_episode))
     steps_in_episode += 1
     if steps_in_episode == EPISODE_LENGTH:
       position = rng.uniform(-1.0, 1.0, num_tasks).astype(np.float32)

@@ -59,7 +59,7 @@ def test_config_defaults_are_the_papers():
   assert (config.actor_lr, config.critic_lr, config.alpha_lr) == (3e-4, 3e-4, 3e-4)
   assert (config.adam_b1, config.adam_b2, config.init_alpha) == (0.9, 0.999, 1.0)
   assert (config.encoder_tau, config.critic_tau) == (0.05, 0.005)
-  assert (config.contrastive_weight, config.contrastive_temperature) == (2500.0, 0.1)
+  assert (config.auxiliary_weight, NetworkConfig().contrastive_temperature) == (2500.0, 0.1)
   assert config.target_entropy is None
   network = NetworkConfig()
   assert (network.hidden_width, network.hidden_layers, network.num_experts) == (512, 3, 6)
@@ -135,7 +135,8 @@ def test_metrics_match_losses_recomputed_from_the_network_pieces(helpers):
     actor_loss = np.mean(alpha * log_prob - q_pi)
     alpha_loss = alpha * np.mean(-log_prob - target_entropy)
     # InfoNCE (checked against NumPy loops in test_layers): online z_t vs target z_{t+1}.
-    contrastive = info_nce(online_now.experts, target_next.experts, config.contrastive_temperature)
+    contrastive = info_nce(online_now.experts, target_next.experts,
+                           helpers.small_network_config().contrastive_temperature)
 
     expected = {"td_target_mean": td_target.mean(), "q_mean": np.mean(q),
                 "critic_loss": critic_loss, "actor_loss": actor_loss, "alpha_loss": alpha_loss,
@@ -209,7 +210,7 @@ def test_alpha_loss_trains_only_the_temperatures(helpers):
 
 def test_objective_is_critic_plus_beta_contrastive_plus_actor_plus_alpha(helpers):
   grads = _loss_component_gradients(helpers)
-  beta = helpers.TEST_SAC.contrastive_weight
+  beta = helpers.TEST_SAC.auxiliary_weight
   expected = jax.tree.map(lambda c, k, a, t: np.asarray(c) + beta * np.asarray(k) + np.asarray(a)
                           + np.asarray(t), grads["critic_loss"], grads["contrastive_loss"],
                           grads["actor_loss"], grads["alpha_loss"])
@@ -326,7 +327,7 @@ def test_task_vmap_equals_a_python_loop_over_tasks(helpers):
     np.testing.assert_allclose(metrics[name], [m[name] for m in per_task_metrics], rtol=1e-5,
                                atol=1e-5, err_msg=name)
   # Objective = mean of per-task terms; its gradient = mean of per-task gradients.
-  beta = setup.sac_config.contrastive_weight
+  beta = setup.sac_config.auxiliary_weight
   total_from_metrics = np.mean(
       metrics["critic_loss"] + beta * metrics["contrastive_loss"] + metrics["actor_loss"]
       + metrics["alpha_loss"])

@@ -352,7 +352,7 @@ def test_agent_without_lstm_checkpoints_and_resumes_exactly(tmp_path):
   # Its replay carries are [T, N, 0] arrays, which orbax refuses to save.
   run_config = registry.agent_defaults(
       dataclasses.replace(make_config(total_steps=80, eval_every=40), agent="mtsac"), explicit=set())
-  assert run_config.sac.contrastive_weight == 0.0
+  assert run_config.sac.auxiliary_weight == 0.0
   uninterrupted_dir, resumed_dir = str(tmp_path / "uninterrupted"), str(tmp_path / "resumed")
   summary = loop.train(run_config, uninterrupted_dir, log=LogCapture())
   half_config = dataclasses.replace(
@@ -445,6 +445,7 @@ def cli_failures(baseline_run, tmp_path_factory, compilation_cache_dir):
       "burn_in_steps_without_burn_in": {"carry_mode": "stored", "burn_in_steps": 10},
       "carry_mode_without_lstm": {"agent": "mtsac", "carry_mode": "burn_in"},
       "zero_burn_in_steps": {"carry_mode": "burn_in", "burn_in_steps": 0},
+      "contrastive_without_auxiliary_loss": {"agent": "mtsac", "contrastive_weight": 1.0},
       "absurd_replay": {"replay_capacity": 10**12},
       "config_mismatch": {"seed": 1, "hidden_width": 64},
       "only_checkpoint_corrupt": {},
@@ -517,6 +518,8 @@ def _assert_one_line_error(result, pattern: str, before_config: bool = True) -> 
     ("burn_in_steps_without_burn_in", r"--burn_in_steps only applies to --carry_mode=burn_in"),
     ("carry_mode_without_lstm", r"--carry_mode only applies to agents with an LSTM"),
     ("zero_burn_in_steps", r"burn_in_steps must be a positive integer, got 0"),
+    ("contrastive_without_auxiliary_loss",
+     r"agent 'mtsac' has no auxiliary \(contrastive\) loss, so --contrastive_weight must be 0"),
 ])
 def test_bad_flags_fail_with_one_line_before_building_anything(cli_failures, name, pattern):
   _assert_one_line_error(cli_failures[name], pattern)
