@@ -331,18 +331,8 @@ def _assert_refusals_change_nothing(run_dir: str) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("carry_mode", ["stored", "burn_in"])  # frozen_memory: the baseline run
 def test_every_carry_mode_resumes_exactly(tmp_path, carry_mode):
-  run_config = make_config(total_steps=80, eval_every=40, carry_mode=carry_mode, burn_in_steps=8)
-  uninterrupted_dir, resumed_dir = str(tmp_path / "uninterrupted"), str(tmp_path / "resumed")
-  summary = loop.train(run_config, uninterrupted_dir, log=LogCapture())
-  loop.train(make_config(total_steps=40, eval_every=40, carry_mode=carry_mode, burn_in_steps=8),
-             resumed_dir, log=LogCapture())
-  log = LogCapture()
-  assert loop.train(run_config, resumed_dir, log=log) == summary
-  assert "from the checkpoint at step 40" in log.text
-  resumed, uninterrupted = restore_checkpoint(resumed_dir, 80), restore_checkpoint(uninterrupted_dir, 80)
-  assert_trees_equal(resumed["state"], uninterrupted["state"])
-  assert_trees_equal(resumed["replay"], uninterrupted["replay"])
-  assert without_time(read_records(resumed_dir)) == without_time(read_records(uninterrupted_dir))
+  resumed_dir = _assert_half_run_resumes_exactly(
+      make_config(total_steps=80, eval_every=40, carry_mode=carry_mode, burn_in_steps=8), tmp_path)
   staleness = [r["attention_staleness"] for r in read_records(resumed_dir) if r["kind"] == "train"]
   assert staleness[0] < 1e-4 and staleness[-1] > staleness[0]  # the LSTM has moved since acting
 
@@ -353,6 +343,13 @@ def test_agent_without_lstm_checkpoints_and_resumes_exactly(tmp_path):
   run_config = registry.agent_defaults(
       dataclasses.replace(make_config(total_steps=80, eval_every=40), agent="mtsac"), explicit=set())
   assert run_config.sac.auxiliary_weight == 0.0
+  resumed_dir = _assert_half_run_resumes_exactly(run_config, tmp_path)
+  assert "h_in" not in restore_checkpoint(resumed_dir, 80)["replay"]
+
+
+def _assert_half_run_resumes_exactly(run_config, tmp_path) -> str:
+  """Runs `run_config` (80 steps) straight, and as 40 steps then a resume: same checkpoint,
+  same records, same summary. Returns the resumed run's directory."""
   uninterrupted_dir, resumed_dir = str(tmp_path / "uninterrupted"), str(tmp_path / "resumed")
   summary = loop.train(run_config, uninterrupted_dir, log=LogCapture())
   half_config = dataclasses.replace(
@@ -364,7 +361,8 @@ def test_agent_without_lstm_checkpoints_and_resumes_exactly(tmp_path):
   resumed, uninterrupted = restore_checkpoint(resumed_dir, 80), restore_checkpoint(uninterrupted_dir, 80)
   assert_trees_equal(resumed["state"], uninterrupted["state"])
   assert_trees_equal(resumed["replay"], uninterrupted["replay"])
-  assert "h_in" not in resumed["replay"]
+  assert without_time(read_records(resumed_dir)) == without_time(read_records(uninterrupted_dir))
+  return resumed_dir
 
 
 # ---------------------------------------------------------------- SIGKILL
