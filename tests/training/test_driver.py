@@ -6,6 +6,7 @@ few minutes on 2 CPU cores.
 """
 
 import dataclasses
+import errno
 import functools
 import glob
 import json
@@ -32,6 +33,7 @@ from cmta_jax.agents import registry
 from cmta_jax.envs import metaworld_env, task_names
 from cmta_jax.training import loop, metrics_log
 from cmta_jax.training import run_dir as run_dir_lib
+from cmta_jax.training.checkpointing import Checkpointer, CheckpointWriteFailed
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN_SCRIPT = os.path.join(REPO, "experiments", "train.py")
@@ -767,3 +769,19 @@ def test_unreadable_metrics_line_names_the_file_and_line(tmp_path):
   assert result.stderr.strip().splitlines() == [
       f"error: {os.path.join(run_dir, 'metrics.jsonl')}, line 2: not a JSON record (Expecting "
       "property name enclosed in double quotes); fix or delete that line"]
+
+
+def test_a_checkpoint_larger_than_the_free_space_is_refused_before_writing(tmp_path, monkeypatch):
+  checkpointer = Checkpointer(str(tmp_path), keep=3)
+  state, replay, meta = {"w": np.ones((64, 64), np.float32)}, {"obs": np.ones((8, 8))}, {"step": 1}
+  checkpointer.save(20, state, replay, meta)
+  real_usage = shutil.disk_usage
+  monkeypatch.setattr(shutil, "disk_usage",
+                      lambda path: real_usage(path)._replace(free=1024 * 1024))  # 1 MiB free
+  with pytest.raises(CheckpointWriteFailed, match=r"not enough free disk space for the checkpoint "
+                     r"of step 40 .*\(needs ~16 MiB, 1 MiB free\); earlier checkpoints kept "
+                     r"\(steps \[20\]\); free some space") as error:
+    checkpointer.save(40, state, replay, meta)
+  assert error.value.errno == errno.ENOSPC
+  assert sorted(os.listdir(checkpointer.directory)) == ["20"]  # nothing of step 40 written
+  checkpointer.close()
