@@ -131,16 +131,16 @@ def check_resume_config(run_dir: str, saved: dict | None, run_config: config_lib
   except (TypeError, ValueError) as error:
     raise ConfigMismatch(f"{os.path.join(run_dir, CONFIG_FILE)} cannot be read as a config "
                          f"({error}); use another --run_dir") from None
-  current_shapes = shapes(run_config)
-  if shapes(saved_config) == current_shapes:
+  saved_shapes = shapes(saved_config)
+  if shapes(run_config) == saved_shapes:
     return
   # Name the fields that change shapes: each one applied alone to the saved config.
   reshaping = []
-  for key in config_diff(saved, current):
+  for key in diffs:
     path = key.split(":")[0]
     try:
       one_change = config_lib.replace_path(saved_config, path, config_lib.getattr_path(run_config, path))
-      if shapes(one_change) != shapes(saved_config):
+      if shapes(one_change) != saved_shapes:
         reshaping.append(key)
     except (AttributeError, TypeError, ValueError):
       reshaping.append(key)
