@@ -269,11 +269,25 @@ def _silence_orbax_background_errors() -> None:
     previous_excepthook = sys.excepthook
 
     def excepthook(kind, value, traceback):
-      # tensorstore completing a write for an orbax event loop that a failed save has
-      # already closed; reported through sys.excepthook from tensorstore's threads.
-      if not (kind is RuntimeError and str(value) == "Event loop is closed"):
+      if not _is_closed_loop_callback(value):
         previous_excepthook(kind, value, traceback)
 
     excepthook.mutes_orbax = True
     sys.excepthook = excepthook
+  if not getattr(sys.unraisablehook, "mutes_orbax", False):
+    previous_unraisablehook = sys.unraisablehook
+
+    def unraisablehook(unraisable):
+      if not _is_closed_loop_callback(unraisable.exc_value):
+        previous_unraisablehook(unraisable)
+
+    unraisablehook.mutes_orbax = True
+    sys.unraisablehook = unraisablehook
   warnings.filterwarnings("ignore", category=RuntimeWarning, message="coroutine .* never awaited")
+
+
+def _is_closed_loop_callback(error: BaseException | None) -> bool:
+  """tensorstore completing a write for an orbax event loop that a failed save has already
+  closed. tensorstore's threads report it through sys.excepthook or, more often, as an
+  unraisable exception (PyErr_WriteUnraisable), at any moment of the shutdown."""
+  return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"

@@ -785,3 +785,32 @@ def test_a_checkpoint_larger_than_the_free_space_is_refused_before_writing(tmp_p
   assert error.value.errno == errno.ENOSPC
   assert sorted(os.listdir(checkpointer.directory)) == ["20"]  # nothing of step 40 written
   checkpointer.close()
+
+
+def test_closed_event_loop_reports_from_orbax_threads_are_muted_others_kept(tmp_path):
+  # After a failed save, tensorstore's threads report "Event loop is closed" as unraisable
+  # exceptions (PyErr_WriteUnraisable) while the process shuts down: one per pending write.
+  # A fresh interpreter, since pytest replaces sys.unraisablehook during tests.
+  script = f"""
+import sys
+from cmta_jax.training.checkpointing import Checkpointer
+Checkpointer({str(tmp_path)!r}, keep=1).close()  # installs the filters
+
+class RaisesWhenCollected:
+  def __init__(self, message):
+    self.message = message
+  def __del__(self):
+    raise RuntimeError(self.message)  # reported through sys.unraisablehook
+
+for message in ("Event loop is closed", "a real problem"):
+  RaisesWhenCollected(message)
+  try:
+    raise RuntimeError(message)
+  except RuntimeError as error:
+    sys.excepthook(RuntimeError, error, error.__traceback__)
+"""
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=REPO, timeout=CLI_TIMEOUT)
+  assert result.returncode == 0, result.stderr
+  assert "Event loop is closed" not in result.stderr
+  assert result.stderr.count("RuntimeError: a real problem") == 2, result.stderr
