@@ -1,10 +1,26 @@
-"""Random inputs for testing a learner or a new encoder without Meta-World."""
+"""Helpers for tests of a learner, a new encoder or the training loop: random batches without
+Meta-World, and a Meta-World environment source that builds its task variations once."""
+
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cmta_jax.envs import EnvConfig, StepResult, metaworld_env
+from cmta_jax.envs.source import EnvSource, metaworld
 from cmta_jax.types import LSTMCarry, Transition
+
+
+@functools.cache
+def cached_variations(benchmark: str, seed: int) -> metaworld_env.Variations:
+  """make_variations, once per (benchmark, seed) and process: most of MT10's construction
+  time, and a frozen pure function of its arguments."""
+  return metaworld_env.make_variations(benchmark, seed)
+
+
+# Meta-World as `loop.train` builds it, minus the repeated variation generation.
+CACHED_METAWORLD: EnvSource = metaworld(cached_variations)
 
 
 def random_batch(seed: int, num_tasks: int, batch_per_task: int, obs_dim: int, action_dim: int,
@@ -29,3 +45,97 @@ def random_batch(seed: int, num_tasks: int, batch_per_task: int, obs_dim: int, a
       terminated=rng.random((num_tasks, batch_per_task)) < termination_rate,
       carry_in=carry(), carry_out=carry())
   return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), batch)
+
+
+# ---------------------------------------------------------------- two 1-D point-reaching tasks
+# A point at x in [-1, 1] moves by STEP_SIZE * a per step (a in [-1, 1]) and is rewarded
+# -|x - goal|; task 0's goal is +0.5, task 1's -0.5. Without the goal in the observation
+# only the task index tells the tasks apart. Used by the learning-sanity test and the
+# loop's unit tests: an injected environment that needs no simulator.
+
+GOALS = np.array([0.5, -0.5], np.float32)
+STEP_SIZE = 0.2
+EPISODE_LENGTH = 15
+OBS_DIM = 4  # [x, goal (or 0), zero padding]
+ACTION_DIM = 1
+SUCCESS_DISTANCE = 0.1
+# Evaluation episode k starts at EVAL_STARTS[k % 7] in every task; an evaluation of 7
+# episodes covers each start once, the same for every policy, so returns are comparable.
+EVAL_STARTS = np.linspace(-0.9, 0.9, 7, dtype=np.float32)
+
+
+def observe_points(position: np.ndarray, goal_in_obs: bool) -> np.ndarray:
+  obs = np.zeros((len(GOALS), OBS_DIM), np.float32)
+  obs[:, 0] = position
+  if goal_in_obs:
+    obs[:, 1] = GOALS
+  return obs
+
+
+def move_points(position: np.ndarray, action: np.ndarray):
+  """One environment step of both points: (new position, reward)."""
+  new_position = np.clip(position + STEP_SIZE * action, -1.0, 1.0).astype(np.float32)
+  return new_position, -np.abs(new_position - GOALS)
+
+
+class PointTasks:
+  """Both point tasks stepped in lockstep, with the vector-env interface of `MultiTaskEnv`.
+
+  Episode k's start is a pure function of (seed, role, k), so `get_state` is the episode
+  index alone. Training episodes start uniformly in [-1, 1]; evaluation ones at EVAL_STARTS.
+  """
+
+  num_tasks = len(GOALS)
+
+  def __init__(self, seed: int, role: str, goal_in_obs: bool, episode_length: int):
+    self._seed, self._role, self._goal_in_obs = seed, role, goal_in_obs
+    self._episode_length = episode_length
+    self._episode, self._step, self._position = -1, 0, None
+
+  @property
+  def at_episode_start(self) -> bool:
+    return self._step == 0
+
+  def _start_episode(self) -> np.ndarray:
+    self._episode, self._step = self._episode + 1, 0
+    if self._role == "eval":
+      self._position = np.full(self.num_tasks, EVAL_STARTS[self._episode % len(EVAL_STARTS)])
+    else:
+      rng = np.random.default_rng([self._seed, self._episode])
+      self._position = rng.uniform(-1.0, 1.0, self.num_tasks).astype(np.float32)
+    return observe_points(self._position, self._goal_in_obs)
+
+  def reset(self) -> np.ndarray:
+    self._episode = -1
+    return self._start_episode()
+
+  def step(self, actions: np.ndarray) -> StepResult:
+    self._position, reward = move_points(self._position, np.asarray(actions)[:, 0])
+    next_obs = observe_points(self._position, self._goal_in_obs)
+    self._step += 1
+    episode_end = self._step == self._episode_length
+    success = (np.abs(self._position - GOALS) < SUCCESS_DISTANCE).astype(np.float32)
+    zeros = np.zeros(self.num_tasks, bool)  # episodes end by truncation only
+    return StepResult(obs=self._start_episode() if episode_end else next_obs, next_obs=next_obs,
+                      reward=reward, raw_reward=reward, terminated=zeros,
+                      truncated=np.full(self.num_tasks, episode_end), success=success,
+                      episode_start=episode_end)
+
+  def get_state(self) -> dict:
+    return {"episode": self._episode}
+
+  def restore(self, state: dict) -> np.ndarray:
+    self._episode = state["episode"] - 1
+    return self._start_episode()
+
+  def close(self) -> None:
+    pass
+
+
+def point_tasks(goal_in_obs: bool) -> EnvSource:
+  def make_envs(config: EnvConfig, seed: int):
+    return tuple(PointTasks(seed, role, goal_in_obs, config.episode_length)
+                 for role in ("train", "eval"))
+
+  return EnvSource(task_names=lambda config: tuple(f"goal{g:+.1f}" for g in GOALS),
+                   obs_dim=OBS_DIM, action_dim=ACTION_DIM, make_envs=make_envs)

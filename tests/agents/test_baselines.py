@@ -513,22 +513,3 @@ def test_unknown_agent_is_refused_with_the_choices():
       call()
     assert all(agent in str(error.value) for agent in registry.AGENTS)
     assert "\n" not in str(error.value)
-
-
-# ---------------------------------------------------------------------------
-# Learning sanity (slow): the baselines solve the two point-reaching tasks.
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("agent", ["mtsac", "mtmhsac", "single_sac"])
-def test_baseline_solves_two_point_tasks(agent):
-  # A sibling test module: importable under pytest's default (prepend) import mode.
-  from test_learning_sanity import (  # pylint: disable=import-outside-toplevel
-      FAST_SAC, train_point_task)
-  # The agents' own defaults (beta = 0: no experts). MT-SAC is blind to the
-  # task index, so the goal must be in its observation.
-  sac_config = dataclasses.replace(FAST_SAC, auxiliary_weight=0.0)
-  result = train_point_task(agent, goal_in_obs=agent == "mtsac", sac_config=sac_config)
-  score = result.normalized_score()
-  print(f"{agent}: score {score}, {result.seconds:.1f} s")
-  assert np.all(score > 0.9), (result, score)

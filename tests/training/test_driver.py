@@ -7,7 +7,6 @@ few minutes on 2 CPU cores.
 
 import dataclasses
 import errno
-import functools
 import glob
 import json
 import os
@@ -27,10 +26,10 @@ import orbax.checkpoint as ocp
 import pytest
 from tensorboardX.proto import event_pb2
 
-from cmta_jax import cli
+from cmta_jax import cli, testing
 from cmta_jax import config as config_lib
 from cmta_jax.agents import registry
-from cmta_jax.envs import metaworld_env, task_names
+from cmta_jax.envs import task_names
 from cmta_jax.training import loop, metrics_log
 from cmta_jax.training import run_dir as run_dir_lib
 from cmta_jax.training.checkpointing import Checkpointer, CheckpointWriteFailed
@@ -146,15 +145,13 @@ def compilation_cache_dir(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def _fast_driver(compilation_cache_dir, monkeypatch):
-  # Generating the 50 variations per task is most of MT10's construction time; they are
-  # a frozen pure function of (benchmark, seed), so in-process runs share them.
-  monkeypatch.setattr(loop, "make_variations", _cached_variations)
+def _fast_driver(compilation_cache_dir):
+  del compilation_cache_dir  # every test shares the persistent compilation cache
 
 
-@functools.cache
-def _cached_variations(benchmark: str, seed: int) -> metaworld_env.Variations:
-  return metaworld_env.make_variations(benchmark, seed)
+def train(run_config: config_lib.RunConfig, run_dir: str, **kwargs) -> dict:
+  """loop.train on Meta-World whose variations are generated once per process."""
+  return loop.train(run_config, run_dir, envs=testing.CACHED_METAWORLD, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -163,9 +160,7 @@ def baseline_run(tmp_path_factory, compilation_cache_dir):
   run_dir = str(tmp_path_factory.mktemp("baseline") / "run")
   run_config = make_config()
   log = LogCapture()
-  with pytest.MonkeyPatch.context() as monkeypatch:
-    monkeypatch.setattr(loop, "make_variations", _cached_variations)
-    summary = loop.train(run_config, run_dir, log=log)
+  summary = train(run_config, run_dir, log=log)
   return run_dir, run_config, log, summary
 
 
@@ -277,12 +272,12 @@ def test_end_to_end_run_writes_metrics_tensorboard_summary_and_checkpoints(basel
 def test_resumed_run_is_bit_identical_to_uninterrupted(baseline_run, tmp_path):
   baseline_dir, _, _, baseline_summary = baseline_run
   run_dir = str(tmp_path / "run")
-  half = loop.train(make_config(total_steps=TOTAL_STEPS // 2), run_dir, log=LogCapture())
+  half = train(make_config(total_steps=TOTAL_STEPS // 2), run_dir, log=LogCapture())
   assert half["steps"] == TOTAL_STEPS // 2
   _assert_refusals_change_nothing(run_dir)
   log = LogCapture()
   # Raising total_steps is the one config change a resume accepts without a flag.
-  summary = loop.train(make_config(), run_dir, log=log)
+  summary = train(make_config(), run_dir, log=log)
   assert f"from the checkpoint at step {TOTAL_STEPS // 2}" in log.text
 
   for step in (120, 160):
@@ -323,7 +318,7 @@ def _assert_refusals_change_nothing(run_dir: str) -> None:
   for overrides, allow, pattern in refusals:
     log = LogCapture()
     with pytest.raises(ValueError, match=pattern):
-      loop.train(make_config(**{"total_steps": TOTAL_STEPS, **overrides}), run_dir,
+      train(make_config(**{"total_steps": TOTAL_STEPS, **overrides}), run_dir,
                  allow_config_change=allow, log=log)
     assert "config:" not in log.text
   assert _run_dir_contents(run_dir) == before  # checkpoints, config.json, metrics: untouched
@@ -353,12 +348,12 @@ def _assert_half_run_resumes_exactly(run_config, tmp_path) -> str:
   """Runs `run_config` (80 steps) straight, and as 40 steps then a resume: same checkpoint,
   same records, same summary. Returns the resumed run's directory."""
   uninterrupted_dir, resumed_dir = str(tmp_path / "uninterrupted"), str(tmp_path / "resumed")
-  summary = loop.train(run_config, uninterrupted_dir, log=LogCapture())
+  summary = train(run_config, uninterrupted_dir, log=LogCapture())
   half_config = dataclasses.replace(
       run_config, train=dataclasses.replace(run_config.train, total_steps=40))
-  loop.train(half_config, resumed_dir, log=LogCapture())
+  train(half_config, resumed_dir, log=LogCapture())
   log = LogCapture()
-  assert loop.train(run_config, resumed_dir, log=log) == summary
+  assert train(run_config, resumed_dir, log=log) == summary
   assert "from the checkpoint at step 40" in log.text
   resumed, uninterrupted = restore_checkpoint(resumed_dir, 80), restore_checkpoint(uninterrupted_dir, 80)
   assert_trees_equal(resumed["state"], uninterrupted["state"])
@@ -413,7 +408,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_previous(baseline_run, tmp_path
   newest = os.path.join(run_dir, "checkpoints", str(TOTAL_STEPS))
   _garble(newest)
   log = LogCapture()
-  summary = loop.train(make_config(), run_dir, log=log)
+  summary = train(make_config(), run_dir, log=log)
   warning = next(line for line in log.lines if line.startswith("WARNING"))
   assert newest in warning and "unreadable" in warning and "falling back to step 120" in warning
   assert "from the checkpoint at step 120" in log.text
@@ -576,9 +571,9 @@ def test_allow_config_change_forces_resume(baseline_run, tmp_path):
   run_dir = _copy_run(baseline_run[0], tmp_path)
   changed = make_config(log_every=80)
   with pytest.raises(loop.ConfigMismatch, match=r"train.log_every: saved 40 != now 80"):
-    loop.train(changed, run_dir, log=LogCapture())
+    train(changed, run_dir, log=LogCapture())
   log = LogCapture()
-  summary = loop.train(changed, run_dir, allow_config_change=True, log=log)
+  summary = train(changed, run_dir, allow_config_change=True, log=log)
   assert f"from the checkpoint at step {TOTAL_STEPS}" in log.text
   assert summary["steps"] == TOTAL_STEPS
   with open(os.path.join(run_dir, "config.json")) as f:
@@ -588,23 +583,34 @@ def test_allow_config_change_forces_resume(baseline_run, tmp_path):
 # ---------------------------------------------------------------- divergence
 
 
-class _HugeRewardEnv(metaworld_env.MultiTaskEnv):
+class _HugeRewardEnv:
   """Rewards of 1e30: the first update's critic loss overflows to inf."""
 
+  def __init__(self, env):
+    self._env = env
+
+  def __getattr__(self, name):
+    return getattr(self._env, name)
+
   def step(self, actions):
-    result = super().step(actions)
+    result = self._env.step(actions)
     return result._replace(reward=result.reward * np.float32(1e30))
 
 
+def _huge_reward_envs(config, seed):
+  train_env, eval_env = testing.CACHED_METAWORLD.make_envs(config, seed)
+  return _HugeRewardEnv(train_env), eval_env
+
+
 @pytest.mark.slow
-def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
   # Data, not a config number, makes it diverge: the compiled update is the baseline's.
-  monkeypatch.setattr(loop, "MultiTaskEnv", _HugeRewardEnv)
+  envs = testing.CACHED_METAWORLD._replace(make_envs=_huge_reward_envs)
   run_dir = str(tmp_path / "run")
   run_config = make_config(reward_normalization=False, checkpoint_every=EPISODE_LENGTH,
                            total_steps=100)
   with pytest.raises(loop.TrainingDiverged, match=r"training diverged before step (\d+)") as error:
-    loop.train(run_config, run_dir, log=LogCapture())
+    loop.train(run_config, run_dir, log=LogCapture(), envs=envs)
   message = str(error.value)
   assert "a loss non-finite" in message and "last good checkpoint kept" in message
   diverged_by = int(re.search(r"before step (\d+)", message).group(1))
@@ -695,7 +701,7 @@ def test_sigterm_or_first_ctrl_c_checkpoints_at_the_episode_end_and_resumes_exac
   assert checkpoint_steps(run_dir)[-1] == stopped_at
   assert f"{name}: stopping at the end of this episode" in stdout
   if signum == signal.SIGTERM:  # the resume equals the uninterrupted run
-    summary = loop.train(make_config(), run_dir, log=LogCapture())
+    summary = train(make_config(), run_dir, log=LogCapture())
     assert summary == baseline_run[3]
     assert_trees_equal(restore_checkpoint(run_dir, TOTAL_STEPS)["state"],
                        restore_checkpoint(baseline_run[0], TOTAL_STEPS)["state"])
@@ -740,7 +746,7 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line_and_loses_nothing(
   assert sorted(os.listdir(os.path.join(run_dir, "checkpoints"))) == [
       str(s) for s in range(SMALL["checkpoint_every"], failed_at, SMALL["checkpoint_every"])]
   # Without the limit the same command completes, as the uninterrupted run.
-  assert loop.train(make_config(), run_dir, log=LogCapture()) == baseline_run[3]
+  assert train(make_config(), run_dir, log=LogCapture()) == baseline_run[3]
 
 
 @pytest.mark.slow
@@ -749,7 +755,7 @@ def test_no_warmup_updates_from_the_second_step_and_a_dead_lock_is_taken_over(tm
   os.makedirs(run_dir)
   with open(os.path.join(run_dir, run_dir_lib.LOCK_FILE), "w") as f:
     f.write("process 999999 on a-crashed-host (started 2026-01-01 00:00:00 UTC)")  # not locked
-  loop.train(make_config(warmup_steps=0, total_steps=40, eval_every=40), run_dir,
+  train(make_config(warmup_steps=0, total_steps=40, eval_every=40), run_dir,
              log=LogCapture())
   first_log = [r for r in read_records(run_dir) if r["kind"] == "train"][0]
   assert first_log["step"] == 40 and first_log["updates"] == 39

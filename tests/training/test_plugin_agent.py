@@ -3,7 +3,6 @@ an agent"): a FiLM-conditioned encoder, registered here, trains through the unch
 and training loop, checkpoint and exact resume included. Malformed agents fail in one line."""
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -12,10 +11,10 @@ import orbax.checkpoint as ocp
 import os
 import pytest
 
-from cmta_jax import config as config_lib
+from cmta_jax import config as config_lib, testing
 from cmta_jax.agents import registry
 from cmta_jax.agents.networks import Encoder, EncoderOutput
-from cmta_jax.envs import OBS_DIM, ACTION_DIM, metaworld_env, task_names
+from cmta_jax.envs import OBS_DIM, ACTION_DIM, task_names
 from cmta_jax.nn import layers
 from cmta_jax.training import loop
 
@@ -56,11 +55,6 @@ def film_agent():
   registry.AGENT_SPECS.pop("film")
 
 
-@functools.cache
-def _variations(benchmark: str, seed: int):
-  return metaworld_env.make_variations(benchmark, seed)
-
-
 def _config(total_steps: int) -> config_lib.RunConfig:
   run_config = registry.agent_defaults(config_lib.RunConfig(agent="film"), explicit=set())
   return dataclasses.replace(
@@ -82,13 +76,16 @@ def _state(run_dir: str, step: int):
 
 
 @pytest.mark.slow
-def test_a_registered_film_agent_trains_checkpoints_and_resumes_exactly(film_agent, tmp_path,
-                                                                          monkeypatch):
-  monkeypatch.setattr(loop, "make_variations", _variations)
+def test_a_registered_film_agent_trains_checkpoints_and_resumes_exactly(film_agent, tmp_path):
   full, half = str(tmp_path / "full"), str(tmp_path / "half")
-  summary = loop.train(_config(60), full, log=lambda line: None)
-  loop.train(_config(40), half, log=lambda line: None)
-  assert loop.train(_config(60), half, log=lambda line: None) == summary
+
+  def train(total_steps, run_dir):
+    return loop.train(_config(total_steps), run_dir, log=lambda line: None,
+                      envs=testing.CACHED_METAWORLD)
+
+  summary = train(60, full)
+  train(40, half)
+  assert train(60, half) == summary
   resumed, uninterrupted = _state(half, 60), _state(full, 60)
   for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(uninterrupted)):
     np.testing.assert_array_equal(a, b)

@@ -1,0 +1,113 @@
+"""The training loop's units called one by one, on the injected point tasks (no simulator)."""
+
+import dataclasses
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from cmta_jax import config as config_lib
+from cmta_jax import testing
+from cmta_jax.agents import registry
+from cmta_jax.envs import EnvConfig
+from cmta_jax.training import keys, loop, metrics_log
+
+WARMUP = 30  # two point-task episodes
+NUM_TASKS = len(testing.GOALS)
+
+
+def _config(carry_mode: str = "frozen_memory") -> config_lib.RunConfig:
+  run_config = registry.agent_defaults(config_lib.RunConfig(agent="cmta"), explicit=set())
+  return dataclasses.replace(
+      run_config,
+      env=EnvConfig(episode_length=testing.EPISODE_LENGTH, reward_normalization=False),
+      network=dataclasses.replace(run_config.network, hidden_width=16, hidden_layers=1,
+                                  num_experts=2, expert_hidden=8, expert_dim=8, lstm_hidden=8,
+                                  task_encoder_hidden=(8,), carry_mode=carry_mode,
+                                  burn_in_steps=4),
+      train=config_lib.TrainConfig(total_steps=60, warmup_steps=WARMUP, batch_per_task=4,
+                                   replay_capacity=200, eval_every=60, log_every=30,
+                                   checkpoint_every=30))
+
+
+def _start(tmp_path, carry_mode: str = "frozen_memory"):
+  run_config = _config(carry_mode)
+  envs = testing.point_tasks(goal_in_obs=False)
+  networks = loop.build_networks(run_config, envs)
+  return loop.start_run(run_config, str(tmp_path), networks, envs, log=lambda line: None)
+
+
+@pytest.mark.slow
+def test_collect_and_update_stores_transitions_and_resets_carries_at_episode_ends(tmp_path):
+  run, state = _start(tmp_path)
+  try:
+    assert (state.step, state.episode_step, len(run.buffer)) == (0, 0, 0)
+    for expected_step in range(1, WARMUP + 1):
+      state = loop.collect_and_update(run, state)
+      assert state.step == expected_step
+      assert state.episode_step == expected_step % testing.EPISODE_LENGTH
+      assert len(run.buffer) == NUM_TASKS * expected_step
+      carry_is_zero = all(not np.any(x) for x in jax.tree.leaves(state.carry_host))
+      assert carry_is_zero == (state.episode_step == 0)  # the LSTM moves the carry in-episode
+    assert int(state.totals["count"]) == 0  # warm-up: no updates
+    state = loop.collect_and_update(run, state)
+    assert int(state.totals["count"]) == 1
+  finally:
+    run.close()
+
+
+@pytest.mark.slow
+def test_write_train_log_records_every_update_metric_and_resets_the_sums(tmp_path):
+  run, state = _start(tmp_path, carry_mode="burn_in")
+  try:
+    for _ in range(WARMUP + 3):
+      state = loop.collect_and_update(run, state)
+    metric_names = set(state.totals["sums"])
+    state = loop.write_train_log(run, state)
+    record = metrics_log.read_records(str(tmp_path))[-1]
+    assert record["kind"] == "train" and record["step"] == WARMUP + 3 and record["updates"] == 3
+    assert metric_names <= set(record)  # every metric the update returns, e.g. td_target_mean
+    assert {"td_target_mean", "attention_staleness", "attention_entropy_fresh"} <= set(record)
+    assert int(state.totals["count"]) == 0
+    assert all(not np.any(x) for x in jax.tree.leaves(state.totals["sums"]))
+  finally:
+    run.close()
+
+
+@pytest.mark.slow
+def test_evaluate_then_checkpoint_then_restart_resumes_the_loop_state(tmp_path):
+  run, state = _start(tmp_path)
+  try:
+    state = loop.evaluate_now(run, state)
+    assert [r["step"] for r in state.eval_history] == [0]
+    for _ in range(WARMUP):  # two whole episodes: the checkpoint is at an episode start
+      state = loop.collect_and_update(run, state)
+    loop.save_checkpoint(run, state)
+    assert run.checkpointer.steps() == [WARMUP]
+    saved_obs, saved_buffer = state.obs, run.buffer.state_dict()
+  finally:
+    run.close()
+  run, resumed = _start(tmp_path)
+  try:
+    assert (resumed.step, resumed.episode_step) == (WARMUP, 0)
+    np.testing.assert_array_equal(resumed.obs, saved_obs)
+    for name, value in run.buffer.state_dict().items():
+      np.testing.assert_array_equal(value, saved_buffer[name])
+    assert [r["step"] for r in resumed.eval_history] == [0]
+    for a, b in zip(jax.tree.leaves(resumed.learner), jax.tree.leaves(state.learner)):
+      np.testing.assert_array_equal(a, b)
+  finally:
+    run.close()
+  assert os.path.exists(os.path.join(tmp_path, "config.json"))
+
+
+def test_key_streams_keep_their_numbers():
+  # The stream numbers are part of every run's identity: a resumed or re-run seed must
+  # draw what it drew before this module existed (fold_in(fold_in(key, stream), step)).
+  base = keys.run_key(3)
+  assert [int(s) for s in keys.Stream] == [0, 1, 2, 3]
+  for stream in keys.Stream:
+    expected = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(3), int(stream)), 7)
+    np.testing.assert_array_equal(keys.step_key(base, stream, 7), expected)
+  assert len({tuple(np.asarray(keys.step_key(base, s, 7))) for s in keys.Stream}) == 4
