@@ -1,100 +1,160 @@
 """Run configuration: one frozen dataclass per concern, named presets.
 
-Every default is the paper's value (docs/algorithm.md §2-§5). `validate()` methods raise a
-one-line ValueError so a launch fails before anything is built.
+Every default is the paper's value (docs/algorithm.md §2-§5). Field checks live in the
+fields' metadata; `validate()` methods raise a one-line ValueError so a launch fails before
+anything is built. Every leaf field name is unique across sections: it is the field's flag
+(`experiments/train.py`), and `replace_fields` sets fields by it.
 """
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 from cmta_jax.envs import EnvConfig, validate_seed
-
-
 
 CARRY_MODES = ("stored", "frozen_memory", "burn_in")
 
 
-@dataclasses.dataclass(frozen=True)
-class NetworkConfig:
-  """Widths and shapes of the encoder, actor and critic (docs/algorithm.md §2, §6)."""
+# ---------------------------------------------------------------- field checks
+# Each field's check lives in its metadata; `validate_fields` runs them, so a new field
+# with a check needs no hand-written list. A check raises a one-line ValueError.
 
-  hidden_width: int = 512  # actor and each Q head: hidden_layers x hidden_width, ReLU
-  hidden_layers: int = 3
-  task_embedding_dim: int = 64  # Embedding(T, 64) of the task encoder
-  task_encoder_hidden: tuple[int, ...] = (128, 64, 64)  # then Dense(task_feature_dim)
-  task_feature_dim: int = 64  # z_task
-  num_experts: int = 6
-  expert_hidden: int = 64
-  expert_dim: int = 64  # z^j
-  lstm_hidden: int = 64
-  temporal_attention: bool = True  # False = CMTA w/o TI: attention from z_task only, no LSTM
-  # How the LSTM carry the attention reads is kept fresh (docs/carry_modes.md): stored |
-  # frozen_memory | burn_in. burn_in_steps: the window L that mode replays in each update.
-  carry_mode: str = "frozen_memory"
-  burn_in_steps: int = 20
-  attention_temperature: float = 1.0
-  contrastive_temperature: float = 0.1  # of CMTA's InfoNCE logits (Eq. 3)
+
+def _positive_int(name: str, value: Any) -> None:
+  if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _non_negative_int(name: str, value: Any) -> None:
+  if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+    raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+
+
+def _positive_ints(name: str, value: Any) -> None:
+  if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value):
+    raise ValueError(f"{name} widths must be positive integers, got {value}")
+
+
+def _positive(name: str, value: Any) -> None:
+  if not value > 0:
+    raise ValueError(f"{name} must be > 0, got {value}")
+
+
+def _non_negative(name: str, value: Any) -> None:
+  if not value >= 0:
+    raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+def _in_unit_interval(name: str, value: Any) -> None:  # (0, 1]
+  if not 0.0 < value <= 1.0:
+    raise ValueError(f"{name} must be in (0, 1], got {value}")
+
+
+def _fraction_below_one(name: str, value: Any) -> None:  # [0, 1)
+  if not 0.0 <= value < 1.0:
+    raise ValueError(f"{name} must be in [0, 1), got {value}")
+
+
+def _carry_mode(name: str, value: Any) -> None:
+  if value not in CARRY_MODES:
+    raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(CARRY_MODES)}")
+
+
+def _field(default: Any, check: Callable[[str, Any], None] | None = None) -> Any:
+  return dataclasses.field(default=default, metadata={"check": check} if check else {})
+
+
+def validate_fields(config: Any) -> None:
+  """Runs the check in each field's metadata (one-line ValueError naming the field)."""
+  for field in dataclasses.fields(config):
+    check = field.metadata.get("check")
+    if check is not None:
+      check(field.name, getattr(config, field.name))
+
+
+# ---------------------------------------------------------------- one dataclass per concern
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadConfig:
+  """The actor and critic MLPs on the encoder's features (docs/algorithm.md §2)."""
+
+  hidden_width: int = _field(512, _positive_int)  # actor and each Q head: layers x width, ReLU
+  hidden_layers: int = _field(3, _positive_int)
   log_std_min: float = -20.0
   log_std_max: float = 2.0
-  # Soft Modularization (Yang et al. 2020), paper Table 5.
-  softmodu_layers: int = 4
-  softmodu_modules: int = 4
-  softmodu_width: int = 64
 
   def validate(self) -> None:
-    positive = dict(
-        hidden_width=self.hidden_width, hidden_layers=self.hidden_layers,
-        task_embedding_dim=self.task_embedding_dim, task_feature_dim=self.task_feature_dim,
-        num_experts=self.num_experts, expert_hidden=self.expert_hidden, expert_dim=self.expert_dim,
-        lstm_hidden=self.lstm_hidden, burn_in_steps=self.burn_in_steps,
-        softmodu_layers=self.softmodu_layers,
-        softmodu_modules=self.softmodu_modules, softmodu_width=self.softmodu_width)
-    for name, value in positive.items():
-      if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if any(w < 1 for w in self.task_encoder_hidden):
-      raise ValueError(f"task_encoder_hidden widths must be positive, got {self.task_encoder_hidden}")
-    if self.carry_mode not in CARRY_MODES:
-      raise ValueError(f"unknown carry_mode {self.carry_mode!r}; choose one of {', '.join(CARRY_MODES)}")
-    if self.contrastive_temperature <= 0:
-      raise ValueError(f"contrastive_temperature must be > 0, got {self.contrastive_temperature}")
-    if self.attention_temperature <= 0:
-      raise ValueError(f"attention_temperature must be > 0, got {self.attention_temperature}")
+    validate_fields(self)
     if not self.log_std_min < self.log_std_max:
       raise ValueError(f"log_std_min ({self.log_std_min}) must be < log_std_max ({self.log_std_max})")
 
 
 @dataclasses.dataclass(frozen=True)
-class SACConfig:
-  """The shared SAC update and CMTA's contrastive term (docs/algorithm.md §3)."""
+class TaskEncoderConfig:
+  """The learned task encoder z_task = g(task) of CMTA, MT-SAC+TE and CARE's MLP on its
+  pretrained embeddings (docs/algorithm.md §2)."""
 
-  discount: float = 0.99
-  actor_lr: float = 3e-4
-  critic_lr: float = 3e-4  # critic heads and the shared encoder
-  alpha_lr: float = 3e-4
-  adam_b1: float = 0.9
-  adam_b2: float = 0.999
-  init_alpha: float = 1.0  # per task
-  target_entropy: float | None = None  # None = -action_dim
-  encoder_tau: float = 0.05
-  critic_tau: float = 0.005
-  # Weight of the encoder's own auxiliary loss (CMTA: beta of the InfoNCE term, Eq. 3);
-  # 0 = CMTA w/o CL. Flag --auxiliary_weight, alias --contrastive_weight.
-  auxiliary_weight: float = 2500.0
+  task_embedding_dim: int = _field(64, _positive_int)  # Embedding(T, 64)
+  task_encoder_hidden: tuple[int, ...] = _field((128, 64, 64), _positive_ints)
+  task_feature_dim: int = _field(64, _positive_int)  # z_task
 
   def validate(self) -> None:
-    if not 0.0 <= self.discount < 1.0:
-      raise ValueError(f"discount must be in [0, 1), got {self.discount}")
-    for name in ("actor_lr", "critic_lr", "alpha_lr", "init_alpha"):
-      if getattr(self, name) <= 0:
-        raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-    for name in ("encoder_tau", "critic_tau"):
-      if not 0.0 < getattr(self, name) <= 1.0:
-        raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
-    if self.auxiliary_weight < 0:
-      raise ValueError(f"auxiliary_weight must be >= 0, got {self.auxiliary_weight}")
-    if not (0 <= self.adam_b1 < 1 and 0 <= self.adam_b2 < 1):
-      raise ValueError("adam_b1 and adam_b2 must be in [0, 1)")
+    validate_fields(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class MixtureConfig:
+  """CMTA's (and CARE's) experts, attention, temporal input and contrastive term
+  (docs/algorithm.md §2-§3, docs/carry_modes.md)."""
+
+  num_experts: int = _field(6, _positive_int)
+  expert_hidden: int = _field(64, _positive_int)
+  expert_dim: int = _field(64, _positive_int)  # z^j
+  lstm_hidden: int = _field(64, _positive_int)
+  temporal_attention: bool = True  # False = CMTA w/o TI: attention from z_task only, no LSTM
+  # How the LSTM carry the attention reads is kept fresh (docs/carry_modes.md): stored |
+  # frozen_memory | burn_in. burn_in_steps: the window L that mode replays in each update.
+  carry_mode: str = _field("frozen_memory", _carry_mode)
+  burn_in_steps: int = _field(20, _positive_int)
+  attention_temperature: float = _field(1.0, _positive)
+  contrastive_temperature: float = _field(0.1, _positive)  # of the InfoNCE logits (Eq. 3)
+
+  def validate(self) -> None:
+    validate_fields(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class SoftModuConfig:
+  """Soft Modularization's routed modules (Yang et al. 2020; paper Table 5)."""
+
+  softmodu_layers: int = _field(4, _positive_int)
+  softmodu_modules: int = _field(4, _positive_int)
+  softmodu_width: int = _field(64, _positive_int)
+
+  def validate(self) -> None:
+    validate_fields(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class SACConfig:
+  """The shared SAC update and the weight of an encoder's auxiliary loss (docs/algorithm.md §3)."""
+
+  discount: float = _field(0.99, _fraction_below_one)
+  actor_lr: float = _field(3e-4, _positive)
+  critic_lr: float = _field(3e-4, _positive)  # critic heads and the shared encoder
+  alpha_lr: float = _field(3e-4, _positive)
+  adam_b1: float = _field(0.9, _fraction_below_one)
+  adam_b2: float = _field(0.999, _fraction_below_one)
+  init_alpha: float = _field(1.0, _positive)  # per task
+  target_entropy: float | None = None  # None = -action_dim
+  encoder_tau: float = _field(0.05, _in_unit_interval)
+  critic_tau: float = _field(0.005, _in_unit_interval)
+  # Weight of the encoder's own auxiliary loss (CMTA: beta of the InfoNCE term, Eq. 3);
+  # 0 = CMTA w/o CL. Flag --auxiliary_weight, alias --contrastive_weight.
+  auxiliary_weight: float = _field(2500.0, _non_negative)
+
+  def validate(self) -> None:
+    validate_fields(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,24 +162,20 @@ class TrainConfig:
   """Schedule, replay, evaluation, logging and checkpoints (docs/algorithm.md §4-§5)."""
 
   seed: int = 0
-  total_steps: int = 2_400_000  # vector steps (= environment steps per task)
-  warmup_steps: int = 1_500  # uniform random actions, no updates
-  batch_per_task: int = 128
-  replay_capacity: int = 5_000_000  # transitions over all tasks
-  eval_every: int = 3_000
-  eval_episodes: int = 1  # per task
-  log_every: int = 500
-  checkpoint_every: int = 30_000  # a multiple of the episode length (resume is at episode starts)
-  keep_checkpoints: int = 3
+  total_steps: int = _field(2_400_000, _positive_int)  # vector steps (= env steps per task)
+  warmup_steps: int = _field(1_500, _non_negative_int)  # uniform random actions, no updates
+  batch_per_task: int = _field(128, _positive_int)
+  replay_capacity: int = _field(5_000_000, _positive_int)  # transitions over all tasks
+  eval_every: int = _field(3_000, _positive_int)
+  eval_episodes: int = _field(1, _positive_int)  # per task
+  log_every: int = _field(500, _positive_int)
+  # A multiple of the episode length (resume is at episode starts).
+  checkpoint_every: int = _field(30_000, _positive_int)
+  keep_checkpoints: int = _field(3, _positive_int)
 
   def validate(self, episode_length: int) -> None:
-    for name in ("total_steps", "batch_per_task", "replay_capacity", "eval_every",
-                 "eval_episodes", "log_every", "checkpoint_every", "keep_checkpoints"):
-      value = getattr(self, name)
-      if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-      raise ValueError(f"warmup_steps must be a non-negative integer, got {self.warmup_steps!r}")
+    validate_fields(self)
+    validate_seed(self.seed)
     if self.checkpoint_every % episode_length:
       raise ValueError(
           f"checkpoint_every ({self.checkpoint_every}) must be a multiple of the episode length "
@@ -128,19 +184,26 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
+  """One run: the agent (registry name) and a config per concern. Which sections an agent
+  reads is its encoder factory's business (`agents/registry.py`); `registry.validate` adds
+  the checks that depend on the agent."""
+
   agent: str = "cmta"
   env: EnvConfig = EnvConfig()
-  network: NetworkConfig = NetworkConfig()
+  head: HeadConfig = HeadConfig()
+  task_encoder: TaskEncoderConfig = TaskEncoderConfig()
+  mixture: MixtureConfig = MixtureConfig()
+  softmodu: SoftModuConfig = SoftModuConfig()
   sac: SACConfig = SACConfig()
   train: TrainConfig = TrainConfig()
 
   def validate(self) -> None:
-    from cmta_jax.agents import registry  # Local: registry imports this module.
-    registry.check_agent_config(self)
+    """Every section's own checks (one-line ValueError); no agent-dependent ones."""
+    if not isinstance(self.agent, str) or not self.agent:
+      raise ValueError(f"agent must be a registered agent's name, got {self.agent!r}")
     self.env.validate()
-    validate_seed(self.train.seed)
-    self.network.validate()
-    self.sac.validate()
+    for section in (self.head, self.task_encoder, self.mixture, self.softmodu, self.sac):
+      section.validate()
     self.train.validate(self.env.episode_length)
 
 
@@ -161,7 +224,7 @@ PRESETS: dict[str, RunConfig] = {
     # evaluations solve a task from 6k steps on (BUILD_NOTES.md, "Quick start re-tuned").
     "quickstart": RunConfig(
         env=EnvConfig(benchmark="MT10", mode="fixed", reward_normalization=False),
-        network=NetworkConfig(hidden_width=128),
+        head=HeadConfig(hidden_width=128),
         sac=SACConfig(init_alpha=0.1),
         train=TrainConfig(total_steps=12_000, batch_per_task=64, replay_capacity=200_000,
                           eval_every=1_500, log_every=500, checkpoint_every=1_500)),
@@ -170,7 +233,7 @@ PRESETS: dict[str, RunConfig] = {
     # budget inflates the rewards of unsolved tasks (BUILD_NOTES.md, "reward normaliser").
     "cpu_evidence": RunConfig(
         env=EnvConfig(benchmark="MT10", mode="fixed", reward_normalization=False),
-        network=NetworkConfig(hidden_width=128),
+        head=HeadConfig(hidden_width=128),
         train=TrainConfig(total_steps=105_000, batch_per_task=64, replay_capacity=1_000_000,
                           eval_every=3_000, log_every=1_000, checkpoint_every=15_000)),
 }
@@ -217,3 +280,41 @@ def from_flat(flat: dict[str, Any]) -> RunConfig:
       value = tuple(value)
     run_config = replace_path(run_config, path, value)
   return run_config
+
+
+def field_paths() -> dict[str, str]:
+  """{leaf field name: dotted path} of every RunConfig field but `agent` (names are unique)."""
+  paths = {}
+  for path in flatten(RunConfig()):
+    if path != "agent":
+      name = path.split(".")[-1]
+      if name in paths:
+        raise AssertionError(f"config field name {name!r} is used twice ({paths[name]}, {path})")
+      paths[name] = path
+  return paths
+
+
+def replace_fields(config: RunConfig, **values: Any) -> RunConfig:
+  """`config` with fields set by leaf name, e.g. replace_fields(c, hidden_width=32, seed=1).
+  Raises ValueError naming an unknown field."""
+  paths = field_paths()
+  for name, value in values.items():
+    if name not in paths:
+      raise ValueError(f"unknown config field {name!r}")
+    config = replace_path(config, paths[name], value)
+  return config
+
+
+# Config files written by earlier versions: their dotted paths, by today's.
+_RENAMED_PATHS = {"sac.contrastive_weight": "sac.auxiliary_weight"}
+_SECTIONS_SPLIT_FROM_NETWORK = ("head", "task_encoder", "mixture", "softmodu")
+
+
+def upgrade_flat(flat: dict[str, Any]) -> dict[str, Any]:
+  """A flattened config as written by any earlier version, with today's paths: the old
+  `network.X` fields now live in head / task_encoder / mixture / softmodu, and
+  `sac.contrastive_weight` is `sac.auxiliary_weight`. Unknown paths are kept as they are."""
+  moved = {f"network.{path.split('.')[-1]}": path for path in flatten(RunConfig())
+           if path.split(".")[0] in _SECTIONS_SPLIT_FROM_NETWORK}
+  renames = {**moved, **_RENAMED_PATHS}
+  return {renames.get(path, path): value for path, value in flat.items()}

@@ -7,9 +7,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cmta_jax import config as config_lib
 from cmta_jax.envs import EnvConfig, StepResult, metaworld_env
 from cmta_jax.envs.source import EnvSource, metaworld
 from cmta_jax.types import LSTMCarry, Transition
+
+
+def run_config(agent: str = "cmta", **fields) -> config_lib.RunConfig:
+  """The default RunConfig of `agent` with fields set by leaf name (hidden_width=32, ...)."""
+  return config_lib.replace_fields(config_lib.RunConfig(agent=agent), **fields)
 
 
 @functools.cache

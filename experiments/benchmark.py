@@ -73,16 +73,16 @@ def time_agent(agent: str, benchmark: str, calls: int, width: int, batch_per_tas
   from cmta_jax import config as config_lib
   from cmta_jax import testing
   from cmta_jax.agents import registry, sac
-  from cmta_jax.config import NetworkConfig
   from cmta_jax.envs import MultiTaskEnv, task_names
 
   names = task_names(benchmark)
   num_tasks = len(names)
   # The agent's own defaults (e.g. the contrastive term for CMTA only), as train.py uses them.
   run_config = registry.agent_defaults(
-      config_lib.RunConfig(agent=agent, network=NetworkConfig(hidden_width=width)), explicit=set())
-  networks = registry.make_agent_networks(agent, run_config.network, names,
-                                         MultiTaskEnv.obs_dim, MultiTaskEnv.action_dim)
+      config_lib.replace_fields(config_lib.RunConfig(agent=agent), hidden_width=width),
+      explicit=set())
+  networks = registry.make_agent_networks(run_config, names, MultiTaskEnv.obs_dim,
+                                         MultiTaskEnv.action_dim)
   sac_config = run_config.sac
   state = sac.init_training_state(jax.random.PRNGKey(0), networks, sac_config)
   t, b = num_tasks, batch_per_task

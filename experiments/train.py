@@ -27,7 +27,9 @@ _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
 _AGENT = flags.DEFINE_enum("agent", None, list(registry.agent_names()),
                            "Agent: " + "; ".join(f"{k}: {v}" for k, v in registry.agent_help().items()))
 
-_SECTION_HELP = {"env": "environment", "network": "network", "sac": "SAC update",
+_SECTION_HELP = {"env": "environment", "head": "actor/critic heads",
+                 "task_encoder": "task encoder", "mixture": "CMTA/CARE mixture encoder",
+                 "softmodu": "Soft Modularization encoder", "sac": "SAC update",
                  "train": "schedule"}
 
 
@@ -91,7 +93,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   try:
     run_config = resolve_config()
-    run_config.validate()
+    registry.validate(run_config)
   except ValueError as error:
     cli.fail(error)
   # Imported only now, so that --help and bad flags answer without loading the driver.

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from cmta_jax.agents import cmta
 from cmta_jax.agents.networks import Encoder, EncoderOutput
 from cmta_jax.agents.task_encoder import make_task_encoder
-from cmta_jax.config import NetworkConfig
+from cmta_jax.config import SoftModuConfig, TaskEncoderConfig
 from cmta_jax.nn import layers
 from cmta_jax.types import LSTMCarry
 
@@ -27,7 +27,7 @@ def make_state_encoder(obs_dim: int) -> Encoder:
   return Encoder(init=lambda key: {}, apply=apply, feature_dim=obs_dim, carry_dim=0)
 
 
-def make_task_state_encoder(config: NetworkConfig, num_tasks: int, obs_dim: int) -> Encoder:
+def make_task_state_encoder(config: TaskEncoderConfig, num_tasks: int, obs_dim: int) -> Encoder:
   """MT-SAC+TE: features = [z_task; s_t]."""
   task_init, task_apply = make_task_encoder(config, num_tasks)
 
@@ -41,7 +41,7 @@ def make_task_state_encoder(config: NetworkConfig, num_tasks: int, obs_dim: int)
                  carry_dim=0)
 
 
-def make_soft_modular_encoder(config: NetworkConfig, num_tasks: int, obs_dim: int) -> Encoder:
+def make_soft_modular_encoder(config: SoftModuConfig, num_tasks: int, obs_dim: int) -> Encoder:
   """Soft Modularization (Yang et al. 2020), as an encoder.
 
   Base network: `softmodu_layers` layers of `softmodu_modules` modules (Dense

@@ -11,12 +11,13 @@ import numpy as np
 
 from cmta_jax.agents.networks import AuxiliaryLoss, Encoder, EncoderOutput
 from cmta_jax.agents.task_encoder import make_task_encoder
-from cmta_jax.config import NetworkConfig
+from cmta_jax.config import MixtureConfig, TaskEncoderConfig
 from cmta_jax.nn import layers
 from cmta_jax.types import LSTMCarry
 
 
-def make_mixture_encoder(config: NetworkConfig, num_tasks: int, obs_dim: int,
+def make_mixture_encoder(config: MixtureConfig, task_config: TaskEncoderConfig, num_tasks: int,
+                         obs_dim: int,
                          pretrained_task_embeddings: np.ndarray | None = None) -> Encoder:
   """(s_t, task, carry_in) -> ([z_task; z_enc], carry_out, experts, attention).
 
@@ -32,8 +33,8 @@ def make_mixture_encoder(config: NetworkConfig, num_tasks: int, obs_dim: int,
   temporal = config.temporal_attention
   carry_dim = config.lstm_hidden if temporal else 0
   frozen_memory = temporal and config.carry_mode == "frozen_memory"
-  task_init, task_apply = make_task_encoder(config, num_tasks, pretrained_task_embeddings)
-  attention_in = config.task_feature_dim + carry_dim
+  task_init, task_apply = make_task_encoder(task_config, num_tasks, pretrained_task_embeddings)
+  attention_in = task_config.task_feature_dim + carry_dim
 
   def init(key):
     k_task, k_experts, k_lstm, k_attention, k_memory = jax.random.split(key, 5)
@@ -79,7 +80,7 @@ def make_mixture_encoder(config: NetworkConfig, num_tasks: int, obs_dim: int,
     return info_nce_per_sample(online_t.experts, target_next.experts,
                                config.contrastive_temperature)
 
-  return Encoder(init=init, apply=apply, feature_dim=config.task_feature_dim + config.expert_dim,
+  return Encoder(init=init, apply=apply, feature_dim=task_config.task_feature_dim + config.expert_dim,
                  carry_dim=carry_dim, advance_carry=advance_carry if temporal else None,
                  auxiliary_loss=AuxiliaryLoss("contrastive_loss", contrastive_loss),
                  diagnostics=attention_diagnostics)

@@ -19,12 +19,13 @@ from cmta_jax import config as config_lib
 from cmta_jax.agents import baselines, cmta, task_metadata
 from cmta_jax.agents.networks import (HEAD_LAYOUTS, AgentNetworks, Encoder, make_actor,
                                       make_critic)
-from cmta_jax.config import NetworkConfig
+from cmta_jax.config import RunConfig
 from cmta_jax import envs
 from cmta_jax.types import LSTMCarry
 
-# (network config, task names, observation size) -> Encoder
-EncoderFactory = Callable[[NetworkConfig, Sequence[str], int], Encoder]
+# (run config, task names, observation size) -> Encoder. The factory reads the config
+# sections it needs (e.g. CMTA: task_encoder and mixture); heads are built from `head`.
+EncoderFactory = Callable[[RunConfig, Sequence[str], int], Encoder]
 
 
 class AgentSpec(NamedTuple):
@@ -61,26 +62,28 @@ def register(name: str, spec: AgentSpec) -> None:
   AGENT_SPECS[name] = spec
 
 
-def _state_encoder(config, task_names, obs_dim):
+def _state_encoder(run_config, task_names, obs_dim):
   return baselines.make_state_encoder(obs_dim)
 
 
-def _task_state_encoder(config, task_names, obs_dim):
-  return baselines.make_task_state_encoder(config, len(task_names), obs_dim)
+def _task_state_encoder(run_config, task_names, obs_dim):
+  return baselines.make_task_state_encoder(run_config.task_encoder, len(task_names), obs_dim)
 
 
-def _soft_modular_encoder(config, task_names, obs_dim):
-  return baselines.make_soft_modular_encoder(config, len(task_names), obs_dim)
+def _soft_modular_encoder(run_config, task_names, obs_dim):
+  return baselines.make_soft_modular_encoder(run_config.softmodu, len(task_names), obs_dim)
 
 
-def _cmta_encoder(config, task_names, obs_dim):
-  return cmta.make_mixture_encoder(config, len(task_names), obs_dim)
+def _cmta_encoder(run_config, task_names, obs_dim):
+  return cmta.make_mixture_encoder(run_config.mixture, run_config.task_encoder, len(task_names),
+                                   obs_dim)
 
 
-def _care_encoder(config, task_names, obs_dim):
+def _care_encoder(run_config, task_names, obs_dim):
   # Pretrained description embeddings in place of the learned table; never a temporal input.
   return cmta.make_mixture_encoder(
-      dataclasses.replace(config, temporal_attention=False), len(task_names), obs_dim,
+      dataclasses.replace(run_config.mixture, temporal_attention=False), run_config.task_encoder,
+      len(task_names), obs_dim,
       pretrained_task_embeddings=task_metadata.load_task_embeddings(task_names))
 
 
@@ -100,7 +103,7 @@ register("softmodu", AgentSpec(
 register("care", AgentSpec(
     _care_encoder, "shared",
     "CARE: experts mixed by attention on a pretrained task-description embedding",
-    {**_NO_AUXILIARY, "network.temporal_attention": False}))
+    {**_NO_AUXILIARY, "mixture.temporal_attention": False}))
 register("single_sac", AgentSpec(_state_encoder, "independent",
                                  "Single-SAC: independent networks per task", _NO_AUXILIARY))
 
@@ -125,7 +128,14 @@ def make_encoder(run_config) -> Encoder:
   """The encoder of `run_config`'s agent for its benchmark (no parameters are made)."""
   check_agent(run_config.agent)
   return AGENT_SPECS[run_config.agent].make_encoder(
-      run_config.network, envs.task_names(run_config.env.benchmark), envs.OBS_DIM)
+      run_config, envs.task_names(run_config.env.benchmark), envs.OBS_DIM)
+
+
+def validate(run_config: RunConfig) -> None:
+  """Every check of a run config: each section's own, then those that depend on the agent.
+  Raises a one-line ValueError."""
+  run_config.validate()
+  check_agent_config(run_config)
 
 
 def check_agent_config(run_config) -> None:
@@ -149,33 +159,36 @@ def agent_defaults(run_config, explicit: set[str]):
 def check_explicit_fields(run_config, explicit: set[str]) -> None:
   """Flags that were given but cannot act on this agent: a one-line ValueError, not silence."""
   spec = AGENT_SPECS[run_config.agent]
-  recurrent = spec.recurrent_options and run_config.network.temporal_attention
-  if "network.temporal_attention" in explicit and not spec.recurrent_options:
+  recurrent = spec.recurrent_options and run_config.mixture.temporal_attention
+  if "mixture.temporal_attention" in explicit and not spec.recurrent_options:
     raise ValueError(f"--temporal_attention only applies to agents with an LSTM ('cmta'), not "
                      f"{run_config.agent!r}")
-  carry_fields = {"network.carry_mode", "network.burn_in_steps"} & explicit
+  carry_fields = {"mixture.carry_mode", "mixture.burn_in_steps"} & explicit
   if carry_fields and not recurrent:
     raise ValueError(f"{', '.join('--' + f.split('.')[-1] for f in sorted(carry_fields))} only "
                      "applies to agents with an LSTM ('cmta' with temporal_attention=true)")
-  if "network.burn_in_steps" in explicit and run_config.network.carry_mode != "burn_in":
+  if "mixture.burn_in_steps" in explicit and run_config.mixture.carry_mode != "burn_in":
     raise ValueError(f"--burn_in_steps only applies to --carry_mode=burn_in "
-                     f"(carry_mode is {run_config.network.carry_mode!r})")
+                     f"(carry_mode is {run_config.mixture.carry_mode!r})")
 
 
-def make_agent_networks(agent: str, config: NetworkConfig, task_names: Sequence[str],
-                        obs_dim: int, action_dim: int) -> AgentNetworks:
-  """The agent's encoder, actor and critic for these tasks and sizes (from the environment).
+def make_agent_networks(run_config: RunConfig, task_names: Sequence[str], obs_dim: int,
+                        action_dim: int) -> AgentNetworks:
+  """`run_config.agent`'s encoder, actor and critic for these tasks and sizes (from the
+  environment).
 
-  Raises ValueError (one line) if the encoder's outputs do not have its declared shapes.
+  Raises ValueError (one line) for an unknown agent or if the encoder's outputs do not have
+  its declared shapes.
   """
+  agent = run_config.agent
   check_agent(agent)
-  spec = AGENT_SPECS[agent]
+  spec, head = AGENT_SPECS[agent], run_config.head
   num_tasks = len(task_names)
-  encoder = spec.make_encoder(config, task_names, obs_dim)
+  encoder = spec.make_encoder(run_config, task_names, obs_dim)
   _check_encoder_shapes(agent, encoder, num_tasks, obs_dim)
-  actor = make_actor(encoder.feature_dim, action_dim, config.hidden_width, config.hidden_layers,
-                     num_tasks, spec.head_layout, config.log_std_min, config.log_std_max)
-  critic = make_critic(encoder.feature_dim, action_dim, config.hidden_width, config.hidden_layers,
+  actor = make_actor(encoder.feature_dim, action_dim, head.hidden_width, head.hidden_layers,
+                     num_tasks, spec.head_layout, head.log_std_min, head.log_std_max)
+  critic = make_critic(encoder.feature_dim, action_dim, head.hidden_width, head.hidden_layers,
                        num_tasks, spec.head_layout)
   return AgentNetworks(encoder=encoder, actor=actor, critic=critic, num_tasks=num_tasks,
                        obs_dim=obs_dim, action_dim=action_dim)

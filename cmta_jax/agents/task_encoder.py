@@ -13,11 +13,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cmta_jax.config import NetworkConfig
+from cmta_jax.config import TaskEncoderConfig
 from cmta_jax.nn import layers
 
 
-def make_task_encoder(config: NetworkConfig, num_tasks: int,
+def make_task_encoder(config: TaskEncoderConfig, num_tasks: int,
                       pretrained_embeddings: np.ndarray | None = None) -> tuple[Callable, Callable]:
   """Returns (init(key) -> params, apply(params, task_ids [G] int32) -> z_task [G, F_task]).
 

@@ -198,7 +198,7 @@ def train(run_config: config_lib.RunConfig, run_dir: str, allow_config_change: b
           log: Callable[[str], None] = print, envs: EnvSource = METAWORLD) -> dict:
   """Trains (or resumes) the run in `run_dir`; returns the summary it also writes to
   summary.json. `envs` builds the environments (Meta-World unless a test injects others)."""
-  run_config.validate()
+  registry.validate(run_config)
   _check_schedule(run_config, log)
   networks = build_networks(run_config, envs)
   cfg_train = run_config.train
@@ -231,15 +231,14 @@ def _check_schedule(run_config: config_lib.RunConfig, log: Callable[[str], None]
 
 def build_networks(run_config: config_lib.RunConfig, envs: EnvSource = METAWORLD):
   """The run's AgentNetworks, sized by the environments' observation and action sizes."""
-  return registry.make_agent_networks(run_config.agent, run_config.network,
-                                      envs.task_names(run_config.env), envs.obs_dim,
-                                      envs.action_dim)
+  return registry.make_agent_networks(run_config, envs.task_names(run_config.env),
+                                      envs.obs_dim, envs.action_dim)
 
 
 def checkpoint_shapes(run_config: config_lib.RunConfig, envs: EnvSource = METAWORLD) -> tuple:
   """What a config fixes of its checkpoints' arrays: the learner state's leaves (path ->
   shape, dtype) and the replay buffer's shape. Tracing only, nothing is computed."""
-  run_config.validate()
+  registry.validate(run_config)
   networks = build_networks(run_config, envs)
   state = jax.eval_shape(lambda key: sac.init_training_state(key, networks, run_config.sac),
                          jax.random.PRNGKey(0))
@@ -543,8 +542,8 @@ def measure_attention(diagnostics, encoder_params, buffer: ReplayBuffer, window:
 def burn_in_steps(run_config: config_lib.RunConfig, networks) -> int:
   """The burn-in window the update's batches carry: L in carry mode `burn_in`, else 0."""
   recurrent = networks.encoder.advance_carry is not None
-  return run_config.network.burn_in_steps if (
-      recurrent and run_config.network.carry_mode == "burn_in") else 0
+  return run_config.mixture.burn_in_steps if (
+      recurrent and run_config.mixture.carry_mode == "burn_in") else 0
 
 
 def batch_spec(num_tasks: int, batch_per_task: int, networks, burn_in_steps: int = 0):

@@ -68,7 +68,8 @@ class RunDirLock:
 
 
 def read_saved_config(run_dir: str) -> dict | None:
-  """The flat config saved in RUN_DIR/config.json, or None if there is none.
+  """The flat config saved in RUN_DIR/config.json (with today's field paths, whichever
+  version wrote it: `config_lib.upgrade_flat`), or None if there is none.
 
   Raises ValueError naming the file if it is not a JSON object.
   """
@@ -85,7 +86,7 @@ def read_saved_config(run_dir: str) -> dict | None:
   if not isinstance(saved, dict):
     raise ValueError(f"{path} does not hold a config (a JSON object); restore it, or delete it "
                      "to resume with the current flags unchecked")
-  return saved
+  return config_lib.upgrade_flat(saved)
 
 
 def write_config(run_dir: str, run_config: config_lib.RunConfig) -> None:

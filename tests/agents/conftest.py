@@ -23,7 +23,7 @@ from cmta_jax import testing
 from cmta_jax.agents import registry
 from cmta_jax.agents import sac
 from cmta_jax.agents.networks import AgentNetworks, EncoderOutput
-from cmta_jax.config import NetworkConfig, SACConfig
+from cmta_jax.config import RunConfig, SACConfig
 from cmta_jax.types import Transition
 
 OBS_DIM = 7
@@ -60,15 +60,15 @@ class fast_jit:  # pylint: disable=invalid-name  (used like jax.jit)
     return self._compiled[key](*args)
 
 
-def small_network_config(**overrides) -> NetworkConfig:
-  """Narrow networks (fast to compile and run) with the paper's structure."""
+def small_network_config(**overrides) -> RunConfig:
+  """CMTA with narrow networks (fast to compile and run) and the paper's structure."""
   small = dict(hidden_width=32, hidden_layers=2, task_embedding_dim=8, task_encoder_hidden=(16, 16),
                task_feature_dim=8, num_experts=3, expert_hidden=16, expert_dim=8, lstm_hidden=8)
   small.update(overrides)
-  return NetworkConfig(**small)
+  return testing.run_config("cmta", **small)
 
 
-def make_networks(num_tasks: int, network_config: NetworkConfig | None = None,
+def make_networks(num_tasks: int, network_config: RunConfig | None = None,
                   obs_dim: int = OBS_DIM, action_dim: int = ACTION_DIM) -> AgentNetworks:
   """CMTA networks; the same arguments return the same object (so jit caches hit)."""
   return _make_networks(num_tasks, network_config or small_network_config(), obs_dim, action_dim)
@@ -76,8 +76,7 @@ def make_networks(num_tasks: int, network_config: NetworkConfig | None = None,
 
 @functools.lru_cache(maxsize=None)
 def _make_networks(num_tasks, network_config, obs_dim, action_dim):
-  return registry.make_agent_networks("cmta", network_config,
-                                      [f"task{t}" for t in range(num_tasks)],
+  return registry.make_agent_networks(network_config, [f"task{t}" for t in range(num_tasks)],
                                       obs_dim=obs_dim, action_dim=action_dim)
 
 
@@ -129,7 +128,7 @@ class LearnerSetup:
 
 
 def learner_setup(num_tasks: int = 10, batch_per_task: int = 8,
-                  network_config: NetworkConfig | None = None, sac_config: SACConfig = TEST_SAC,
+                  network_config: RunConfig | None = None, sac_config: SACConfig = TEST_SAC,
                   obs_dim: int = OBS_DIM, action_dim: int = ACTION_DIM,
                   seed: int = 0) -> LearnerSetup:
   """Networks, a fresh state, a random batch and a jitted update. Equal arguments,

@@ -27,7 +27,8 @@ from cmta_jax.agents import registry
 from cmta_jax.agents import sac
 from cmta_jax.agents import task_metadata
 from cmta_jax.agents.networks import AgentNetworks
-from cmta_jax.config import NetworkConfig, RunConfig, SACConfig
+from cmta_jax import config as config_lib
+from cmta_jax.config import RunConfig, SACConfig
 from cmta_jax.types import LSTMCarry, Transition
 
 OBS_DIM = 39  # Meta-World's observation and action sizes.
@@ -36,9 +37,9 @@ BATCH_PER_TASK = 4
 NUM_TASKS = (1, 10, 50)
 PAPER_BETA = SACConfig().auxiliary_weight
 # Narrow networks with the paper's structure (all layers present, fewer units).
-SMALL = NetworkConfig(hidden_width=32, hidden_layers=2, task_embedding_dim=8,
-                      task_encoder_hidden=(16,), task_feature_dim=8, num_experts=3,
-                      expert_hidden=16, expert_dim=8, lstm_hidden=8, softmodu_width=16)
+SMALL = testing.run_config(hidden_width=32, hidden_layers=2, task_embedding_dim=8,
+                           task_encoder_hidden=(16,), task_feature_dim=8, num_experts=3,
+                           expert_hidden=16, expert_dim=8, lstm_hidden=8, softmodu_width=16)
 NO_EXPERTS = tuple(a for a in registry.AGENTS  # agents whose encoder has no auxiliary loss
                    if registry.make_encoder(RunConfig(agent=a)).auxiliary_loss is None)
 
@@ -83,7 +84,8 @@ class Setup(NamedTuple):
 
 @functools.lru_cache(maxsize=None)
 def _setup(agent: str, num_tasks: int) -> Setup:
-  networks = registry.make_agent_networks(agent, SMALL, _task_names(num_tasks), OBS_DIM, ACTION_DIM)
+  networks = registry.make_agent_networks(dataclasses.replace(SMALL, agent=agent),
+                                          _task_names(num_tasks), OBS_DIM, ACTION_DIM)
   # Compiled: eagerly, every random op of the (vmapped) init would compile on its own.
   init = _compile(lambda key: sac.init_training_state(key, networks, _sac_config(agent)),
                   jax.random.key(0))
@@ -216,9 +218,9 @@ def test_state_and_task_state_encoders():
   apply = _compiled_encoder_apply(setup.networks.encoder, setup.state.params["encoder"], batch=3)
   features = [np.asarray(apply(obs, task_id).features) for task_id in (0, 1)]
   for task_features in features:
-    np.testing.assert_array_equal(task_features[:, SMALL.task_feature_dim:], obs)
-  assert np.abs(features[0][:, :SMALL.task_feature_dim]
-                - features[1][:, :SMALL.task_feature_dim]).max() > 1e-6
+    np.testing.assert_array_equal(task_features[:, SMALL.task_encoder.task_feature_dim:], obs)
+  assert np.abs(features[0][:, :SMALL.task_encoder.task_feature_dim]
+                - features[1][:, :SMALL.task_encoder.task_feature_dim]).max() > 1e-6
 
 
 # ---------------------------------------------------------------------------
@@ -323,8 +325,8 @@ def test_softmodu_routing_weights_are_distributions_over_task_and_state():
     return np.asarray(apply(obs, task_id).attention)
 
   weights = routing(obs_a, 0)
-  modules = SMALL.softmodu_modules
-  chex.assert_shape(weights, (5, SMALL.softmodu_layers - 1, modules, modules))
+  modules = SMALL.softmodu.softmodu_modules
+  chex.assert_shape(weights, (5, SMALL.softmodu.softmodu_layers - 1, modules, modules))
   assert np.all(weights >= 0)
   np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)
   # Same state, other task; same task, other state: the routing changes.
@@ -363,7 +365,7 @@ def test_care_encoder_reads_pretrained_vectors_and_has_no_lstm():
       expected = expected @ layer["w"] + layer["b"]
       if index < len(task_encoder) - 1:
         expected = np.maximum(expected, 0.0)
-    z_task = np.asarray(apply(np.ones((2, OBS_DIM)), task_id).features)[:, :SMALL.task_feature_dim]
+    z_task = np.asarray(apply(np.ones((2, OBS_DIM)), task_id).features)[:, :SMALL.task_encoder.task_feature_dim]
     np.testing.assert_allclose(z_task, np.broadcast_to(expected, z_task.shape), rtol=1e-5,
                                atol=1e-6)
 
@@ -371,7 +373,8 @@ def test_care_encoder_reads_pretrained_vectors_and_has_no_lstm():
 def test_care_without_embedding_file_fails_clearly(monkeypatch, tmp_path):
   monkeypatch.setattr(task_metadata, "embeddings_path", lambda: tmp_path / "task_embeddings.json")
   with pytest.raises(FileNotFoundError, match="make_task_embeddings") as error:
-    registry.make_agent_networks("care", SMALL, _task_names(10), OBS_DIM, ACTION_DIM)
+    registry.make_agent_networks(dataclasses.replace(SMALL, agent="care"), _task_names(10),
+                                 OBS_DIM, ACTION_DIM)
   assert "\n" not in str(error.value)
 
 
@@ -379,10 +382,10 @@ def test_care_without_embedding_file_fails_clearly(monkeypatch, tmp_path):
 # Ablations: each flag changes exactly what it names.
 
 
-def _encoder(network_config: NetworkConfig, agent: str = "cmta", shapes_only: bool = False):
+def _encoder(network_config: RunConfig, agent: str = "cmta", shapes_only: bool = False):
   """(encoder, params); with `shapes_only`, params are ShapeDtypeStructs (nothing compiles)."""
-  encoder = registry.make_agent_networks(agent, network_config, _task_names(2), OBS_DIM,
-                                         ACTION_DIM).encoder
+  encoder = registry.make_agent_networks(dataclasses.replace(network_config, agent=agent),
+                                         _task_names(2), OBS_DIM, ACTION_DIM).encoder
   key = jax.random.key(0)
   if shapes_only:
     return encoder, jax.eval_shape(encoder.init, key)
@@ -390,10 +393,10 @@ def _encoder(network_config: NetworkConfig, agent: str = "cmta", shapes_only: bo
 
 
 def test_cmta_without_temporal_attention_has_no_lstm_and_ignores_the_state():
-  encoder, params = _encoder(dataclasses.replace(SMALL, temporal_attention=False))
+  encoder, params = _encoder(config_lib.replace_fields(SMALL, temporal_attention=False))
   assert "lstm" not in params
   assert encoder.carry_dim == 0
-  assert params["attention"]["w"].shape == (SMALL.task_feature_dim, SMALL.num_experts)
+  assert params["attention"]["w"].shape == (SMALL.task_encoder.task_feature_dim, SMALL.mixture.num_experts)
   # Attention from z_task only: different states of one task get the same weights.
   obs = np.random.default_rng(7).normal(size=(3, OBS_DIM))
   attention = np.asarray(_compiled_encoder_apply(encoder, params, batch=3)(obs, 1).attention)
@@ -401,15 +404,15 @@ def test_cmta_without_temporal_attention_has_no_lstm_and_ignores_the_state():
 
   encoder, params = _encoder(SMALL, shapes_only=True)  # the full CMTA, for contrast
   assert "lstm" in params
-  assert encoder.carry_dim == SMALL.lstm_hidden
-  assert params["attention"]["w"].shape == (SMALL.task_feature_dim + SMALL.lstm_hidden,
-                                            SMALL.num_experts)
+  assert encoder.carry_dim == SMALL.mixture.lstm_hidden
+  assert params["attention"]["w"].shape == (SMALL.task_encoder.task_feature_dim + SMALL.mixture.lstm_hidden,
+                                            SMALL.mixture.num_experts)
 
 
 @pytest.mark.parametrize("agent", ["cmta", "care"])
 @pytest.mark.parametrize("num_experts", [2, 4, 12])
 def test_num_experts_sets_the_stacked_expert_axis(agent, num_experts):
-  encoder, params = _encoder(dataclasses.replace(SMALL, num_experts=num_experts), agent,
+  encoder, params = _encoder(config_lib.replace_fields(SMALL, num_experts=num_experts), agent,
                              shapes_only=True)
   for name, leaf in jax.tree_util.tree_leaves_with_path(params["experts"]):
     assert leaf.shape[0] == num_experts, jax.tree_util.keystr(name)
@@ -417,7 +420,7 @@ def test_num_experts_sets_the_stacked_expert_axis(agent, num_experts):
   carry = LSTMCarry(*[jax.ShapeDtypeStruct((2, 3, encoder.carry_dim), jnp.float32)] * 2)
   out = jax.eval_shape(encoder.apply, params, jax.ShapeDtypeStruct((2, 3, OBS_DIM), jnp.float32),
                        jax.ShapeDtypeStruct((2,), jnp.int32), carry)
-  chex.assert_shape(out.experts, (num_experts, 2, 3, SMALL.expert_dim))
+  chex.assert_shape(out.experts, (num_experts, 2, 3, SMALL.mixture.expert_dim))
   chex.assert_shape(out.attention, (2, 3, num_experts))
 
 
@@ -500,14 +503,15 @@ def test_contrastive_term_is_accepted_with_experts(agent):
 def test_temporal_attention_flag_is_refused_for_agents_other_than_cmta(agent):
   run_config = registry.agent_defaults(RunConfig(agent=agent), explicit=set())
   with pytest.raises(ValueError, match="--temporal_attention only applies to agents with an LSTM"):
-    registry.check_explicit_fields(run_config, {"network.temporal_attention"})
+    registry.check_explicit_fields(run_config, {"mixture.temporal_attention"})
 
 
 def test_unknown_agent_is_refused_with_the_choices():
   for call in (lambda: registry.check_agent("mt_sac"),
                lambda: registry.check_agent_config(RunConfig(agent="mt_sac")),
                lambda: registry.agent_defaults(RunConfig(agent="mt_sac"), explicit=set()),
-               lambda: registry.make_agent_networks("mt_sac", SMALL, _task_names(2), OBS_DIM,
+               lambda: registry.make_agent_networks(dataclasses.replace(SMALL, agent="mt_sac"),
+                                                    _task_names(2), OBS_DIM,
                                                     ACTION_DIM)):
     with pytest.raises(ValueError, match="unknown agent 'mt_sac'") as error:
       call()

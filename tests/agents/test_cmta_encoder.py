@@ -11,7 +11,7 @@ import pytest
 
 from cmta_jax.agents import sac
 from cmta_jax.agents.networks import check_encoder_output
-from cmta_jax.config import NetworkConfig, SACConfig
+from cmta_jax.config import RunConfig, SACConfig
 from cmta_jax.nn import layers
 
 
@@ -46,30 +46,30 @@ class ModuleBoundariesTest(chex.TestCase):
     encoder_apply = self.variant(networks.encoder.apply)
     actor_apply = self.variant(networks.actor.apply)
     critic_apply = self.variant(networks.critic.apply)
-    k, (groups, batch) = network_config.num_experts, obs.shape[:2]
-    feature_dim = network_config.task_feature_dim + network_config.expert_dim
-    carry_dim = network_config.lstm_hidden
+    k, (groups, batch) = network_config.mixture.num_experts, obs.shape[:2]
+    feature_dim = network_config.task_encoder.task_feature_dim + network_config.mixture.expert_dim
+    carry_dim = network_config.mixture.lstm_hidden
     self.assertEqual(networks.encoder.feature_dim, feature_dim)
     self.assertEqual(networks.encoder.carry_dim, carry_dim)
     task_ids = jnp.asarray(task_ids, jnp.int32)  # traced under jit, as in the update
     encoder_out = encoder_apply(params["encoder"], obs, task_ids, carry_in)
     check_encoder_output(encoder_out, groups, batch, feature_dim, carry_dim)
-    chex.assert_shape(encoder_out.experts, (k, groups, batch, network_config.expert_dim))
+    chex.assert_shape(encoder_out.experts, (k, groups, batch, network_config.mixture.expert_dim))
     chex.assert_shape(encoder_out.attention, (groups, batch, k))
     chex.assert_tree_all_finite(encoder_out)
     np.testing.assert_allclose(encoder_out.attention.sum(-1), np.ones((groups, batch)), rtol=1e-5)
     self.assertTrue(np.all(encoder_out.attention >= 0))
     # z_enc = sum_j alpha_j z^j, and z_task comes first.
     np.testing.assert_allclose(
-        encoder_out.features[..., network_config.task_feature_dim:],
+        encoder_out.features[..., network_config.task_encoder.task_feature_dim:],
         np.einsum("gbk,kgbd->gbd", encoder_out.attention, encoder_out.experts), rtol=1e-4,
         atol=1e-5)
 
     mean, log_std = actor_apply(params["actor"], encoder_out.features, task_ids)
     chex.assert_shape([mean, log_std], (groups, batch, networks.action_dim))
     chex.assert_tree_all_finite((mean, log_std))
-    self.assertTrue(np.all(log_std >= network_config.log_std_min))
-    self.assertTrue(np.all(log_std <= network_config.log_std_max))
+    self.assertTrue(np.all(log_std >= network_config.head.log_std_min))
+    self.assertTrue(np.all(log_std <= network_config.head.log_std_max))
 
     q = critic_apply(params["critic"], encoder_out.features, np.tanh(mean), task_ids)
     chex.assert_shape(q, (2, groups, batch))
@@ -85,7 +85,7 @@ class ModuleBoundariesTest(chex.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_boundaries_paper_sizes(self):
-    network_config = NetworkConfig()
+    network_config = RunConfig()
     networks = self.helpers.make_networks(10, network_config, obs_dim=39, action_dim=4)
     params = self.helpers.random_training_state(networks, SACConfig(), seed=0).params
     # docs/algorithm.md §2: [z_task (64); z_enc (64)], LSTM 64, 6 experts of 64, actor/critic 3 x 512.
@@ -125,7 +125,7 @@ def test_task_features_ignore_obs_and_differ_between_tasks(helpers):
   setup = helpers.learner_setup()
   obs, carry = _task_inputs(setup, 1)
   apply = jax.jit(setup.networks.encoder.apply)
-  task_dim = helpers.small_network_config().task_feature_dim
+  task_dim = helpers.small_network_config().task_encoder.task_feature_dim
   z_task_0 = apply(setup.state.params["encoder"], obs, _ids(0), carry).features[0, :, :task_dim]
   z_task_1 = apply(setup.state.params["encoder"], obs, _ids(1), carry).features[0, :, :task_dim]
   # One z_task per task, broadcast over the batch.

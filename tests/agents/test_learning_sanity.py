@@ -64,10 +64,10 @@ class PointTaskResult:
 def point_task_config(agent_name: str, num_steps: int, warmup_steps: int, batch_per_task: int,
                       seed: int) -> config_lib.RunConfig:
   run_config = registry.agent_defaults(config_lib.RunConfig(agent=agent_name), explicit=set())
+  run_config = config_lib.replace_fields(run_config, **SMALL_NETWORK)
   return dataclasses.replace(
       run_config,
       env=EnvConfig(episode_length=EPISODE_LENGTH, reward_normalization=False),
-      network=dataclasses.replace(run_config.network, **SMALL_NETWORK),
       sac=dataclasses.replace(run_config.sac, **FAST_SAC),
       train=TrainConfig(seed=seed, total_steps=num_steps, warmup_steps=warmup_steps,
                         batch_per_task=batch_per_task, replay_capacity=len(GOALS) * num_steps,
@@ -109,7 +109,8 @@ def test_sac_solves_two_point_tasks(agent_name, tmp_path):
   print(f"{agent_name}: learned {result.learned_return}, random {result.random_return}, "
         f"optimal {result.optimal_return}, score {score}, {result.seconds:.1f} s")
   # Both tasks must be solved, each with its own goal: only the task index (or, for MT-SAC,
-  # the observation) tells them apart. MEASURED_SCORES below.
-  # With the sign of the actor's entropy term or of the whole actor loss flipped, the policy
-  # pins a = -1 (scores -1.16 and 0.32); with the temperature loss flipped, ~0.05.
-  assert np.all(score > 0.8), (result, score)
+  # the observation) tells them apart. Measured through loop.train, seed 0 (BUILD_NOTES.md):
+  # cmta 0.96/0.93, mtsac 0.96/0.93, mtmhsac 0.94/0.92, single_sac 0.95/0.93. With the sign
+  # of the actor's entropy term or of the whole actor loss flipped, the policy pins a = -1
+  # (scores -1.16 and 0.32); with the temperature loss flipped, ~0.05.
+  assert np.all(score > (0.8 if agent_name == "cmta" else 0.9)), (result, score)

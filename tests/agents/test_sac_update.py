@@ -18,7 +18,7 @@ import pytest
 
 from cmta_jax.agents import cmta
 from cmta_jax.agents import sac
-from cmta_jax.config import NetworkConfig, SACConfig
+from cmta_jax.config import HeadConfig, MixtureConfig, SACConfig
 
 LOSS_NAMES = ("critic_loss", "contrastive_loss", "actor_loss", "alpha_loss")
 PARAM_GROUPS = {"encoder", "critic", "actor", "log_alpha"}
@@ -59,11 +59,11 @@ def test_config_defaults_are_the_papers():
   assert (config.actor_lr, config.critic_lr, config.alpha_lr) == (3e-4, 3e-4, 3e-4)
   assert (config.adam_b1, config.adam_b2, config.init_alpha) == (0.9, 0.999, 1.0)
   assert (config.encoder_tau, config.critic_tau) == (0.05, 0.005)
-  assert (config.auxiliary_weight, NetworkConfig().contrastive_temperature) == (2500.0, 0.1)
+  assert (config.auxiliary_weight, MixtureConfig().contrastive_temperature) == (2500.0, 0.1)
   assert config.target_entropy is None
-  network = NetworkConfig()
-  assert (network.hidden_width, network.hidden_layers, network.num_experts) == (512, 3, 6)
-  assert (network.log_std_min, network.log_std_max) == (-20.0, 2.0)
+  head = HeadConfig()
+  assert (head.hidden_width, head.hidden_layers, MixtureConfig().num_experts) == (512, 3, 6)
+  assert (head.log_std_min, head.log_std_max) == (-20.0, 2.0)
 
 
 def test_test_states_have_the_real_init_layout(helpers):
@@ -136,7 +136,7 @@ def test_metrics_match_losses_recomputed_from_the_network_pieces(helpers):
     alpha_loss = alpha * np.mean(-log_prob - target_entropy)
     # InfoNCE (checked against NumPy loops in test_layers): online z_t vs target z_{t+1}.
     contrastive = info_nce(online_now.experts, target_next.experts,
-                           helpers.small_network_config().contrastive_temperature)
+                           helpers.small_network_config().mixture.contrastive_temperature)
 
     expected = {"td_target_mean": td_target.mean(), "q_mean": np.mean(q),
                 "critic_loss": critic_loss, "actor_loss": actor_loss, "alpha_loss": alpha_loss,

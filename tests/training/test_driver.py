@@ -50,15 +50,9 @@ SMALL = {
 }
 MT10 = task_names("MT10")
 CLI_TIMEOUT = 240  # seconds; generous because the machine may be shared
-_FIELD_PATHS = {path.split(".")[-1]: path for path in config_lib.flatten(config_lib.RunConfig())}
-
-
 def make_config(**overrides) -> config_lib.RunConfig:
   """RunConfig from the defaults plus SMALL plus `overrides`, keyed by leaf field name."""
-  run_config = config_lib.RunConfig()
-  for name, value in {**SMALL, **overrides}.items():
-    run_config = config_lib.replace_path(run_config, _FIELD_PATHS[name], value)
-  return run_config
+  return config_lib.replace_fields(config_lib.RunConfig(), **{**SMALL, **overrides})
 
 
 def cli_args(run_dir: str, **overrides) -> list[str]:
@@ -307,9 +301,9 @@ def _assert_refusals_change_nothing(run_dir: str) -> None:
   before = _run_dir_contents(run_dir)
   refusals = [
       # Array shapes differ: never, even with --allow_config_change.
-      (dict(hidden_width=64), True, r"other array shapes \(network.hidden_width: saved 32 != now 64"),
+      (dict(hidden_width=64), True, r"other array shapes \(head.hidden_width: saved 32 != now 64"),
       (dict(replay_capacity=20_000), True, r"other array shapes \(train.replay_capacity"),
-      (dict(carry_mode="stored"), True, r"other array shapes \(network.carry_mode"),
+      (dict(carry_mode="stored"), True, r"other array shapes \(mixture.carry_mode"),
       (dict(hidden_width=64), False, r"different config .*--allow_config_change"),
       # Below the step already reached.
       (dict(total_steps=TOTAL_STEPS // 4), False,
@@ -533,13 +527,13 @@ def test_absurd_replay_capacity_names_one_that_fits(cli_failures):
 def test_config_mismatch_is_refused_listing_fields(cli_failures):
   line = _assert_one_line_error(cli_failures["config_mismatch"], r"different config")
   assert "train.seed: saved 0 != now 1" in line
-  assert "network.hidden_width: saved 32 != now 64" in line
+  assert "head.hidden_width: saved 32 != now 64" in line
   assert "--allow_config_change" in line
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name,pattern", [
-    ("reshaping_change", r"other array shapes \(network.hidden_width: saved 32 != now 64\): these "
+    ("reshaping_change", r"other array shapes \(head.hidden_width: saved 32 != now 64\): these "
                          r"fields can never change on resume, even with --allow_config_change"),
     ("past_total_steps", rf"is already at step {TOTAL_STEPS}, past --total_steps={TOTAL_STEPS // 2}; "
                          r"nothing changed"),
@@ -820,3 +814,22 @@ for message in ("Event loop is closed", "a real problem"):
   assert result.returncode == 0, result.stderr
   assert "Event loop is closed" not in result.stderr
   assert result.stderr.count("RuntimeError: a real problem") == 2, result.stderr
+
+
+def test_a_run_saved_with_the_old_network_section_resumes_without_a_config_change(tmp_path):
+  # config.json as written before the config was split per concern (and before the
+  # auxiliary weight's rename): the same run must resume with the same flags.
+  run_config = make_config()
+  old_paths = {"head", "task_encoder", "mixture", "softmodu"}
+  old = {}
+  for path, value in config_lib.flatten(run_config).items():
+    section, _, name = path.partition(".")
+    path = f"network.{name}" if section in old_paths else path
+    old["sac.contrastive_weight" if path == "sac.auxiliary_weight" else path] = value
+  with open(os.path.join(tmp_path, run_dir_lib.CONFIG_FILE), "w") as f:
+    json.dump(old, f)
+  saved = run_dir_lib.read_saved_config(str(tmp_path))
+  run_dir_lib.check_resume_config(str(tmp_path), saved, run_config, False, loop.checkpoint_shapes)
+  changed = config_lib.replace_fields(run_config, hidden_width=64)
+  with pytest.raises(run_dir_lib.ConfigMismatch, match=r"head.hidden_width: saved 32 != now 64"):
+    run_dir_lib.check_resume_config(str(tmp_path), saved, changed, False, loop.checkpoint_shapes)

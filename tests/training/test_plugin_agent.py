@@ -58,9 +58,8 @@ def film_agent():
 def _config(total_steps: int) -> config_lib.RunConfig:
   run_config = registry.agent_defaults(config_lib.RunConfig(agent="film"), explicit=set())
   return dataclasses.replace(
-      run_config,
+      config_lib.replace_fields(run_config, hidden_width=32),
       env=dataclasses.replace(run_config.env, episode_length=20),
-      network=dataclasses.replace(run_config.network, hidden_width=32),
       train=dataclasses.replace(run_config.train, total_steps=total_steps, warmup_steps=20,
                                 batch_per_task=8, replay_capacity=10_000, eval_every=40,
                                 log_every=20, checkpoint_every=20))
@@ -122,7 +121,7 @@ def test_an_encoder_whose_outputs_break_its_declaration_fails_when_built():
   try:
     with pytest.raises(ValueError, match=r"agent 'film_wrong': its encoder returns features "
                                          r"\(2, 3, 16\) \(expected \(2, 3, 17\)\)"):
-      registry.make_agent_networks("film_wrong", config_lib.NetworkConfig(), task_names("MT10"),
+      registry.make_agent_networks(config_lib.RunConfig(agent="film_wrong"), task_names("MT10"),
                                    OBS_DIM, ACTION_DIM)
   finally:
     registry.AGENT_SPECS.pop("film_wrong")
