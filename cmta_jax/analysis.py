@@ -1,6 +1,6 @@
 """Success-curve statistics as the paper reports them (docs/algorithm.md §5), plus robust aggregates."""
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -19,8 +19,11 @@ def summarize_curve(success: Sequence[float]) -> dict:
   success = np.asarray(success, dtype=np.float64)
   if success.size == 0:
     return {"max_smoothed": float("nan"), "max": float("nan"), "final": float("nan")}
-  return {"max_smoothed": float(smooth(success).max()), "max": float(success.max()),
-          "final": float(success[-1])}
+  return {
+    "max_smoothed": float(smooth(success).max()),
+    "max": float(success.max()),
+    "final": float(success[-1]),
+  }
 
 
 def interquartile_mean(values: Sequence[float]) -> float:
@@ -32,11 +35,18 @@ def interquartile_mean(values: Sequence[float]) -> float:
   return float(np.sum(weights * values) / np.sum(weights))
 
 
-def bootstrap_ci(values: Sequence[float], statistic=interquartile_mean, num_resamples: int = 2000,
-                 confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(
+  values: Sequence[float],
+  statistic=interquartile_mean,
+  num_resamples: int = 2000,
+  confidence: float = 0.95,
+  seed: int = 0,
+) -> tuple[float, float]:
   """Percentile bootstrap confidence interval of `statistic` across seeds."""
   values = np.asarray(values, dtype=np.float64)
   rng = np.random.default_rng(seed)
-  stats = [statistic(rng.choice(values, size=values.size, replace=True)) for _ in range(num_resamples)]
+  stats = [
+    statistic(rng.choice(values, size=values.size, replace=True)) for _ in range(num_resamples)
+  ]
   alpha = (1.0 - confidence) / 2.0
   return float(np.quantile(stats, alpha)), float(np.quantile(stats, 1.0 - alpha))

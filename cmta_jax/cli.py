@@ -9,7 +9,8 @@ this way; anything else is a bug and keeps its traceback.
 import errno
 import functools
 import sys
-from typing import Callable, NoReturn
+from collections.abc import Callable
+from typing import NoReturn
 
 from absl import flags
 
@@ -21,15 +22,15 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT: stopped at once by a second Ctrl-C
 USER_ERRORS = (ValueError, OSError, MemoryError)
 
 _OS_HINTS = {
-    errno.ENOSPC: "the disk is full: free some space, then run the same command again",
-    errno.EDQUOT: "the disk quota is exhausted: free some space, then run the same command again",
-    errno.EACCES: "no permission: make it writable or choose another path",
-    errno.EPERM: "no permission: make it writable or choose another path",
-    errno.EROFS: "read-only file system: choose another path",
-    errno.ENOTDIR: "a part of the path is a file, not a directory: choose another path",
-    errno.EEXIST: "it exists and is not a directory: choose another path",
-    errno.EISDIR: "it is a directory, not a file",
-    errno.EFBIG: "a file would exceed the size limit (ulimit -f) or the disk is full",
+  errno.ENOSPC: "the disk is full: free some space, then run the same command again",
+  errno.EDQUOT: "the disk quota is exhausted: free some space, then run the same command again",
+  errno.EACCES: "no permission: make it writable or choose another path",
+  errno.EPERM: "no permission: make it writable or choose another path",
+  errno.EROFS: "read-only file system: choose another path",
+  errno.ENOTDIR: "a part of the path is a file, not a directory: choose another path",
+  errno.EEXIST: "it exists and is not a directory: choose another path",
+  errno.EISDIR: "it is a directory, not a file",
+  errno.EFBIG: "a file would exceed the size limit (ulimit -f) or the disk is full",
 }
 
 

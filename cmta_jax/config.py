@@ -7,7 +7,8 @@ anything is built. Every leaf field name is unique across sections: it is the fi
 """
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from cmta_jax.envs import EnvConfig, validate_seed
 
@@ -86,7 +87,9 @@ class HeadConfig:
   def validate(self) -> None:
     validate_fields(self)
     if not self.log_std_min < self.log_std_max:
-      raise ValueError(f"log_std_min ({self.log_std_min}) must be < log_std_max ({self.log_std_max})")
+      raise ValueError(
+        f"log_std_min ({self.log_std_min}) must be < log_std_max ({self.log_std_max})"
+      )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,8 +181,9 @@ class TrainConfig:
     validate_seed(self.seed)
     if self.checkpoint_every % episode_length:
       raise ValueError(
-          f"checkpoint_every ({self.checkpoint_every}) must be a multiple of the episode length "
-          f"({episode_length}): runs resume at episode starts")
+        f"checkpoint_every ({self.checkpoint_every}) must be a multiple of the episode length "
+        f"({episode_length}): runs resume at episode starts"
+      )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,33 +213,48 @@ class RunConfig:
 
 def _paper(benchmark: str, mode: str) -> RunConfig:
   return RunConfig(
-      env=EnvConfig(benchmark=benchmark, mode=mode),
-      # The paper used 1 evaluation episode per task; Mixed needs more (docs/algorithm.md §5).
-      train=TrainConfig(eval_episodes=1 if mode == "fixed" else 10))
+    env=EnvConfig(benchmark=benchmark, mode=mode),
+    # The paper used 1 evaluation episode per task; Mixed needs more (docs/algorithm.md §5).
+    train=TrainConfig(eval_episodes=1 if mode == "fixed" else 10),
+  )
 
 
 PRESETS: dict[str, RunConfig] = {
-    "paper_mt10_fixed": _paper("MT10", "fixed"),
-    "paper_mt10_mixed": _paper("MT10", "mixed"),
-    "paper_mt50_fixed": _paper("MT50", "fixed"),
-    "paper_mt50_mixed": _paper("MT50", "mixed"),
-    # Minutes on 2 CPU cores: the cpu_evidence networks, temperatures starting at 0.1
-    # instead of 1 (skips ~10k steps of entropy-dominated start), a short budget whose
-    # evaluations solve a task from 6k steps on (BUILD_NOTES.md, "Quick start re-tuned").
-    "quickstart": RunConfig(
-        env=EnvConfig(benchmark="MT10", mode="fixed", reward_normalization=False),
-        head=HeadConfig(hidden_width=128),
-        sac=SACConfig(init_alpha=0.1),
-        train=TrainConfig(total_steps=12_000, batch_per_task=64, replay_capacity=200_000,
-                          eval_every=1_500, log_every=500, checkpoint_every=1_500)),
-    # The CPU evidence budget (BUILD_NOTES.md): about an hour per agent on one core of this
-    # 2-core machine, two runs side by side. Without the reward normaliser, which at this
-    # budget inflates the rewards of unsolved tasks (BUILD_NOTES.md, "reward normaliser").
-    "cpu_evidence": RunConfig(
-        env=EnvConfig(benchmark="MT10", mode="fixed", reward_normalization=False),
-        head=HeadConfig(hidden_width=128),
-        train=TrainConfig(total_steps=105_000, batch_per_task=64, replay_capacity=1_000_000,
-                          eval_every=3_000, log_every=1_000, checkpoint_every=15_000)),
+  "paper_mt10_fixed": _paper("MT10", "fixed"),
+  "paper_mt10_mixed": _paper("MT10", "mixed"),
+  "paper_mt50_fixed": _paper("MT50", "fixed"),
+  "paper_mt50_mixed": _paper("MT50", "mixed"),
+  # Minutes on 2 CPU cores: the cpu_evidence networks, temperatures starting at 0.1
+  # instead of 1 (skips ~10k steps of entropy-dominated start), a short budget whose
+  # evaluations solve a task from 6k steps on (BUILD_NOTES.md, "Quick start re-tuned").
+  "quickstart": RunConfig(
+    env=EnvConfig(benchmark="MT10", mode="fixed", reward_normalization=False),
+    head=HeadConfig(hidden_width=128),
+    sac=SACConfig(init_alpha=0.1),
+    train=TrainConfig(
+      total_steps=12_000,
+      batch_per_task=64,
+      replay_capacity=200_000,
+      eval_every=1_500,
+      log_every=500,
+      checkpoint_every=1_500,
+    ),
+  ),
+  # The CPU evidence budget (BUILD_NOTES.md): about an hour per agent on one core of this
+  # 2-core machine, two runs side by side. Without the reward normaliser, which at this
+  # budget inflates the rewards of unsolved tasks (BUILD_NOTES.md, "reward normaliser").
+  "cpu_evidence": RunConfig(
+    env=EnvConfig(benchmark="MT10", mode="fixed", reward_normalization=False),
+    head=HeadConfig(hidden_width=128),
+    train=TrainConfig(
+      total_steps=105_000,
+      batch_per_task=64,
+      replay_capacity=1_000_000,
+      eval_every=3_000,
+      log_every=1_000,
+      checkpoint_every=15_000,
+    ),
+  ),
 }
 
 
@@ -314,7 +333,10 @@ def upgrade_flat(flat: dict[str, Any]) -> dict[str, Any]:
   """A flattened config as written by any earlier version, with today's paths: the old
   `network.X` fields now live in head / task_encoder / mixture / softmodu, and
   `sac.contrastive_weight` is `sac.auxiliary_weight`. Unknown paths are kept as they are."""
-  moved = {f"network.{path.split('.')[-1]}": path for path in flatten(RunConfig())
-           if path.split(".")[0] in _SECTIONS_SPLIT_FROM_NETWORK}
+  moved = {
+    f"network.{path.split('.')[-1]}": path
+    for path in flatten(RunConfig())
+    if path.split(".")[0] in _SECTIONS_SPLIT_FROM_NETWORK
+  }
   renames = {**moved, **_RENAMED_PATHS}
   return {renames.get(path, path): value for path, value in flat.items()}

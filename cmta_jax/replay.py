@@ -30,8 +30,9 @@ def _capacity_per_task(num_tasks: int, capacity: int) -> int:
   per_task = capacity // num_tasks
   if per_task < 1:
     raise ValueError(
-        f"capacity {capacity} gives {per_task} slots per task for {num_tasks} tasks; "
-        f"need capacity >= num_tasks")
+      f"capacity {capacity} gives {per_task} slots per task for {num_tasks} tasks; "
+      f"need capacity >= num_tasks"
+    )
   return per_task
 
 
@@ -60,12 +61,14 @@ def _available_memory_bytes() -> int | None:
     return None
 
 
-def check_fits_in_memory(num_tasks: int,
-                         capacity: int,
-                         obs_dim: int,
-                         action_dim: int,
-                         carry_dim: int,
-                         available_bytes: int | None = None) -> int:
+def check_fits_in_memory(
+  num_tasks: int,
+  capacity: int,
+  obs_dim: int,
+  action_dim: int,
+  carry_dim: int,
+  available_bytes: int | None = None,
+) -> int:
   """Returns the bytes a buffer of this shape needs; raises MemoryError if it would not fit.
 
   The arrays are allocated with np.zeros, whose pages are committed lazily, so
@@ -83,42 +86,63 @@ def check_fits_in_memory(num_tasks: int,
     bytes_per_transition = _floats_per_transition(obs_dim, action_dim, carry_dim) * _FLOAT_BYTES
     largest = (usable // bytes_per_transition) // num_tasks * num_tasks
     raise MemoryError(
-        f"replay buffer needs {needed} B ({format_bytes(needed)}) but only {available_bytes} B "
-        f"({format_bytes(available_bytes)}) are available ({_MEMORY_FRACTION:.0%} usable); "
-        f"largest capacity that fits: {largest} ({largest // num_tasks} per task)")
+      f"replay buffer needs {needed} B ({format_bytes(needed)}) but only {available_bytes} B "
+      f"({format_bytes(available_bytes)}) are available ({_MEMORY_FRACTION:.0%} usable); "
+      f"largest capacity that fits: {largest} ({largest // num_tasks} per task)"
+    )
   return needed
 
 
-_TRANSITION_FIELDS = ("obs", "action", "reward", "next_obs", "terminated", "h_in", "c_in",
-                      "h_out", "c_out")
+_TRANSITION_FIELDS = (
+  "obs",
+  "action",
+  "reward",
+  "next_obs",
+  "terminated",
+  "h_in",
+  "c_in",
+  "h_out",
+  "c_out",
+)
 
 
 class ReplayBuffer:
   """Ring buffer of [T, capacity_per_task, ...] float32 arrays, one per field."""
 
-  def __init__(self, num_tasks: int, capacity: int, obs_dim: int, action_dim: int, carry_dim: int,
-               seed: int):
+  def __init__(
+    self, num_tasks: int, capacity: int, obs_dim: int, action_dim: int, carry_dim: int, seed: int
+  ):
     """`capacity` counts transitions over ALL tasks; each task gets capacity // num_tasks slots."""
     self._capacity_per_task = _capacity_per_task(num_tasks, capacity)
     if min(obs_dim, action_dim) < 1 or carry_dim < 0:
       raise ValueError(
-          f"need obs_dim >= 1, action_dim >= 1, carry_dim >= 0; "
-          f"got {obs_dim}, {action_dim}, {carry_dim}")
+        f"need obs_dim >= 1, action_dim >= 1, carry_dim >= 0; "
+        f"got {obs_dim}, {action_dim}, {carry_dim}"
+      )
     self._num_tasks = num_tasks
     self._obs_dim = obs_dim
     self._action_dim = action_dim
     self._carry_dim = carry_dim
     self._trailing = {
-        "obs": (obs_dim,), "action": (action_dim,), "reward": (), "next_obs": (obs_dim,),
-        "terminated": (), "h_in": (carry_dim,), "c_in": (carry_dim,), "h_out": (carry_dim,),
-        "c_out": (carry_dim,), "episode_step": (),
+      "obs": (obs_dim,),
+      "action": (action_dim,),
+      "reward": (),
+      "next_obs": (obs_dim,),
+      "terminated": (),
+      "h_in": (carry_dim,),
+      "c_in": (carry_dim,),
+      "h_out": (carry_dim,),
+      "c_out": (carry_dim,),
+      "episode_step": (),
     }
     # np.zeros maps zero pages lazily: memory is committed as slots are first written,
     # so use check_fits_in_memory up front rather than relying on this to fail.
     self._storage = {
-        name: np.zeros((num_tasks, self._capacity_per_task) + shape,
-                       np.int32 if name == "episode_step" else np.float32)
-        for name, shape in self._trailing.items()
+      name: np.zeros(
+        (num_tasks, self._capacity_per_task) + shape,
+        np.int32 if name == "episode_step" else np.float32,
+      )
+      for name, shape in self._trailing.items()
     }
     self._size = 0  # filled slots per task (same for every task: adds are vector steps)
     self._pos = 0  # next slot to write
@@ -126,8 +150,9 @@ class ReplayBuffer:
     self._rng = np.random.Generator(np.random.PCG64(seed))
 
   @staticmethod
-  def bytes_needed(num_tasks: int, capacity: int, obs_dim: int, action_dim: int,
-                   carry_dim: int) -> int:
+  def bytes_needed(
+    num_tasks: int, capacity: int, obs_dim: int, action_dim: int, carry_dim: int
+  ) -> int:
     """Exact total nbytes of the storage arrays for this shape."""
     per_task = _capacity_per_task(num_tasks, capacity)
     floats = _floats_per_transition(obs_dim, action_dim, carry_dim)
@@ -152,8 +177,17 @@ class ReplayBuffer:
   def nbytes(self) -> int:
     return sum(a.nbytes for a in self._storage.values())
 
-  def add(self, obs, action, reward, next_obs, terminated, carry_in: LSTMCarry,
-          carry_out: LSTMCarry, episode_step) -> None:
+  def add(
+    self,
+    obs,
+    action,
+    reward,
+    next_obs,
+    terminated,
+    carry_in: LSTMCarry,
+    carry_out: LSTMCarry,
+    episode_step,
+  ) -> None:
     """Adds one transition per task; every array argument has leading axis T.
 
     `next_obs` must be the true s_{t+1} (the final observation on truncation), and
@@ -162,9 +196,16 @@ class ReplayBuffer:
     window of `sample` never reaches back past step 0 of an episode.
     """
     values = {
-        "obs": obs, "action": action, "reward": reward, "next_obs": next_obs,
-        "terminated": terminated, "h_in": carry_in.h, "c_in": carry_in.c,
-        "h_out": carry_out.h, "c_out": carry_out.c, "episode_step": episode_step,
+      "obs": obs,
+      "action": action,
+      "reward": reward,
+      "next_obs": next_obs,
+      "terminated": terminated,
+      "h_in": carry_in.h,
+      "c_in": carry_in.c,
+      "h_out": carry_out.h,
+      "c_out": carry_out.c,
+      "episode_step": episode_step,
     }
     # Validate every shape before writing anything, so a bad call leaves the buffer untouched.
     for name, value in values.items():
@@ -209,7 +250,9 @@ class ReplayBuffer:
     if slots.shape[0] != self._num_tasks or slots.ndim != 2:
       raise ValueError(f"gather: slots must be [{self._num_tasks}, B], got {slots.shape}")
     if slots.size and (slots.min() < 0 or slots.max() >= self._size):
-      raise ValueError(f"gather: slots must lie in [0, {self._size}), got {slots.min()}..{slots.max()}")
+      raise ValueError(
+        f"gather: slots must lie in [0, {self._size}), got {slots.min()}..{slots.max()}"
+      )
     if not isinstance(burn_in_steps, (int, np.integer)) or burn_in_steps < 0:
       raise ValueError(f"burn_in_steps must be a non-negative int, got {burn_in_steps!r}")
     tasks = np.arange(self._num_tasks)[:, None]  # broadcasts against slots -> [T, B]
@@ -219,9 +262,15 @@ class ReplayBuffer:
       episode_step = self._storage["episode_step"][tasks, slots]
       burn_in = self._burn_in_window(tasks, slots, episode_step, burn_in_steps)
     return Transition(
-        obs=out["obs"], action=out["action"], reward=out["reward"], next_obs=out["next_obs"],
-        terminated=out["terminated"], carry_in=LSTMCarry(out["h_in"], out["c_in"]),
-        carry_out=LSTMCarry(out["h_out"], out["c_out"]), burn_in=burn_in)
+      obs=out["obs"],
+      action=out["action"],
+      reward=out["reward"],
+      next_obs=out["next_obs"],
+      terminated=out["terminated"],
+      carry_in=LSTMCarry(out["h_in"], out["c_in"]),
+      carry_out=LSTMCarry(out["h_out"], out["c_out"]),
+      burn_in=burn_in,
+    )
 
   def _burn_in_window(self, tasks, slots, episode_step, length: int) -> BurnIn:
     cap = self._capacity_per_task
@@ -238,8 +287,11 @@ class ReplayBuffer:
 
   def _shape_info(self) -> dict:
     return {
-        "num_tasks": self._num_tasks, "capacity_per_task": self._capacity_per_task,
-        "obs_dim": self._obs_dim, "action_dim": self._action_dim, "carry_dim": self._carry_dim,
+      "num_tasks": self._num_tasks,
+      "capacity_per_task": self._capacity_per_task,
+      "obs_dim": self._obs_dim,
+      "action_dim": self._action_dim,
+      "carry_dim": self._carry_dim,
     }
 
   def state_dict(self) -> dict:
@@ -252,15 +304,21 @@ class ReplayBuffer:
     mask64 = (1 << 64) - 1
     # PCG64's state and increment are 128-bit Python ints; split them into uint64 halves
     # so the whole dict is numpy arrays + small ints (npz/orbax friendly).
-    rng_words = np.array([
-        rng_state["state"]["state"] >> 64, rng_state["state"]["state"] & mask64,
-        rng_state["state"]["inc"] >> 64, rng_state["state"]["inc"] & mask64,
-        rng_state["has_uint32"], rng_state["uinteger"],
-    ], dtype=np.uint64)
+    rng_words = np.array(
+      [
+        rng_state["state"]["state"] >> 64,
+        rng_state["state"]["state"] & mask64,
+        rng_state["state"]["inc"] >> 64,
+        rng_state["state"]["inc"] & mask64,
+        rng_state["has_uint32"],
+        rng_state["uinteger"],
+      ],
+      dtype=np.uint64,
+    )
     state = self._shape_info()
     state.update(size=self._size, pos=self._pos, rng_state=rng_words)
     for name in self._saved_fields():
-      state[name] = self._storage[name][:, :self._size]
+      state[name] = self._storage[name][:, : self._size]
     return state
 
   def _saved_fields(self) -> list[str]:
@@ -271,29 +329,34 @@ class ReplayBuffer:
     """Exact restore of `state_dict()` output into a buffer of the same shape."""
     for key, value in self._shape_info().items():
       if int(state[key]) != value:
-        raise ValueError(f"load_state_dict: {key} is {int(state[key])} in the state "
-                         f"but {value} in this buffer")
+        raise ValueError(
+          f"load_state_dict: {key} is {int(state[key])} in the state but {value} in this buffer"
+        )
     size, pos = int(state["size"]), int(state["pos"])
     if not (0 <= size <= self._capacity_per_task and 0 <= pos < self._capacity_per_task):
-      raise ValueError(f"load_state_dict: size {size} / pos {pos} out of range for "
-                       f"capacity_per_task {self._capacity_per_task}")
+      raise ValueError(
+        f"load_state_dict: size {size} / pos {pos} out of range for "
+        f"capacity_per_task {self._capacity_per_task}"
+      )
     for name in self._saved_fields():
       expected = (self._num_tasks, size) + self._trailing[name]
       if name not in state:
         raise ValueError(f"load_state_dict: the state has no field {name!r}")
       if np.shape(state[name]) != expected:
-        raise ValueError(f"load_state_dict: {name} has shape {np.shape(state[name])}, "
-                         f"expected {expected}")
+        raise ValueError(
+          f"load_state_dict: {name} has shape {np.shape(state[name])}, expected {expected}"
+        )
     words = [int(w) for w in np.asarray(state["rng_state"], dtype=np.uint64)]
     for name in self._saved_fields():
       array = self._storage[name]
       array[:, :size] = state[name]
       # Slots at or past _size were never written (writes fill 0, 1, ... in order), so only
       # [size, old size) needs clearing; touching the whole tail would commit its lazy pages.
-      array[:, size:self._size] = 0.0
+      array[:, size : self._size] = 0.0
     self._size, self._pos = size, pos
     self._rng.bit_generator.state = {
-        "bit_generator": "PCG64",
-        "state": {"state": (words[0] << 64) | words[1], "inc": (words[2] << 64) | words[3]},
-        "has_uint32": words[4], "uinteger": words[5],
+      "bit_generator": "PCG64",
+      "state": {"state": (words[0] << 64) | words[1], "inc": (words[2] << 64) | words[3]},
+      "has_uint32": words[4],
+      "uinteger": words[5],
     }

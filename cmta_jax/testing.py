@@ -29,8 +29,15 @@ def cached_variations(benchmark: str, seed: int) -> metaworld_env.Variations:
 CACHED_METAWORLD: EnvSource = metaworld(cached_variations)
 
 
-def random_batch(seed: int, num_tasks: int, batch_per_task: int, obs_dim: int, action_dim: int,
-                 carry_dim: int, termination_rate: float = 0.2) -> Transition:
+def random_batch(
+  seed: int,
+  num_tasks: int,
+  batch_per_task: int,
+  obs_dim: int,
+  action_dim: int,
+  carry_dim: int,
+  termination_rate: float = 0.2,
+) -> Transition:
   """A [T, B, ...] float32 batch of random transitions.
 
   Carries are non-zero (so an LSTM's recurrent weights get gradients), actions lie
@@ -46,10 +53,14 @@ def random_batch(seed: int, num_tasks: int, batch_per_task: int, obs_dim: int, a
     return LSTMCarry(h=np.tanh(normal(carry_dim)), c=normal(carry_dim))
 
   batch = Transition(
-      obs=normal(obs_dim), action=np.tanh(normal(action_dim)), reward=normal(),
-      next_obs=normal(obs_dim),
-      terminated=rng.random((num_tasks, batch_per_task)) < termination_rate,
-      carry_in=carry(), carry_out=carry())
+    obs=normal(obs_dim),
+    action=np.tanh(normal(action_dim)),
+    reward=normal(),
+    next_obs=normal(obs_dim),
+    terminated=rng.random((num_tasks, batch_per_task)) < termination_rate,
+    carry_in=carry(),
+    carry_out=carry(),
+  )
   return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), batch)
 
 
@@ -122,10 +133,16 @@ class PointTasks:
     episode_end = self._step == self._episode_length
     success = (np.abs(self._position - GOALS) < SUCCESS_DISTANCE).astype(np.float32)
     zeros = np.zeros(self.num_tasks, bool)  # episodes end by truncation only
-    return StepResult(obs=self._start_episode() if episode_end else next_obs, next_obs=next_obs,
-                      reward=reward, raw_reward=reward, terminated=zeros,
-                      truncated=np.full(self.num_tasks, episode_end), success=success,
-                      episode_start=episode_end)
+    return StepResult(
+      obs=self._start_episode() if episode_end else next_obs,
+      next_obs=next_obs,
+      reward=reward,
+      raw_reward=reward,
+      terminated=zeros,
+      truncated=np.full(self.num_tasks, episode_end),
+      success=success,
+      episode_start=episode_end,
+    )
 
   def get_state(self) -> dict:
     return {"episode": self._episode}
@@ -140,8 +157,13 @@ class PointTasks:
 
 def point_tasks(goal_in_obs: bool) -> EnvSource:
   def make_envs(config: EnvConfig, seed: int):
-    return tuple(PointTasks(seed, role, goal_in_obs, config.episode_length)
-                 for role in ("train", "eval"))
+    return tuple(
+      PointTasks(seed, role, goal_in_obs, config.episode_length) for role in ("train", "eval")
+    )
 
-  return EnvSource(task_names=lambda config: tuple(f"goal{g:+.1f}" for g in GOALS),
-                   obs_dim=OBS_DIM, action_dim=ACTION_DIM, make_envs=make_envs)
+  return EnvSource(
+    task_names=lambda config: tuple(f"goal{g:+.1f}" for g in GOALS),
+    obs_dim=OBS_DIM,
+    action_dim=ACTION_DIM,
+    make_envs=make_envs,
+  )

@@ -34,11 +34,18 @@ def main(run_dirs: list[str]) -> dict:
   mean_curve = per_seed.mean(axis=0)
   finals = per_seed[:, -1]
   low, high = analysis.bootstrap_ci(finals)
-  result = {"seeds": len(run_dirs), "steps": steps[-1], **analysis.summarize_curve(mean_curve),
-            "final_iqm": analysis.interquartile_mean(finals), "final_iqm_ci95": [low, high]}
+  result = {
+    "seeds": len(run_dirs),
+    "steps": steps[-1],
+    **analysis.summarize_curve(mean_curve),
+    "final_iqm": analysis.interquartile_mean(finals),
+    "final_iqm_ci95": [low, high],
+  }
   print(f"{len(run_dirs)} seeds, {len(steps)} common evaluation steps up to {steps[-1]}")
-  print(f"max smoothed {result['max_smoothed']:.4f} | max {result['max']:.4f} | final {result['final']:.4f}"
-        f" | final IQM {result['final_iqm']:.4f} [{low:.4f}, {high:.4f}]")
+  print(
+    f"max smoothed {result['max_smoothed']:.4f} | max {result['max']:.4f} | final {result['final']:.4f}"
+    f" | final IQM {result['final_iqm']:.4f} [{low:.4f}, {high:.4f}]"
+  )
   print(json.dumps(result))
   return result
 

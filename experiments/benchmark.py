@@ -20,7 +20,9 @@ from absl import app, flags
 
 from cmta_jax import cli
 
-_AGENTS = flags.DEFINE_list("agents", ["cmta"], "Agents to time at the MT10 setting ('all' = every agent).")
+_AGENTS = flags.DEFINE_list(
+  "agents", ["cmta"], "Agents to time at the MT10 setting ('all' = every agent)."
+)
 _CALLS = flags.DEFINE_integer("calls", 50, "Timed calls per function (after warm-up).")
 _WIDTH = flags.DEFINE_integer("hidden_width", 512, "Actor/critic width.")
 _BATCH = flags.DEFINE_integer("batch_per_task", 128, "Batch per task.")
@@ -37,6 +39,7 @@ def _interleaved_median_seconds(fns: dict, rounds: int) -> dict:
   """{name: (fn, calls)} -> {name: median seconds per call}, timed in `rounds` alternating
   blocks (each fn gets ceil(calls / rounds) calls per block)."""
   import numpy as np
+
   times = {name: [] for name in fns}
   for _ in range(rounds):
     for name, (fn, calls) in fns.items():
@@ -51,11 +54,12 @@ def make_peak_matmul(size: int = PEAK_SIZE):
   """(one call of a size^3 float32 matmul, its FLOPs)."""
   import jax
   import jax.numpy as jnp
+
   a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
   b = jax.random.normal(jax.random.PRNGKey(1), (size, size), jnp.float32)
   matmul = jax.jit(jnp.matmul)
   matmul(a, b).block_until_ready()
-  return lambda: matmul(a, b).block_until_ready(), 2.0 * size ** 3
+  return lambda: matmul(a, b).block_until_ready(), 2.0 * size**3
 
 
 def _flops(compiled) -> float:
@@ -65,11 +69,13 @@ def _flops(compiled) -> float:
   return float(cost["flops"])
 
 
-def time_agent(agent: str, benchmark: str, calls: int, width: int, batch_per_task: int,
-               rounds: int, peak_call) -> dict:
+def time_agent(
+  agent: str, benchmark: str, calls: int, width: int, batch_per_task: int, rounds: int, peak_call
+) -> dict:
   import jax
   import jax.numpy as jnp
   import numpy as np
+
   from cmta_jax import config as config_lib
   from cmta_jax import testing
   from cmta_jax.agents import registry, sac
@@ -79,15 +85,17 @@ def time_agent(agent: str, benchmark: str, calls: int, width: int, batch_per_tas
   num_tasks = len(names)
   # The agent's own defaults (e.g. the contrastive term for CMTA only), as train.py uses them.
   run_config = registry.agent_defaults(
-      config_lib.replace_fields(config_lib.RunConfig(agent=agent), hidden_width=width),
-      explicit=set())
-  networks = registry.make_agent_networks(run_config, names, MultiTaskEnv.obs_dim,
-                                         MultiTaskEnv.action_dim)
+    config_lib.replace_fields(config_lib.RunConfig(agent=agent), hidden_width=width), explicit=set()
+  )
+  networks = registry.make_agent_networks(
+    run_config, names, MultiTaskEnv.obs_dim, MultiTaskEnv.action_dim
+  )
   sac_config = run_config.sac
   state = sac.init_training_state(jax.random.PRNGKey(0), networks, sac_config)
   t, b = num_tasks, batch_per_task
-  batch = testing.random_batch(0, t, b, networks.obs_dim, networks.action_dim,
-                               networks.encoder.carry_dim, termination_rate=0.0)
+  batch = testing.random_batch(
+    0, t, b, networks.obs_dim, networks.action_dim, networks.encoder.carry_dim, termination_rate=0.0
+  )
   update = jax.jit(sac.make_update_fn(networks, sac_config), donate_argnums=0)
   update_flops = _flops(update.lower(state, batch, jax.random.PRNGKey(0)).compile())
   keys = iter(jax.random.split(jax.random.PRNGKey(1), 10 * calls + 10))
@@ -100,7 +108,8 @@ def time_agent(agent: str, benchmark: str, calls: int, width: int, batch_per_tas
   for _ in range(3):
     one_update()
   medians = _interleaved_median_seconds(
-      {"update": (one_update, calls), "peak": (peak_call, PEAK_CALLS)}, rounds)
+    {"update": (one_update, calls), "peak": (peak_call, PEAK_CALLS)}, rounds
+  )
   update_seconds = medians["update"]
 
   select = jax.jit(sac.make_select_action_fn(networks), static_argnames="deterministic")
@@ -120,51 +129,75 @@ def time_agent(agent: str, benchmark: str, calls: int, width: int, batch_per_tas
     one_select()
   select_seconds = _median_seconds(one_select, calls)
   return {
-      "agent": agent, "benchmark": benchmark, "num_tasks": t, "batch_per_task": b, "width": width,
-      "update_ms": update_seconds * 1e3, "update_gflop": update_flops / 1e9,
-      "update_gflops_per_sec": update_flops / update_seconds / 1e9,
-      "select_ms": select_seconds * 1e3, "select_mflop": select_flops / 1e6,
-      "select_gflops_per_sec": select_flops / select_seconds / 1e9,
-      "peak_ms": medians["peak"] * 1e3,
+    "agent": agent,
+    "benchmark": benchmark,
+    "num_tasks": t,
+    "batch_per_task": b,
+    "width": width,
+    "update_ms": update_seconds * 1e3,
+    "update_gflop": update_flops / 1e9,
+    "update_gflops_per_sec": update_flops / update_seconds / 1e9,
+    "select_ms": select_seconds * 1e3,
+    "select_mflop": select_flops / 1e6,
+    "select_gflops_per_sec": select_flops / select_seconds / 1e9,
+    "peak_ms": medians["peak"] * 1e3,
   }
 
 
 def main(argv):
   del argv
   import jax
+
   from cmta_jax.agents import registry
+
   agents = list(registry.AGENTS) if _AGENTS.value == ["all"] else _AGENTS.value
   for agent in agents:
     registry.check_agent(agent)
   if _CALLS.value < 1 or _ROUNDS.value < 1:
     cli.fail("--calls and --rounds must be positive")
   peak_call, peak_flops = make_peak_matmul()
-  print(f"machine: {platform.processor() or platform.machine()}, {jax.device_count()} x "
-        f"{jax.devices()[0].platform}, jax {jax.__version__}")
-  print(f"peak: dense float32 {PEAK_SIZE}^3 matmul, median of {PEAK_CALLS} calls timed in "
-        f"{_ROUNDS.value} blocks alternating with each update's")
+  print(
+    f"machine: {platform.processor() or platform.machine()}, {jax.device_count()} x "
+    f"{jax.devices()[0].platform}, jax {jax.__version__}"
+  )
+  print(
+    f"peak: dense float32 {PEAK_SIZE}^3 matmul, median of {PEAK_CALLS} calls timed in "
+    f"{_ROUNDS.value} blocks alternating with each update's"
+  )
   settings = [("cmta", "MT10")] + ([] if _SKIP_MT50.value else [("cmta", "MT50")])
   settings += [(agent, "MT10") for agent in agents if agent != "cmta"]
   if "cmta" not in agents:
     settings = [s for s in settings if s[0] != "cmta"] + [("cmta", "MT10")]
   rows = []
-  header = (f"{'agent':<11} {'bench':<5} {'update ms':>10} {'GFLOP':>8} {'GFLOP/s':>8} "
-            f"{'peak GFLOP/s':>12} {'of peak':>7} {'select ms':>10} {'MFLOP':>8}")
+  header = (
+    f"{'agent':<11} {'bench':<5} {'update ms':>10} {'GFLOP':>8} {'GFLOP/s':>8} "
+    f"{'peak GFLOP/s':>12} {'of peak':>7} {'select ms':>10} {'MFLOP':>8}"
+  )
   print(header)
   for agent, benchmark in settings:
-    row = time_agent(agent, benchmark, _CALLS.value, _WIDTH.value, _BATCH.value, _ROUNDS.value,
-                     peak_call)
+    row = time_agent(
+      agent, benchmark, _CALLS.value, _WIDTH.value, _BATCH.value, _ROUNDS.value, peak_call
+    )
     row["peak_gflops_per_sec"] = peak_flops / (row["peak_ms"] / 1e3) / 1e9
     row["update_fraction_of_peak"] = row["update_gflops_per_sec"] / row["peak_gflops_per_sec"]
     rows.append(row)
-    print(f"{agent:<11} {benchmark:<5} {row['update_ms']:10.1f} {row['update_gflop']:8.2f} "
-          f"{row['update_gflops_per_sec']:8.1f} {row['peak_gflops_per_sec']:12.1f} "
-          f"{row['update_fraction_of_peak']:7.2f} {row['select_ms']:10.2f} "
-          f"{row['select_mflop']:8.2f}", flush=True)
+    print(
+      f"{agent:<11} {benchmark:<5} {row['update_ms']:10.1f} {row['update_gflop']:8.2f} "
+      f"{row['update_gflops_per_sec']:8.1f} {row['peak_gflops_per_sec']:12.1f} "
+      f"{row['update_fraction_of_peak']:7.2f} {row['select_ms']:10.2f} "
+      f"{row['select_mflop']:8.2f}",
+      flush=True,
+    )
   mt10 = next(r for r in rows if r["agent"] == "cmta" and r["benchmark"] == "MT10")
-  print(json.dumps({"matmul_peak_gflops_per_sec": mt10["peak_gflops_per_sec"],
-                    "update_fraction_of_matmul_peak": mt10["update_fraction_of_peak"],
-                    "results": rows}))
+  print(
+    json.dumps(
+      {
+        "matmul_peak_gflops_per_sec": mt10["peak_gflops_per_sec"],
+        "update_fraction_of_matmul_peak": mt10["update_fraction_of_peak"],
+        "results": rows,
+      }
+    )
+  )
 
 
 if __name__ == "__main__":

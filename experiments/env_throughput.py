@@ -12,10 +12,10 @@ import sys
 import time
 from typing import Any
 
+import numpy as np
 from absl import app, flags
 
 from cmta_jax import cli
-import numpy as np
 
 # Run as a script from the repo root without installing the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -25,23 +25,23 @@ from cmta_jax.envs import metaworld_env  # noqa: E402
 _BENCHMARKS = flags.DEFINE_list("benchmarks", ["MT10", "MT50"], "Benchmarks to measure.")
 _STRATEGIES = flags.DEFINE_list("strategies", ["sync", "async"], "Vector strategies to measure.")
 _STEPS = flags.DEFINE_integer(
-    "steps", 600, "Vector steps timed per combination (after one warm-up episode)."
+  "steps", 600, "Vector steps timed per combination (after one warm-up episode)."
 )
 _EPISODE_LENGTH = flags.DEFINE_integer(
-    "episode_length", 150, "Episode length (resets are part of stepping)."
+  "episode_length", 150, "Episode length (resets are part of stepping)."
 )
 _MODE = flags.DEFINE_enum("mode", "fixed", list(metaworld_env.MODES), "Variation mode.")
 _SEED = flags.DEFINE_integer("seed", 0, "Run seed.")
 
 
 def _measure(
-    benchmark: str, strategy: str, variations: metaworld_env.Variations, num_steps: int
+  benchmark: str, strategy: str, variations: metaworld_env.Variations, num_steps: int
 ) -> dict[str, Any]:
   config = metaworld_env.EnvConfig(
-      benchmark=benchmark,
-      mode=_MODE.value,
-      episode_length=_EPISODE_LENGTH.value,
-      vector_strategy=strategy,
+    benchmark=benchmark,
+    mode=_MODE.value,
+    episode_length=_EPISODE_LENGTH.value,
+    vector_strategy=strategy,
   )
   start = time.perf_counter()
   env = metaworld_env.MultiTaskEnv(config, _SEED.value, variations=variations)
@@ -65,14 +65,14 @@ def _measure(
   finally:
     env.close()
   return {
-      "benchmark": benchmark,
-      "strategy": strategy,
-      "num_tasks": num_tasks,
-      "build_s": round(build_s, 2),
-      "reset_s": round(reset_s, 3),
-      "vector_steps_per_s": round(num_steps / step_s, 1),
-      "transitions_per_s": round(num_steps * num_tasks / step_s, 1),
-      "transitions_per_main_cpu_s": round(num_steps * num_tasks / step_cpu_s, 1),
+    "benchmark": benchmark,
+    "strategy": strategy,
+    "num_tasks": num_tasks,
+    "build_s": round(build_s, 2),
+    "reset_s": round(reset_s, 3),
+    "vector_steps_per_s": round(num_steps / step_s, 1),
+    "transitions_per_s": round(num_steps * num_tasks / step_s, 1),
+    "transitions_per_main_cpu_s": round(num_steps * num_tasks / step_cpu_s, 1),
   }
 
 
@@ -96,23 +96,23 @@ def main(argv: list[str]) -> None:
       print(f"done {benchmark}/{strategy}", flush=True)
 
   header = (
-      f"{'bench':6} {'strategy':8} {'T':>3} {'variations_s':>12} {'build_s':>8} "
-      f"{'reset_s':>8} {'vec_steps/s':>11} {'transitions/s':>13} {'trans/main_cpu_s':>16}"
+    f"{'bench':6} {'strategy':8} {'T':>3} {'variations_s':>12} {'build_s':>8} "
+    f"{'reset_s':>8} {'vec_steps/s':>11} {'transitions/s':>13} {'trans/main_cpu_s':>16}"
   )
   print(header)
   for r in rows:
     print(
-        f"{r['benchmark']:6} {r['strategy']:8} {r['num_tasks']:>3} {r['variations_s']:>12.2f} "
-        f"{r['build_s']:>8.2f} {r['reset_s']:>8.3f} {r['vector_steps_per_s']:>11.1f} "
-        f"{r['transitions_per_s']:>13.1f} {r['transitions_per_main_cpu_s']:>16.1f}"
+      f"{r['benchmark']:6} {r['strategy']:8} {r['num_tasks']:>3} {r['variations_s']:>12.2f} "
+      f"{r['build_s']:>8.2f} {r['reset_s']:>8.3f} {r['vector_steps_per_s']:>11.1f} "
+      f"{r['transitions_per_s']:>13.1f} {r['transitions_per_main_cpu_s']:>16.1f}"
     )
   summary = {
-      "episode_length": _EPISODE_LENGTH.value,
-      "steps": _STEPS.value,
-      "mode": _MODE.value,
-      "cpu_count": os.cpu_count(),
-      "load_average_1min_at_end": round(os.getloadavg()[0], 2),  # Other jobs skew the figures.
-      "results": rows,
+    "episode_length": _EPISODE_LENGTH.value,
+    "steps": _STEPS.value,
+    "mode": _MODE.value,
+    "cpu_count": os.cpu_count(),
+    "load_average_1min_at_end": round(os.getloadavg()[0], 2),  # Other jobs skew the figures.
+    "results": rows,
   }
   print(json.dumps(summary))
 

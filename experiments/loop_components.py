@@ -26,21 +26,33 @@ def main(argv):
   import jax
   import jax.numpy as jnp
   import numpy as np
+
   from cmta_jax import config as config_lib
   from cmta_jax.agents import registry, sac
   from cmta_jax.config import SACConfig
   from cmta_jax.envs import EnvConfig, MultiTaskEnv, task_names
-  from cmta_jax.training.loop import batch_spec, burn_in_steps, empty_totals, make_act, make_train_step
+  from cmta_jax.training.loop import (
+    batch_spec,
+    burn_in_steps,
+    empty_totals,
+    make_act,
+    make_train_step,
+  )
 
   names = task_names(_BENCHMARK.value)
   t, b = len(names), _BATCH.value
   run_config = registry.agent_defaults(
-      config_lib.replace_fields(config_lib.RunConfig(agent=_AGENT.value),
-                                hidden_width=_WIDTH.value, carry_mode=_CARRY_MODE.value,
-                                burn_in_steps=_BURN_IN.value),
-      explicit=set())
-  networks = registry.make_agent_networks(run_config, names, MultiTaskEnv.obs_dim,
-                                         MultiTaskEnv.action_dim)
+    config_lib.replace_fields(
+      config_lib.RunConfig(agent=_AGENT.value),
+      hidden_width=_WIDTH.value,
+      carry_mode=_CARRY_MODE.value,
+      burn_in_steps=_BURN_IN.value,
+    ),
+    explicit=set(),
+  )
+  networks = registry.make_agent_networks(
+    run_config, names, MultiTaskEnv.obs_dim, MultiTaskEnv.action_dim
+  )
   sac_config: SACConfig = run_config.sac
   state = sac.init_training_state(jax.random.PRNGKey(0), networks, sac_config)
   rng = np.random.default_rng(0)
@@ -73,8 +85,9 @@ def main(argv):
   carry, task_ids = sac.initial_carry(networks, t), jnp.arange(t, dtype=jnp.int32)
 
   def one_act(i):
-    actions, carry_out = act(sac.policy_params(holder["state"]), obs, task_ids, carry, key, i,
-                             mode="explore")
+    actions, carry_out = act(
+      sac.policy_params(holder["state"]), obs, task_ids, carry, key, i, mode="explore"
+    )
     np.asarray(actions)
     jax.device_get(carry_out)
 
@@ -91,9 +104,11 @@ def main(argv):
   env_ms = 1e3 * (time.perf_counter() - start) / steps
   env.close()
   total = update_ms + act_ms + env_ms
-  print(f"{_AGENT.value} ({run_config.mixture.carry_mode}) {_BENCHMARK.value} width {_WIDTH.value} B_task {b}: train step "
-        f"{update_ms:.1f} ms | action selection {act_ms:.2f} ms | env step {env_ms:.1f} ms | "
-        f"1/sum = {1e3 / total:.1f} vector steps/s")
+  print(
+    f"{_AGENT.value} ({run_config.mixture.carry_mode}) {_BENCHMARK.value} width {_WIDTH.value} B_task {b}: train step "
+    f"{update_ms:.1f} ms | action selection {act_ms:.2f} ms | env step {env_ms:.1f} ms | "
+    f"1/sum = {1e3 / total:.1f} vector steps/s"
+  )
 
 
 if __name__ == "__main__":

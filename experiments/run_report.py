@@ -13,8 +13,8 @@ comparing agents at the same budget.
 
 import os
 
-from absl import app, flags
 import numpy as np
+from absl import app, flags
 
 from cmta_jax import analysis, cli
 from cmta_jax.training.metrics_log import read_records
@@ -22,7 +22,8 @@ from cmta_jax.training.run_dir import read_saved_config
 
 _LAST_EVALS = flags.DEFINE_integer("last_evals", 5, "Evaluations per task shown (the last N).")
 _TRAIN_WINDOW = flags.DEFINE_integer(
-    "train_window", 6000, "Training-episode success is averaged over records in the last N steps.")
+  "train_window", 6000, "Training-episode success is averaged over records in the last N steps."
+)
 
 
 class RunSummary:
@@ -50,10 +51,17 @@ class RunSummary:
 
   def train_success(self, window: int) -> dict[str, float]:
     """Per-task success of training episodes logged in the last `window` steps (mean of records)."""
-    recent = [r for r in self.trains if "train_success_per_task" in r
-              and r["step"] > self.last_step - window]
-    return {task: float(np.mean([r["train_success_per_task"][task] for r in recent]))
-            if recent else float("nan") for task in self.tasks}
+    recent = [
+      r
+      for r in self.trains
+      if "train_success_per_task" in r and r["step"] > self.last_step - window
+    ]
+    return {
+      task: float(np.mean([r["train_success_per_task"][task] for r in recent]))
+      if recent
+      else float("nan")
+      for task in self.tasks
+    }
 
   def wall_clock(self) -> tuple[float, float]:
     """(elapsed seconds, average steps/s) of the last train record; NaN if none."""
@@ -75,21 +83,23 @@ def report_run(run: RunSummary, last_evals: int, train_window: int) -> str:
   eval_steps = steps[-last_evals:]
   train = run.train_success(train_window)
   lines = [
-      f"#### {run.agent} ({run.run_dir})",
-      f"{run.last_step} steps, {elapsed / 60:.1f} min of training-loop wall-clock, "
-      f"{rate:.1f} steps/s on average (since the last start).",
-      f"Mean eval success: max smoothed {summary['max_smoothed']:.3f} | max {summary['max']:.2f} | "
-      f"final {summary['final']:.2f}. Curve (step: success): "
-      + ", ".join(f"{s // 1000}k: {v:.1f}" for s, v in zip(steps, curve)),
-      "",
-      f"| task | eval success at {', '.join(f'{s // 1000}k' for s in eval_steps)} | mean of these "
-      f"| train-episode success, last {train_window} steps |",
-      "|---|---|---|---|",
+    f"#### {run.agent} ({run.run_dir})",
+    f"{run.last_step} steps, {elapsed / 60:.1f} min of training-loop wall-clock, "
+    f"{rate:.1f} steps/s on average (since the last start).",
+    f"Mean eval success: max smoothed {summary['max_smoothed']:.3f} | max {summary['max']:.2f} | "
+    f"final {summary['final']:.2f}. Curve (step: success): "
+    + ", ".join(f"{s // 1000}k: {v:.1f}" for s, v in zip(steps, curve)),
+    "",
+    f"| task | eval success at {', '.join(f'{s // 1000}k' for s in eval_steps)} | mean of these "
+    f"| train-episode success, last {train_window} steps |",
+    "|---|---|---|---|",
   ]
   for task in run.tasks:
     values = shown[task]
-    lines.append(f"| {task} | {' '.join(f'{v:g}' for v in values)} | {np.mean(values):.2f} "
-                 f"| {_fmt(train[task])} |")
+    lines.append(
+      f"| {task} | {' '.join(f'{v:g}' for v in values)} | {np.mean(values):.2f} "
+      f"| {_fmt(train[task])} |"
+    )
   mean_shown = np.mean([np.mean(v) for v in shown.values()])
   lines.append(f"| **mean** | | {mean_shown:.2f} | {_fmt(np.nanmean(list(train.values())))} |")
   return "\n".join(lines)
@@ -97,15 +107,25 @@ def report_run(run: RunSummary, last_evals: int, train_window: int) -> str:
 
 def comparison_table(runs: list[RunSummary], last_evals: int) -> str:
   agents = [r.agent for r in runs]
-  labels = [a if agents.count(a) == 1 else os.path.basename(os.path.normpath(r.run_dir))
-            for a, r in zip(agents, runs)]
+  labels = [
+    a if agents.count(a) == 1 else os.path.basename(os.path.normpath(r.run_dir))
+    for a, r in zip(agents, runs)
+  ]
   header = "| task | " + " | ".join(labels) + " |"
-  lines = [f"Mean eval success over each run's last {last_evals} evaluations:", "", header,
-           "|---|" + "---|" * len(runs)]
+  lines = [
+    f"Mean eval success over each run's last {last_evals} evaluations:",
+    "",
+    header,
+    "|---|" + "---|" * len(runs),
+  ]
   per_run = [{t: np.mean(v) for t, v in r.last_eval_success(last_evals).items()} for r in runs]
   for task in runs[0].tasks:
-    lines.append(f"| {task} | " + " | ".join(_fmt(p.get(task, float("nan"))) for p in per_run) + " |")
-  lines.append("| **mean** | " + " | ".join(_fmt(np.mean(list(p.values()))) for p in per_run) + " |")
+    lines.append(
+      f"| {task} | " + " | ".join(_fmt(p.get(task, float("nan"))) for p in per_run) + " |"
+    )
+  lines.append(
+    "| **mean** | " + " | ".join(_fmt(np.mean(list(p.values()))) for p in per_run) + " |"
+  )
   return "\n".join(lines)
 
 

@@ -17,20 +17,38 @@ from cmta_jax import cli
 from cmta_jax import config as config_lib
 from cmta_jax.agents import registry
 
-_PRESET = flags.DEFINE_enum("preset", None, sorted(config_lib.PRESETS),
-                            "Named configuration; flags given explicitly override its values. "
-                            "Without a preset: the paper's MT10-Fixed defaults.")
-_RUN_DIR = flags.DEFINE_string("run_dir", None, "Run directory (default runs/<agent>_<benchmark>_"
-                               "<mode>_seed<seed>). Holding a checkpoint -> resume.")
+_PRESET = flags.DEFINE_enum(
+  "preset",
+  None,
+  sorted(config_lib.PRESETS),
+  "Named configuration; flags given explicitly override its values. "
+  "Without a preset: the paper's MT10-Fixed defaults.",
+)
+_RUN_DIR = flags.DEFINE_string(
+  "run_dir",
+  None,
+  "Run directory (default runs/<agent>_<benchmark>_"
+  "<mode>_seed<seed>). Holding a checkpoint -> resume.",
+)
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
-    "allow_config_change", False, "Resume a run directory even if its saved config differs.")
-_AGENT = flags.DEFINE_enum("agent", None, list(registry.agent_names()),
-                           "Agent: " + "; ".join(f"{k}: {v}" for k, v in registry.agent_help().items()))
+  "allow_config_change", False, "Resume a run directory even if its saved config differs."
+)
+_AGENT = flags.DEFINE_enum(
+  "agent",
+  None,
+  list(registry.agent_names()),
+  "Agent: " + "; ".join(f"{k}: {v}" for k, v in registry.agent_help().items()),
+)
 
-_SECTION_HELP = {"env": "environment", "head": "actor/critic heads",
-                 "task_encoder": "task encoder", "mixture": "CMTA/CARE mixture encoder",
-                 "softmodu": "Soft Modularization encoder", "sac": "SAC update",
-                 "train": "schedule"}
+_SECTION_HELP = {
+  "env": "environment",
+  "head": "actor/critic heads",
+  "task_encoder": "task encoder",
+  "mixture": "CMTA/CARE mixture encoder",
+  "softmodu": "Soft Modularization encoder",
+  "sac": "SAC update",
+  "train": "schedule",
+}
 
 
 def _define_config_flags() -> dict[str, str]:
@@ -43,7 +61,9 @@ def _define_config_flags() -> dict[str, str]:
     name = path.split(".")[-1]
     assert name not in paths, f"duplicate config field name {name}"
     paths[name] = path
-    help_text = f"{_SECTION_HELP[path.split('.')[0]]} config `{path}` (default {default!r} or the preset's)"
+    help_text = (
+      f"{_SECTION_HELP[path.split('.')[0]]} config `{path}` (default {default!r} or the preset's)"
+    )
     current = config_lib.getattr_path(defaults, path)
     if isinstance(current, bool):
       flags.DEFINE_bool(name, None, help_text)
@@ -76,7 +96,9 @@ def resolve_config(argv_flags=flags.FLAGS) -> config_lib.RunConfig:
       try:
         value = tuple(int(v) for v in value)
       except ValueError:
-        raise ValueError(f"--{name} must be comma-separated integers, got {','.join(value)!r}")
+        raise ValueError(
+          f"--{name} must be comma-separated integers, got {','.join(value)!r}"
+        ) from None
     run_config = config_lib.replace_path(run_config, path, value)
   registry.check_explicit_fields(run_config, _explicit_paths(argv_flags))
   return run_config
@@ -101,9 +123,12 @@ def main(argv):
   from cmta_jax.training.checkpointing import CheckpointWriteFailed, NoUsableCheckpoint
   from cmta_jax.training.preemption import Preempted
   from cmta_jax.training.run_dir import RunDirInUse
+
   run_dir = _RUN_DIR.value or os.path.join(
-      "runs", f"{run_config.agent}_{run_config.env.benchmark}_{run_config.env.mode}"
-      f"_seed{run_config.train.seed}")
+    "runs",
+    f"{run_config.agent}_{run_config.env.benchmark}_{run_config.env.mode}"
+    f"_seed{run_config.train.seed}",
+  )
   try:
     loop.train(run_config, run_dir, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
   except Preempted as stopped:

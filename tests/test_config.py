@@ -18,8 +18,9 @@ def test_preset_validates_and_its_budgets_are_whole_episodes(name):
   assert preset.train.checkpoint_every % episode == 0
 
 
-@pytest.mark.parametrize("name", ["paper_mt10_fixed", "paper_mt10_mixed", "paper_mt50_fixed",
-                                  "paper_mt50_mixed"])
+@pytest.mark.parametrize(
+  "name", ["paper_mt10_fixed", "paper_mt10_mixed", "paper_mt50_fixed", "paper_mt50_mixed"]
+)
 def test_paper_presets_hold_the_paper_settings(name):
   flat = config_lib.flatten(config_lib.PRESETS[name])
   assert flat["train.total_steps"] == 2_400_000
@@ -37,20 +38,30 @@ def test_cpu_evidence_differs_from_the_paper_mt10_fixed_preset_only_in_its_budge
   changed = {key for key in paper if paper[key] != evidence[key]}
   # BUILD_NOTES.md documents each of these; anything else would make the CPU
   # evidence runs a different algorithm from the paper's.
-  assert changed == {"head.hidden_width", "train.batch_per_task", "train.total_steps",
-                     "train.replay_capacity", "train.checkpoint_every", "train.log_every",
-                     "env.reward_normalization"}
+  assert changed == {
+    "head.hidden_width",
+    "train.batch_per_task",
+    "train.total_steps",
+    "train.replay_capacity",
+    "train.checkpoint_every",
+    "train.log_every",
+    "env.reward_normalization",
+  }
   assert evidence["env.reward_normalization"] is False
 
 
 def test_config_module_imports_no_agent_code():
   # The registry depends on the config, never the reverse (no import cycle).
-  code = ("import sys, cmta_jax.config; "
-          "assert not [m for m in sys.modules if m.startswith('cmta_jax.agents')], sys.modules")
+  code = (
+    "import sys, cmta_jax.config; "
+    "assert not [m for m in sys.modules if m.startswith('cmta_jax.agents')], sys.modules"
+  )
   subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
-@pytest.mark.parametrize("field,value,message", [
+@pytest.mark.parametrize(
+  "field,value,message",
+  [
     ("hidden_width", 0, "hidden_width must be a positive integer, got 0"),
     ("task_encoder_hidden", (16, 0), r"task_encoder_hidden widths must be positive integers"),
     ("num_experts", 2.5, "num_experts must be a positive integer, got 2.5"),
@@ -62,7 +73,8 @@ def test_config_module_imports_no_agent_code():
     ("auxiliary_weight", -1.0, "auxiliary_weight must be >= 0"),
     ("warmup_steps", -1, "warmup_steps must be a non-negative integer"),
     ("log_std_min", 5.0, r"log_std_min \(5.0\) must be < log_std_max"),
-])
+  ],
+)
 def test_every_section_checks_its_fields_in_one_line(field, value, message):
   with pytest.raises(ValueError, match=message) as error:
     config_lib.replace_fields(config_lib.RunConfig(), **{field: value}).validate()
@@ -90,9 +102,15 @@ def test_unknown_field_names_fail_in_one_line():
 def test_config_files_of_earlier_versions_read_with_todays_paths():
   # Before the config was split per concern: one `network` section, and the auxiliary
   # weight named after CMTA's contrastive term.
-  old = {"agent": "cmta", "network.hidden_width": 128, "network.carry_mode": "burn_in",
-         "network.softmodu_layers": 2, "network.task_feature_dim": 32,
-         "sac.contrastive_weight": 0.0, "train.seed": 4}
+  old = {
+    "agent": "cmta",
+    "network.hidden_width": 128,
+    "network.carry_mode": "burn_in",
+    "network.softmodu_layers": 2,
+    "network.task_feature_dim": 32,
+    "sac.contrastive_weight": 0.0,
+    "train.seed": 4,
+  }
   run_config = config_lib.from_flat(config_lib.upgrade_flat(old))
   assert run_config.head.hidden_width == 128 and run_config.mixture.carry_mode == "burn_in"
   assert run_config.softmodu.softmodu_layers == 2

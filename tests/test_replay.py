@@ -10,38 +10,56 @@ OBS_DIM, ACTION_DIM, CARRY_DIM = 5, 3, 4
 EPISODE_LENGTH = 6  # of the steps `fill` adds: step id s is step s % 6 of its episode
 
 
-def make_step(num_tasks: int, step: int, carry_dim: int = CARRY_DIM,
-              episode_length: int = EPISODE_LENGTH) -> dict:
+def make_step(
+  num_tasks: int, step: int, carry_dim: int = CARRY_DIM, episode_length: int = EPISODE_LENGTH
+) -> dict:
   """Distinct, recognisable values for one vector step: obs[t, 0] = task, obs[t, 1] = step id."""
   tasks = np.arange(num_tasks, dtype=np.float32)
   ident = tasks * 1000.0 + step  # unique per (task, step)
-  obs = np.stack([tasks, np.full(num_tasks, step, np.float32)]
-                 + [ident + 0.1 * k for k in range(OBS_DIM - 2)], axis=1)
+  obs = np.stack(
+    [tasks, np.full(num_tasks, step, np.float32)] + [ident + 0.1 * k for k in range(OBS_DIM - 2)],
+    axis=1,
+  )
   carry = lambda offset: (ident[:, None] + offset + 0.01 * np.arange(carry_dim)).astype(np.float32)
   return dict(
-      obs=obs,
-      action=np.stack([-ident - 0.5 * k for k in range(ACTION_DIM)], axis=1),
-      reward=ident + 0.25,
-      next_obs=obs + 0.5,
-      terminated=(np.arange(num_tasks) + step) % 2 == 0,  # bools must be stored as 0/1
-      carry_in=LSTMCarry(carry(0.1), carry(0.2)),
-      carry_out=LSTMCarry(carry(0.3), carry(0.4)),
-      episode_step=np.full(num_tasks, step % episode_length),
+    obs=obs,
+    action=np.stack([-ident - 0.5 * k for k in range(ACTION_DIM)], axis=1),
+    reward=ident + 0.25,
+    next_obs=obs + 0.5,
+    terminated=(np.arange(num_tasks) + step) % 2 == 0,  # bools must be stored as 0/1
+    carry_in=LSTMCarry(carry(0.1), carry(0.2)),
+    carry_out=LSTMCarry(carry(0.3), carry(0.4)),
+    episode_step=np.full(num_tasks, step % episode_length),
   )
 
 
 def flat_fields(step: dict) -> dict:
-  return dict(obs=step["obs"], action=step["action"], reward=step["reward"],
-              next_obs=step["next_obs"], terminated=step["terminated"].astype(np.float32),
-              h_in=step["carry_in"].h, c_in=step["carry_in"].c,
-              h_out=step["carry_out"].h, c_out=step["carry_out"].c,
-              episode_step=step["episode_step"])
+  return dict(
+    obs=step["obs"],
+    action=step["action"],
+    reward=step["reward"],
+    next_obs=step["next_obs"],
+    terminated=step["terminated"].astype(np.float32),
+    h_in=step["carry_in"].h,
+    c_in=step["carry_in"].c,
+    h_out=step["carry_out"].h,
+    c_out=step["carry_out"].c,
+    episode_step=step["episode_step"],
+  )
 
 
 def sample_fields(batch) -> dict:
-  return dict(obs=batch.obs, action=batch.action, reward=batch.reward, next_obs=batch.next_obs,
-              terminated=batch.terminated, h_in=batch.carry_in.h, c_in=batch.carry_in.c,
-              h_out=batch.carry_out.h, c_out=batch.carry_out.c)
+  return dict(
+    obs=batch.obs,
+    action=batch.action,
+    reward=batch.reward,
+    next_obs=batch.next_obs,
+    terminated=batch.terminated,
+    h_in=batch.carry_in.h,
+    c_in=batch.carry_in.c,
+    h_out=batch.carry_out.h,
+    c_out=batch.carry_out.c,
+  )
 
 
 def assert_same_contents(a: ReplayBuffer, b: ReplayBuffer) -> None:
@@ -53,8 +71,9 @@ def assert_same_contents(a: ReplayBuffer, b: ReplayBuffer) -> None:
   np.testing.assert_array_equal(state_a["rng_state"], state_b["rng_state"])
 
 
-def fill(buffer: ReplayBuffer, steps, carry_dim: int = CARRY_DIM,
-         episode_length: int = EPISODE_LENGTH) -> dict:
+def fill(
+  buffer: ReplayBuffer, steps, carry_dim: int = CARRY_DIM, episode_length: int = EPISODE_LENGTH
+) -> dict:
   """Adds the given steps; returns {step id: per-task field values} for lookup."""
   added = {}
   for step in steps:
@@ -65,8 +84,14 @@ def fill(buffer: ReplayBuffer, steps, carry_dim: int = CARRY_DIM,
 
 
 def test_balanced_sampling_from_filled_slots_only():
-  buffer = ReplayBuffer(num_tasks=3, capacity=3 * 50, obs_dim=OBS_DIM, action_dim=ACTION_DIM,
-                        carry_dim=CARRY_DIM, seed=0)
+  buffer = ReplayBuffer(
+    num_tasks=3,
+    capacity=3 * 50,
+    obs_dim=OBS_DIM,
+    action_dim=ACTION_DIM,
+    carry_dim=CARRY_DIM,
+    seed=0,
+  )
   fill(buffer, range(7))  # partially filled: 7 of 50 slots per task
   assert buffer.size_per_task == 7 and len(buffer) == 21 and buffer.capacity_per_task == 50
   batch = buffer.sample(64)
@@ -165,12 +190,15 @@ def test_load_into_used_buffer_clears_stale_slots():
   assert_same_contents(small, used)
 
 
-@pytest.mark.parametrize("shape", [
+@pytest.mark.parametrize(
+  "shape",
+  [
     dict(num_tasks=4, capacity=60, obs_dim=OBS_DIM, action_dim=ACTION_DIM, carry_dim=CARRY_DIM),
     dict(num_tasks=3, capacity=90, obs_dim=OBS_DIM, action_dim=ACTION_DIM, carry_dim=CARRY_DIM),
     dict(num_tasks=3, capacity=60, obs_dim=OBS_DIM + 1, action_dim=ACTION_DIM, carry_dim=CARRY_DIM),
     dict(num_tasks=3, capacity=60, obs_dim=OBS_DIM, action_dim=ACTION_DIM, carry_dim=0),
-])
+  ],
+)
 def test_load_state_dict_rejects_mismatched_shape(shape):
   source = ReplayBuffer(3, 60, OBS_DIM, ACTION_DIM, CARRY_DIM, seed=0)
   fill(source, range(5))
@@ -212,8 +240,9 @@ def test_memory_check_names_a_capacity_that_fits():
 
 
 def test_memory_check_reads_the_os():
-  assert check_fits_in_memory(2, 10, OBS_DIM, ACTION_DIM, CARRY_DIM) == \
-      ReplayBuffer.bytes_needed(2, 10, OBS_DIM, ACTION_DIM, CARRY_DIM)
+  assert check_fits_in_memory(2, 10, OBS_DIM, ACTION_DIM, CARRY_DIM) == ReplayBuffer.bytes_needed(
+    2, 10, OBS_DIM, ACTION_DIM, CARRY_DIM
+  )
 
 
 def test_format_bytes():
@@ -250,8 +279,9 @@ def test_bad_arguments():
   assert buffer.size_per_task == 2  # failed adds leave the buffer untouched
 
 
-def _check_burn_in_windows(buffer: ReplayBuffer, steps_added: int, length: int,
-                           episode_length: int) -> int:
+def _check_burn_in_windows(
+  buffer: ReplayBuffer, steps_added: int, length: int, episode_length: int
+) -> int:
   """Gathers EVERY filled slot with a window of `length`; checks each window against the
   step ids in obs[..., 1]; returns how many windows were cut short by the ring."""
   slots = np.tile(np.arange(buffer.size_per_task), (buffer.num_tasks, 1))
@@ -271,8 +301,9 @@ def _check_burn_in_windows(buffer: ReplayBuffer, steps_added: int, length: int,
       np.testing.assert_array_equal(window.mask[task, b], expected_mask.astype(np.float32))
       # The replayed steps are this task's, in order, directly before `step`, same episode.
       np.testing.assert_array_equal(window.obs[task, b, expected_mask, 0], task)
-      np.testing.assert_array_equal(window.obs[task, b, expected_mask, 1],
-                                    np.arange(step - replayed, step))
+      np.testing.assert_array_equal(
+        window.obs[task, b, expected_mask, 1], np.arange(step - replayed, step)
+      )
       np.testing.assert_array_equal(window.obs[task, b, ~expected_mask], 0.0)
       # The window starts from the carry stored with its first replayed step.
       first = make_step(buffer.num_tasks, step - replayed, CARRY_DIM, episode_length)

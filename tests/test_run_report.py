@@ -18,16 +18,35 @@ def _write_run(run_dir, agent, eval_success, train_success):
   with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
     for i, (train, success) in enumerate(zip(train_success, eval_success)):
       step = 1000 * (i + 1)
-      f.write(json.dumps({"step": step, "kind": "train", "time/elapsed_sec": 60.0 * (i + 1),
-                          "time/steps_per_sec": 16.7,
-                          "train_success_per_task": dict(zip(TASKS, train))}) + "\n")
-      f.write(json.dumps({"step": step, "kind": "eval", "mean_success": sum(success) / 2,
-                          "success": dict(zip(TASKS, success))}) + "\n")
+      f.write(
+        json.dumps(
+          {
+            "step": step,
+            "kind": "train",
+            "time/elapsed_sec": 60.0 * (i + 1),
+            "time/steps_per_sec": 16.7,
+            "train_success_per_task": dict(zip(TASKS, train)),
+          }
+        )
+        + "\n"
+      )
+      f.write(
+        json.dumps(
+          {
+            "step": step,
+            "kind": "eval",
+            "mean_success": sum(success) / 2,
+            "success": dict(zip(TASKS, success)),
+          }
+        )
+        + "\n"
+      )
 
 
 def _report(*args):
-  result = subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True,
-                          timeout=60)
+  result = subprocess.run(
+    [sys.executable, SCRIPT, *args], capture_output=True, text=True, timeout=60
+  )
   return result.returncode, result.stdout, result.stderr
 
 
@@ -46,7 +65,7 @@ def test_per_task_table_and_comparison(tmp_path):
   # Mean curve 0, 0.5, 1 -> smoothed (factor 0.8) 0, 0.1, 0.28.
   assert "max smoothed 0.280 | max 1.00 | final 1.00" in out
   # Comparison table: one column per agent, mean of the last 2 evaluations.
-  comparison = out[out.index("Mean eval success over each run's last 2 evaluations"):]
+  comparison = out[out.index("Mean eval success over each run's last 2 evaluations") :]
   assert _row(comparison, "task") == "| task | cmta | mtsac |"
   assert _row(comparison, "push-v3") == "| push-v3 | 0.50 | 0.00 |"
   assert comparison.rstrip().splitlines()[-1] == "| **mean** | 0.75 | 0.25 |"
@@ -55,4 +74,7 @@ def test_per_task_table_and_comparison(tmp_path):
 def test_not_a_run_directory_is_a_one_line_error(tmp_path):
   code, out, err = _report(str(tmp_path))
   assert code != 0
-  assert err.strip().splitlines()[-1] == f"error: {tmp_path} has no evaluation records (is it a run directory?)"
+  assert (
+    err.strip().splitlines()[-1]
+    == f"error: {tmp_path} has no evaluation records (is it a run directory?)"
+  )

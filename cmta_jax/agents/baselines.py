@@ -34,11 +34,13 @@ def make_task_state_encoder(config: TaskEncoderConfig, num_tasks: int, obs_dim: 
   def apply(params, obs, task_ids, carry_in: LSTMCarry) -> EncoderOutput:
     z_task = task_apply(params, task_ids)[:, None]  # [G, 1, F_task]
     z_task = jnp.broadcast_to(z_task, (*obs.shape[:2], config.task_feature_dim))
-    return EncoderOutput(features=jnp.concatenate([z_task, obs], axis=-1), carry=carry_in,
-                         experts=None, attention=None)
+    return EncoderOutput(
+      features=jnp.concatenate([z_task, obs], axis=-1), carry=carry_in, experts=None, attention=None
+    )
 
-  return Encoder(init=task_init, apply=apply, feature_dim=config.task_feature_dim + obs_dim,
-                 carry_dim=0)
+  return Encoder(
+    init=task_init, apply=apply, feature_dim=config.task_feature_dim + obs_dim, carry_dim=0
+  )
 
 
 def make_soft_modular_encoder(config: SoftModuConfig, num_tasks: int, obs_dim: int) -> Encoder:
@@ -57,18 +59,23 @@ def make_soft_modular_encoder(config: SoftModuConfig, num_tasks: int, obs_dim: i
   def init(key):
     keys = jax.random.split(key, 6)
     params = {
-        "state_embedding": layers.dense_init(keys[0], obs_dim, width),
-        "task_embedding": layers.glorot_uniform(keys[1], num_tasks, width),
-        # [layer, module] stacked Dense(width, width)
-        "modules": jax.vmap(lambda k: jax.vmap(lambda k2: layers.dense_init(k2, width, width))(
-            jax.random.split(k, modules)))(jax.random.split(keys[2], depth)),
-        "route_first": layers.dense_init(keys[3], width, routes),
+      "state_embedding": layers.dense_init(keys[0], obs_dim, width),
+      "task_embedding": layers.glorot_uniform(keys[1], num_tasks, width),
+      # [layer, module] stacked Dense(width, width)
+      "modules": jax.vmap(
+        lambda k: jax.vmap(lambda k2: layers.dense_init(k2, width, width))(
+          jax.random.split(k, modules)
+        )
+      )(jax.random.split(keys[2], depth)),
+      "route_first": layers.dense_init(keys[3], width, routes),
     }
     if depth > 2:
       params["route_up"] = jax.vmap(lambda k: layers.dense_init(k, routes, width))(
-          jax.random.split(keys[4], depth - 2))
+        jax.random.split(keys[4], depth - 2)
+      )
       params["route_down"] = jax.vmap(lambda k: layers.dense_init(k, width, routes))(
-          jax.random.split(keys[5], depth - 2))
+        jax.random.split(keys[5], depth - 2)
+      )
     return params
 
   def routing_weights(params, state_embedding, row_task_ids):
@@ -76,16 +83,20 @@ def make_soft_modular_encoder(config: SoftModuConfig, num_tasks: int, obs_dim: i
     mix = state_embedding * params["task_embedding"][row_task_ids]
     batch = state_embedding.shape[0]
     logits = [layers.dense_apply(params["route_first"], jax.nn.relu(mix))]
-    for l in range(depth - 2):
-      up = jax.tree.map(lambda p: p[l], params["route_up"])
-      down = jax.tree.map(lambda p: p[l], params["route_down"])
-      previous = jax.nn.softmax(logits[-1].reshape(batch, modules, modules), -1).reshape(batch, routes)
+    for layer in range(depth - 2):
+      up, down = (
+        jax.tree.map(lambda p, layer=layer: p[layer], params[name])
+        for name in ("route_up", "route_down")
+      )
+      previous = jax.nn.softmax(logits[-1].reshape(batch, modules, modules), -1).reshape(
+        batch, routes
+      )
       logits.append(layers.dense_apply(down, jax.nn.relu(layers.dense_apply(up, previous) * mix)))
     return jax.nn.softmax(jnp.stack(logits, 1).reshape(batch, depth - 1, modules, modules), axis=-1)
 
-  def module_layer(params, l, inputs):
-    """All modules of layer l at once: inputs [modules, B, width] -> [modules, B, width]."""
-    w, b = params["modules"]["w"][l], params["modules"]["b"][l]
+  def module_layer(params, layer, inputs):
+    """All modules of one layer at once: inputs [modules, B, width] -> [modules, B, width]."""
+    w, b = params["modules"]["w"][layer], params["modules"]["b"][layer]
     return jax.nn.relu(jnp.einsum("mbd,mde->mbe", inputs, w) + b[:, None, :])
 
   def apply(params, obs, task_ids, carry_in: LSTMCarry) -> EncoderOutput:
@@ -94,15 +105,24 @@ def make_soft_modular_encoder(config: SoftModuConfig, num_tasks: int, obs_dim: i
     row_task_ids = jnp.repeat(task_ids, batch, total_repeat_length=groups * batch)
     state_embedding = jax.nn.relu(layers.dense_apply(params["state_embedding"], rows))
     weights = routing_weights(params, state_embedding, row_task_ids)
-    hidden = module_layer(params, 0, jnp.broadcast_to(state_embedding, (modules, *state_embedding.shape)))
-    for l in range(1, depth):
-      hidden = module_layer(params, l, jnp.einsum("bji,ibd->jbd", weights[:, l - 1], hidden))
-    return EncoderOutput(features=hidden.mean(axis=0).reshape(groups, batch, width), carry=carry_in,
-                         experts=None, attention=weights.reshape(groups, batch, *weights.shape[1:]))
+    hidden = module_layer(
+      params, 0, jnp.broadcast_to(state_embedding, (modules, *state_embedding.shape))
+    )
+    for layer in range(1, depth):
+      hidden = module_layer(
+        params, layer, jnp.einsum("bji,ibd->jbd", weights[:, layer - 1], hidden)
+      )
+    return EncoderOutput(
+      features=hidden.mean(axis=0).reshape(groups, batch, width),
+      carry=carry_in,
+      experts=None,
+      attention=weights.reshape(groups, batch, *weights.shape[1:]),
+    )
 
   def routing_diagnostics(out: EncoderOutput) -> dict[str, jax.Array]:
     """{"attention_entropy": [G, B]}: the mean entropy of a sample's routing distributions."""
     return {"attention_entropy": cmta.entropy(out.attention).mean(axis=(-2, -1))}
 
-  return Encoder(init=init, apply=apply, feature_dim=width, carry_dim=0,
-                 diagnostics=routing_diagnostics)
+  return Encoder(
+    init=init, apply=apply, feature_dim=width, carry_dim=0, diagnostics=routing_diagnostics
+  )

@@ -8,7 +8,8 @@ recomputes the carry with the CURRENT online recurrence, without gradient. Every
 pmap-compatible and runs inside the one update.
 """
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -33,14 +34,17 @@ def replay_carry(advance_carry: AdvanceCarry, params, burn_in: BurnIn) -> LSTMCa
   def step(carry, inputs):
     x, active = inputs
     advanced = advance_carry(params, x, carry)
-    return jax.tree.map(lambda new, old: jnp.where(active[..., None], new, old), advanced, carry), None
+    return jax.tree.map(
+      lambda new, old: jnp.where(active[..., None], new, old), advanced, carry
+    ), None
 
   carry, _ = jax.lax.scan(step, burn_in.carry, (obs, replay))
   return sg(carry)
 
 
-def carries_for_update(advance_carry: AdvanceCarry | None, encoder_params,
-                       batch: Transition) -> tuple[LSTMCarry, LSTMCarry | None]:
+def carries_for_update(
+  advance_carry: AdvanceCarry | None, encoder_params, batch: Transition
+) -> tuple[LSTMCarry, LSTMCarry | None]:
   """(carry for s_t, carry for s_{t+1}), the second None when the caller must use the online
   pass's own fresh carry_out instead.
 
@@ -76,9 +80,10 @@ def make_attention_diagnostics(encoder):
     attention_used = encoder.apply(encoder_params, used.obs, task_ids, used_carry).attention
     attention_fresh = encoder.apply(encoder_params, exact.obs, task_ids, exact_carry).attention
     return {
-        "attention_staleness": jnp.abs(attention_used - attention_fresh).sum(-1).mean(),
-        "attention_entropy_fresh": -jnp.sum(
-            attention_fresh * jnp.log(attention_fresh + 1e-12), axis=-1).mean(),
+      "attention_staleness": jnp.abs(attention_used - attention_fresh).sum(-1).mean(),
+      "attention_entropy_fresh": -jnp.sum(
+        attention_fresh * jnp.log(attention_fresh + 1e-12), axis=-1
+      ).mean(),
     }
 
   return diagnostics

@@ -16,9 +16,13 @@ from cmta_jax.nn import layers
 from cmta_jax.types import LSTMCarry
 
 
-def make_mixture_encoder(config: MixtureConfig, task_config: TaskEncoderConfig, num_tasks: int,
-                         obs_dim: int,
-                         pretrained_task_embeddings: np.ndarray | None = None) -> Encoder:
+def make_mixture_encoder(
+  config: MixtureConfig,
+  task_config: TaskEncoderConfig,
+  num_tasks: int,
+  obs_dim: int,
+  pretrained_task_embeddings: np.ndarray | None = None,
+) -> Encoder:
   """(s_t, task, carry_in) -> ([z_task; z_enc], carry_out, experts, attention).
 
   z_task = g(task) (`task_encoder.py`). Experts f^j(s_t) are one stacked, batched
@@ -39,10 +43,11 @@ def make_mixture_encoder(config: MixtureConfig, task_config: TaskEncoderConfig, 
   def init(key):
     k_task, k_experts, k_lstm, k_attention, k_memory = jax.random.split(key, 5)
     params = {
-        **task_init(k_task),
-        "experts": layers.stacked_mlp_init(
-            k_experts, config.num_experts, (obs_dim, config.expert_hidden, config.expert_dim)),
-        "attention": layers.dense_init(k_attention, attention_in, config.num_experts),
+      **task_init(k_task),
+      "experts": layers.stacked_mlp_init(
+        k_experts, config.num_experts, (obs_dim, config.expert_hidden, config.expert_dim)
+      ),
+      "attention": layers.dense_init(k_attention, attention_in, config.num_experts),
     }
     if temporal:
       params["lstm"] = layers.lstm_init(k_lstm, obs_dim, config.lstm_hidden)
@@ -77,13 +82,19 @@ def make_mixture_encoder(config: MixtureConfig, task_config: TaskEncoderConfig, 
     return EncoderOutput(features=features, carry=carry_out, experts=experts, attention=attention)
 
   def contrastive_loss(online_t: EncoderOutput, target_next: EncoderOutput) -> jax.Array:
-    return info_nce_per_sample(online_t.experts, target_next.experts,
-                               config.contrastive_temperature)
+    return info_nce_per_sample(
+      online_t.experts, target_next.experts, config.contrastive_temperature
+    )
 
-  return Encoder(init=init, apply=apply, feature_dim=task_config.task_feature_dim + config.expert_dim,
-                 carry_dim=carry_dim, advance_carry=advance_carry if temporal else None,
-                 auxiliary_loss=AuxiliaryLoss("contrastive_loss", contrastive_loss),
-                 diagnostics=attention_diagnostics)
+  return Encoder(
+    init=init,
+    apply=apply,
+    feature_dim=task_config.task_feature_dim + config.expert_dim,
+    carry_dim=carry_dim,
+    advance_carry=advance_carry if temporal else None,
+    auxiliary_loss=AuxiliaryLoss("contrastive_loss", contrastive_loss),
+    diagnostics=attention_diagnostics,
+  )
 
 
 def attention_diagnostics(out: EncoderOutput) -> dict[str, jax.Array]:

@@ -16,14 +16,14 @@ batched op over G. Only the per-task loss terms are vmapped over the task axis
 activation (BUILD_NOTES, "Update efficiency").
 """
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import chex
 import jax
 import jax.numpy as jnp
 
-from cmta_jax.nn import distributions
-from cmta_jax.nn import layers
+from cmta_jax.nn import distributions, layers
 from cmta_jax.types import LSTMCarry
 
 Params = Any
@@ -93,6 +93,7 @@ def _task_mlp(in_dim: int, out_dim: int, width: int, depth: int, num_tasks: int,
   sizes = (in_dim,) + (width,) * depth + (out_dim,)
 
   if layout == "shared":
+
     def apply_shared(params, x, task_ids):
       rows = layers.mlp_apply(params, x.reshape(-1, x.shape[-1]))
       return rows.reshape(*x.shape[:-1], out_dim)
@@ -100,6 +101,7 @@ def _task_mlp(in_dim: int, out_dim: int, width: int, depth: int, num_tasks: int,
     return lambda key: layers.mlp_init(key, sizes), apply_shared
 
   if layout == "independent":
+
     def init_independent(key):
       return jax.vmap(lambda k: layers.mlp_init(k, sizes))(jax.random.split(key, num_tasks))
 
@@ -112,9 +114,10 @@ def _task_mlp(in_dim: int, out_dim: int, width: int, depth: int, num_tasks: int,
   def init_multihead(key):
     k_trunk, k_heads = jax.random.split(key)
     return {
-        "trunk": layers.mlp_init(k_trunk, sizes[:-1]),
-        "heads": jax.vmap(lambda k: layers.dense_init(k, width, out_dim))(
-            jax.random.split(k_heads, num_tasks)),
+      "trunk": layers.mlp_init(k_trunk, sizes[:-1]),
+      "heads": jax.vmap(lambda k: layers.dense_init(k, width, out_dim))(
+        jax.random.split(k_heads, num_tasks)
+      ),
     }
 
   def apply_multihead(params, x, task_ids):
@@ -126,8 +129,16 @@ def _task_mlp(in_dim: int, out_dim: int, width: int, depth: int, num_tasks: int,
   return init_multihead, apply_multihead
 
 
-def make_actor(feature_dim: int, action_dim: int, width: int, depth: int, num_tasks: int,
-               layout: str, log_std_min: float, log_std_max: float) -> Actor:
+def make_actor(
+  feature_dim: int,
+  action_dim: int,
+  width: int,
+  depth: int,
+  num_tasks: int,
+  layout: str,
+  log_std_min: float,
+  log_std_max: float,
+) -> Actor:
   init_fn, apply_fn = _task_mlp(feature_dim, 2 * action_dim, width, depth, num_tasks, layout)
 
   def apply(params, features, task_ids):
@@ -137,8 +148,15 @@ def make_actor(feature_dim: int, action_dim: int, width: int, depth: int, num_ta
   return Actor(init=init_fn, apply=apply)
 
 
-def make_critic(feature_dim: int, action_dim: int, width: int, depth: int, num_tasks: int,
-                layout: str, num_q: int = 2) -> Critic:
+def make_critic(
+  feature_dim: int,
+  action_dim: int,
+  width: int,
+  depth: int,
+  num_tasks: int,
+  layout: str,
+  num_q: int = 2,
+) -> Critic:
   """`num_q` Q heads as one stacked ensemble (one batched op per layer)."""
   init_fn, apply_fn = _task_mlp(feature_dim + action_dim, 1, width, depth, num_tasks, layout)
 
@@ -153,8 +171,9 @@ def make_critic(feature_dim: int, action_dim: int, width: int, depth: int, num_t
   return Critic(init=init, apply=apply)
 
 
-def check_encoder_output(out: EncoderOutput, groups: int, batch: int, feature_dim: int,
-                         carry_dim: int) -> None:
+def check_encoder_output(
+  out: EncoderOutput, groups: int, batch: int, feature_dim: int, carry_dim: int
+) -> None:
   """chex boundary check (static shapes, so free under jit)."""
   chex.assert_shape(out.features, (groups, batch, feature_dim))
   chex.assert_shape([out.carry.h, out.carry.c], (groups, batch, carry_dim))

@@ -10,17 +10,17 @@ with a one-line ValueError.
 
 import dataclasses
 import re
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from cmta_jax import config as config_lib
-from cmta_jax.agents import baselines, cmta, task_metadata
-from cmta_jax.agents.networks import (HEAD_LAYOUTS, AgentNetworks, Encoder, make_actor,
-                                      make_critic)
-from cmta_jax.config import RunConfig
 from cmta_jax import envs
+from cmta_jax.agents import baselines, cmta, task_metadata
+from cmta_jax.agents.networks import HEAD_LAYOUTS, AgentNetworks, Encoder, make_actor, make_critic
+from cmta_jax.config import RunConfig
 from cmta_jax.types import LSTMCarry
 
 # (run config, task names, observation size) -> Encoder. The factory reads the config
@@ -51,8 +51,10 @@ def register(name: str, spec: AgentSpec) -> None:
   if not isinstance(spec, AgentSpec) or not callable(spec.make_encoder):
     raise ValueError(f"agent {name!r}: give an AgentSpec whose make_encoder is callable")
   if spec.head_layout not in HEAD_LAYOUTS:
-    raise ValueError(f"agent {name!r}: unknown head layout {spec.head_layout!r}; choose one of "
-                     f"{', '.join(HEAD_LAYOUTS)}")
+    raise ValueError(
+      f"agent {name!r}: unknown head layout {spec.head_layout!r}; choose one of "
+      f"{', '.join(HEAD_LAYOUTS)}"
+    )
   if not spec.help.strip():
     raise ValueError(f"agent {name!r}: give a one-line help text")
   fields = config_lib.flatten(config_lib.RunConfig())
@@ -75,37 +77,71 @@ def _soft_modular_encoder(run_config, task_names, obs_dim):
 
 
 def _cmta_encoder(run_config, task_names, obs_dim):
-  return cmta.make_mixture_encoder(run_config.mixture, run_config.task_encoder, len(task_names),
-                                   obs_dim)
+  return cmta.make_mixture_encoder(
+    run_config.mixture, run_config.task_encoder, len(task_names), obs_dim
+  )
 
 
 def _care_encoder(run_config, task_names, obs_dim):
   # Pretrained description embeddings in place of the learned table; never a temporal input.
   return cmta.make_mixture_encoder(
-      dataclasses.replace(run_config.mixture, temporal_attention=False), run_config.task_encoder,
-      len(task_names), obs_dim,
-      pretrained_task_embeddings=task_metadata.load_task_embeddings(task_names))
+    dataclasses.replace(run_config.mixture, temporal_attention=False),
+    run_config.task_encoder,
+    len(task_names),
+    obs_dim,
+    pretrained_task_embeddings=task_metadata.load_task_embeddings(task_names),
+  )
 
 
-register("cmta", AgentSpec(
-    _cmta_encoder, "shared",
+register(
+  "cmta",
+  AgentSpec(
+    _cmta_encoder,
+    "shared",
     "CMTA: task encoder + contrastive experts mixed by LSTM temporal attention",
-    recurrent_options=True))
-register("mtsac", AgentSpec(_state_encoder, "shared", "MT-SAC: shared actor/critic on the state",
-                            _NO_AUXILIARY))
-register("mtsac_te", AgentSpec(_task_state_encoder, "shared",
-                               "MT-SAC+TE: [learned task encoding; state]", _NO_AUXILIARY))
-register("mtmhsac", AgentSpec(_state_encoder, "multihead",
-                              "MTMH-SAC: shared trunk, one output head per task", _NO_AUXILIARY))
-register("softmodu", AgentSpec(
-    _soft_modular_encoder, "shared",
-    "Soft Modularization: 4x4 modules of width 64 with task-state routing", _NO_AUXILIARY))
-register("care", AgentSpec(
-    _care_encoder, "shared",
+    recurrent_options=True,
+  ),
+)
+register(
+  "mtsac",
+  AgentSpec(_state_encoder, "shared", "MT-SAC: shared actor/critic on the state", _NO_AUXILIARY),
+)
+register(
+  "mtsac_te",
+  AgentSpec(
+    _task_state_encoder, "shared", "MT-SAC+TE: [learned task encoding; state]", _NO_AUXILIARY
+  ),
+)
+register(
+  "mtmhsac",
+  AgentSpec(
+    _state_encoder, "multihead", "MTMH-SAC: shared trunk, one output head per task", _NO_AUXILIARY
+  ),
+)
+register(
+  "softmodu",
+  AgentSpec(
+    _soft_modular_encoder,
+    "shared",
+    "Soft Modularization: 4x4 modules of width 64 with task-state routing",
+    _NO_AUXILIARY,
+  ),
+)
+register(
+  "care",
+  AgentSpec(
+    _care_encoder,
+    "shared",
     "CARE: experts mixed by attention on a pretrained task-description embedding",
-    {**_NO_AUXILIARY, "mixture.temporal_attention": False}))
-register("single_sac", AgentSpec(_state_encoder, "independent",
-                                 "Single-SAC: independent networks per task", _NO_AUXILIARY))
+    {**_NO_AUXILIARY, "mixture.temporal_attention": False},
+  ),
+)
+register(
+  "single_sac",
+  AgentSpec(
+    _state_encoder, "independent", "Single-SAC: independent networks per task", _NO_AUXILIARY
+  ),
+)
 
 
 def agent_names() -> tuple[str, ...]:
@@ -128,7 +164,8 @@ def make_encoder(run_config) -> Encoder:
   """The encoder of `run_config`'s agent for its benchmark (no parameters are made)."""
   check_agent(run_config.agent)
   return AGENT_SPECS[run_config.agent].make_encoder(
-      run_config, envs.task_names(run_config.env.benchmark), envs.OBS_DIM)
+    run_config, envs.task_names(run_config.env.benchmark), envs.OBS_DIM
+  )
 
 
 def validate(run_config: RunConfig) -> None:
@@ -143,8 +180,10 @@ def check_agent_config(run_config) -> None:
   check_agent(run_config.agent)
   weight = run_config.sac.auxiliary_weight
   if weight > 0 and make_encoder(run_config).auxiliary_loss is None:
-    raise ValueError(f"agent {run_config.agent!r} has no auxiliary (contrastive) loss, so "
-                     f"--contrastive_weight must be 0 (got {weight})")
+    raise ValueError(
+      f"agent {run_config.agent!r} has no auxiliary (contrastive) loss, so "
+      f"--contrastive_weight must be 0 (got {weight})"
+    )
 
 
 def agent_defaults(run_config, explicit: set[str]):
@@ -161,19 +200,25 @@ def check_explicit_fields(run_config, explicit: set[str]) -> None:
   spec = AGENT_SPECS[run_config.agent]
   recurrent = spec.recurrent_options and run_config.mixture.temporal_attention
   if "mixture.temporal_attention" in explicit and not spec.recurrent_options:
-    raise ValueError(f"--temporal_attention only applies to agents with an LSTM ('cmta'), not "
-                     f"{run_config.agent!r}")
+    raise ValueError(
+      f"--temporal_attention only applies to agents with an LSTM ('cmta'), not {run_config.agent!r}"
+    )
   carry_fields = {"mixture.carry_mode", "mixture.burn_in_steps"} & explicit
   if carry_fields and not recurrent:
-    raise ValueError(f"{', '.join('--' + f.split('.')[-1] for f in sorted(carry_fields))} only "
-                     "applies to agents with an LSTM ('cmta' with temporal_attention=true)")
+    raise ValueError(
+      f"{', '.join('--' + f.split('.')[-1] for f in sorted(carry_fields))} only "
+      "applies to agents with an LSTM ('cmta' with temporal_attention=true)"
+    )
   if "mixture.burn_in_steps" in explicit and run_config.mixture.carry_mode != "burn_in":
-    raise ValueError(f"--burn_in_steps only applies to --carry_mode=burn_in "
-                     f"(carry_mode is {run_config.mixture.carry_mode!r})")
+    raise ValueError(
+      f"--burn_in_steps only applies to --carry_mode=burn_in "
+      f"(carry_mode is {run_config.mixture.carry_mode!r})"
+    )
 
 
-def make_agent_networks(run_config: RunConfig, task_names: Sequence[str], obs_dim: int,
-                        action_dim: int) -> AgentNetworks:
+def make_agent_networks(
+  run_config: RunConfig, task_names: Sequence[str], obs_dim: int, action_dim: int
+) -> AgentNetworks:
   """`run_config.agent`'s encoder, actor and critic for these tasks and sizes (from the
   environment).
 
@@ -186,34 +231,68 @@ def make_agent_networks(run_config: RunConfig, task_names: Sequence[str], obs_di
   num_tasks = len(task_names)
   encoder = spec.make_encoder(run_config, task_names, obs_dim)
   _check_encoder_shapes(agent, encoder, num_tasks, obs_dim)
-  actor = make_actor(encoder.feature_dim, action_dim, head.hidden_width, head.hidden_layers,
-                     num_tasks, spec.head_layout, head.log_std_min, head.log_std_max)
-  critic = make_critic(encoder.feature_dim, action_dim, head.hidden_width, head.hidden_layers,
-                       num_tasks, spec.head_layout)
-  return AgentNetworks(encoder=encoder, actor=actor, critic=critic, num_tasks=num_tasks,
-                       obs_dim=obs_dim, action_dim=action_dim)
+  actor = make_actor(
+    encoder.feature_dim,
+    action_dim,
+    head.hidden_width,
+    head.hidden_layers,
+    num_tasks,
+    spec.head_layout,
+    head.log_std_min,
+    head.log_std_max,
+  )
+  critic = make_critic(
+    encoder.feature_dim,
+    action_dim,
+    head.hidden_width,
+    head.hidden_layers,
+    num_tasks,
+    spec.head_layout,
+  )
+  return AgentNetworks(
+    encoder=encoder,
+    actor=actor,
+    critic=critic,
+    num_tasks=num_tasks,
+    obs_dim=obs_dim,
+    action_dim=action_dim,
+  )
 
 
 def _check_encoder_shapes(agent: str, encoder: Encoder, num_tasks: int, obs_dim: int) -> None:
   """Traces (no compute) the encoder on a [2 tasks, 3 rows] batch against its declaration."""
   groups, rows, carry_dim = min(2, num_tasks), 3, encoder.carry_dim
-  carry = LSTMCarry(jax.ShapeDtypeStruct((groups, rows, carry_dim), jnp.float32),
-                    jax.ShapeDtypeStruct((groups, rows, carry_dim), jnp.float32))
+  carry = LSTMCarry(
+    jax.ShapeDtypeStruct((groups, rows, carry_dim), jnp.float32),
+    jax.ShapeDtypeStruct((groups, rows, carry_dim), jnp.float32),
+  )
   try:
     out = jax.eval_shape(
-        lambda key, obs, ids, carry: encoder.apply(encoder.init(key), obs, ids, carry),
-        jax.random.PRNGKey(0), jax.ShapeDtypeStruct((groups, rows, obs_dim), jnp.float32),
-        jax.ShapeDtypeStruct((groups,), jnp.int32), carry)
+      lambda key, obs, ids, carry: encoder.apply(encoder.init(key), obs, ids, carry),
+      jax.random.PRNGKey(0),
+      jax.ShapeDtypeStruct((groups, rows, obs_dim), jnp.float32),
+      jax.ShapeDtypeStruct((groups,), jnp.int32),
+      carry,
+    )
   except Exception as error:  # pylint: disable=broad-except
-    raise ValueError(f"agent {agent!r}: its encoder fails on a [{groups}, {rows}, {obs_dim}] "
-                     f"batch: {type(error).__name__}: {str(error).splitlines()[0]}") from None
-  expected = {"features": (groups, rows, encoder.feature_dim),
-              "carry.h": (groups, rows, carry_dim), "carry.c": (groups, rows, carry_dim)}
-  got = {"features": out.features.shape, "carry.h": out.carry.h.shape,
-         "carry.c": out.carry.c.shape}
-  wrong = [f"{name} {got[name]} (expected {shape})" for name, shape in expected.items()
-           if tuple(got[name]) != shape]
+    raise ValueError(
+      f"agent {agent!r}: its encoder fails on a [{groups}, {rows}, {obs_dim}] "
+      f"batch: {type(error).__name__}: {str(error).splitlines()[0]}"
+    ) from None
+  expected = {
+    "features": (groups, rows, encoder.feature_dim),
+    "carry.h": (groups, rows, carry_dim),
+    "carry.c": (groups, rows, carry_dim),
+  }
+  got = {"features": out.features.shape, "carry.h": out.carry.h.shape, "carry.c": out.carry.c.shape}
+  wrong = [
+    f"{name} {got[name]} (expected {shape})"
+    for name, shape in expected.items()
+    if tuple(got[name]) != shape
+  ]
   if wrong:
-    raise ValueError(f"agent {agent!r}: its encoder returns {', '.join(wrong)} for a "
-                     f"[{groups}, {rows}, {obs_dim}] batch (feature_dim {encoder.feature_dim}, "
-                     f"carry_dim {carry_dim})")
+    raise ValueError(
+      f"agent {agent!r}: its encoder returns {', '.join(wrong)} for a "
+      f"[{groups}, {rows}, {obs_dim}] batch (feature_dim {encoder.feature_dim}, "
+      f"carry_dim {carry_dim})"
+    )

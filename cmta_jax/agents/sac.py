@@ -58,28 +58,39 @@ def policy_params(state: TrainingState) -> PolicyParams:
 
 def make_optimizer(config: SACConfig) -> optax.GradientTransformation:
   """Adam per parameter group; the encoder shares the critic's learning rate."""
+
   def adam(lr):
     return optax.adam(lr, b1=config.adam_b1, b2=config.adam_b2)
+
   return optax.multi_transform(
-      {"actor": adam(config.actor_lr), "critic": adam(config.critic_lr),
-       "alpha": adam(config.alpha_lr)},
-      {"encoder": "critic", "critic": "critic", "actor": "actor", "log_alpha": "alpha"})
+    {
+      "actor": adam(config.actor_lr),
+      "critic": adam(config.critic_lr),
+      "alpha": adam(config.alpha_lr),
+    },
+    {"encoder": "critic", "critic": "critic", "actor": "actor", "log_alpha": "alpha"},
+  )
 
 
-def init_training_state(key: jax.Array, networks: AgentNetworks, config: SACConfig) -> TrainingState:
+def init_training_state(
+  key: jax.Array, networks: AgentNetworks, config: SACConfig
+) -> TrainingState:
   k_encoder, k_critic, k_actor = jax.random.split(key, 3)
   params = {
-      "encoder": networks.encoder.init(k_encoder),
-      "critic": networks.critic.init(k_critic),
-      "actor": networks.actor.init(k_actor),
-      "log_alpha": jnp.full((networks.num_tasks,), jnp.log(config.init_alpha), jnp.float32),
+    "encoder": networks.encoder.init(k_encoder),
+    "critic": networks.critic.init(k_critic),
+    "actor": networks.actor.init(k_actor),
+    "log_alpha": jnp.full((networks.num_tasks,), jnp.log(config.init_alpha), jnp.float32),
   }
   target_params = {"encoder": params["encoder"], "critic": params["critic"]}
   # Copies, so that donating the state never aliases online and target buffers.
   target_params = jax.tree.map(jnp.array, target_params)
-  return TrainingState(params=params, target_params=target_params,
-                       opt_state=make_optimizer(config).init(params),
-                       step=jnp.zeros((), jnp.int32))
+  return TrainingState(
+    params=params,
+    target_params=target_params,
+    opt_state=make_optimizer(config).init(params),
+    step=jnp.zeros((), jnp.int32),
+  )
 
 
 def target_entropy(networks: AgentNetworks, config: SACConfig) -> float:
@@ -100,11 +111,23 @@ def make_loss(networks: AgentNetworks, config: SACConfig):
   auxiliary = encoder.auxiliary_loss
   weight = config.auxiliary_weight
   if weight > 0 and auxiliary is None:
-    raise ValueError(f"auxiliary_weight (--contrastive_weight) is {weight} but this encoder has "
-                     "no auxiliary loss; use 0")
+    raise ValueError(
+      f"auxiliary_weight (--contrastive_weight) is {weight} but this encoder has "
+      "no auxiliary loss; use 0"
+    )
 
-  def task_terms(log_alpha, reward, terminated, q, next_q, next_log_prob, log_prob, q_pi,
-                 auxiliary_per_sample, diagnostics):
+  def task_terms(
+    log_alpha,
+    reward,
+    terminated,
+    q,
+    next_q,
+    next_log_prob,
+    log_prob,
+    q_pi,
+    auxiliary_per_sample,
+    diagnostics,
+  ):
     """ONE task's loss terms: q, next_q [num_q, B]; the rest [B, ...]."""
     alpha = jnp.exp(log_alpha)
     # Critic: y = r + gamma (1 - terminated) (min Q_target(s', a') - alpha log pi(a'|s')).
@@ -115,13 +138,13 @@ def make_loss(networks: AgentNetworks, config: SACConfig):
     alpha_loss = jnp.mean(alpha * sg(-log_prob - entropy_target))
     objective = critic_loss + actor_loss + alpha_loss
     metrics = {
-        "critic_loss": critic_loss,
-        "actor_loss": actor_loss,
-        "alpha_loss": alpha_loss,
-        "alpha": alpha,
-        "entropy": -jnp.mean(log_prob),
-        "q_mean": q.mean(),
-        "td_target_mean": td_target.mean(),
+      "critic_loss": critic_loss,
+      "actor_loss": actor_loss,
+      "alpha_loss": alpha_loss,
+      "alpha": alpha,
+      "entropy": -jnp.mean(log_prob),
+      "q_mean": q.mean(),
+      "td_target_mean": td_target.mean(),
     }
     if auxiliary is not None:  # e.g. Eq. 3: mean over the task's samples
       auxiliary_loss = auxiliary_per_sample.mean() if weight > 0 else jnp.zeros(())
@@ -131,8 +154,9 @@ def make_loss(networks: AgentNetworks, config: SACConfig):
     return objective, metrics
 
   def loss(params, target_params, batch: Transition, task_ids, noise_next, noise_now):
-    carry_in, carry_next = carry_lib.carries_for_update(encoder.advance_carry, params["encoder"],
-                                                        batch)
+    carry_in, carry_next = carry_lib.carries_for_update(
+      encoder.advance_carry, params["encoder"], batch
+    )
     online_t = encoder.apply(params["encoder"], batch.obs, task_ids, carry_in)
     if carry_next is None:  # burn-in: s_{t+1}'s carry is this pass's fresh carry_out
       carry_next = sg(online_t.carry)
@@ -141,7 +165,9 @@ def make_loss(networks: AgentNetworks, config: SACConfig):
 
     # a' from the actor on the online encoding of s'; its Q from the target networks.
     next_mean, next_log_std = actor.apply(sg(params["actor"]), online_next.features, task_ids)
-    next_action, next_log_prob = distributions.sample_tanh_gaussian(next_mean, next_log_std, noise_next)
+    next_action, next_log_prob = distributions.sample_tanh_gaussian(
+      next_mean, next_log_std, noise_next
+    )
     next_q = critic.apply(target_params["critic"], target_next.features, next_action, task_ids)
     q = critic.apply(params["critic"], online_t.features, batch.action, task_ids)  # [num_q, G, B]
 
@@ -157,8 +183,17 @@ def make_loss(networks: AgentNetworks, config: SACConfig):
       auxiliary_per_sample = auxiliary.per_sample(online_t, target_next)
     diagnostics = sg(encoder.diagnostics(online_t)) if encoder.diagnostics else {}
     return jax.vmap(task_terms, in_axes=(0, 0, 0, 1, 1, 0, 0, 0, 0, 0))(
-        params["log_alpha"][task_ids], batch.reward, batch.terminated, q, next_q, next_log_prob,
-        log_prob, q_pi, auxiliary_per_sample, diagnostics)
+      params["log_alpha"][task_ids],
+      batch.reward,
+      batch.terminated,
+      q,
+      next_q,
+      next_log_prob,
+      log_prob,
+      q_pi,
+      auxiliary_per_sample,
+      diagnostics,
+    )
 
   return loss
 
@@ -171,9 +206,14 @@ def make_task_loss(networks: AgentNetworks, config: SACConfig):
 
   def task_loss(params, target_params, batch: Transition, task_id, noise_next, noise_now):
     group = lambda x: jnp.asarray(x)[None]
-    objective, metrics = loss(params, target_params, jax.tree.map(group, batch),
-                              group(jnp.asarray(task_id, jnp.int32)), group(noise_next),
-                              group(noise_now))
+    objective, metrics = loss(
+      params,
+      target_params,
+      jax.tree.map(group, batch),
+      group(jnp.asarray(task_id, jnp.int32)),
+      group(noise_next),
+      group(noise_now),
+    )
     return objective[0], jax.tree.map(lambda m: m[0], metrics)
 
   return task_loss
@@ -226,11 +266,12 @@ def make_update_fn(networks: AgentNetworks, config: SACConfig, axis_name: str | 
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     target_params = {
-        "encoder": polyak(state.target_params["encoder"], params["encoder"], config.encoder_tau),
-        "critic": polyak(state.target_params["critic"], params["critic"], config.critic_tau),
+      "encoder": polyak(state.target_params["encoder"], params["encoder"], config.encoder_tau),
+      "critic": polyak(state.target_params["critic"], params["critic"], config.critic_tau),
     }
-    new_state = TrainingState(params=params, target_params=target_params,
-                              opt_state=opt_state, step=state.step + 1)
+    new_state = TrainingState(
+      params=params, target_params=target_params, opt_state=opt_state, step=state.step + 1
+    )
     return new_state, metrics  # per-task metrics, each [T]
 
   return update
@@ -242,7 +283,9 @@ def make_select_action_fn(networks: AgentNetworks):
   Jit it with `deterministic` static."""
   encoder, actor = networks.encoder, networks.actor
 
-  def select_action(params: PolicyParams, obs, task_ids, carry: LSTMCarry, key, deterministic=False):
+  def select_action(
+    params: PolicyParams, obs, task_ids, carry: LSTMCarry, key, deterministic=False
+  ):
     chex.assert_shape(obs, (task_ids.shape[0], networks.obs_dim))
     # Each env is a group of one row: obs [T, 1, obs_dim].
     grouped = lambda x: x[:, None]

@@ -7,7 +7,7 @@ initialisation, and CMTA's attention then reads mostly the LSTM half of its
 input. CARE replaces the learned table by a frozen pretrained vector per task.
 """
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -17,8 +17,9 @@ from cmta_jax.config import TaskEncoderConfig
 from cmta_jax.nn import layers
 
 
-def make_task_encoder(config: TaskEncoderConfig, num_tasks: int,
-                      pretrained_embeddings: np.ndarray | None = None) -> tuple[Callable, Callable]:
+def make_task_encoder(
+  config: TaskEncoderConfig, num_tasks: int, pretrained_embeddings: np.ndarray | None = None
+) -> tuple[Callable, Callable]:
   """Returns (init(key) -> params, apply(params, task_ids [G] int32) -> z_task [G, F_task]).
 
   params = {"task_embedding": [T, E] (absent with `pretrained_embeddings`),
@@ -27,7 +28,9 @@ def make_task_encoder(config: TaskEncoderConfig, num_tasks: int,
   if pretrained_embeddings is not None:
     pretrained = jnp.asarray(pretrained_embeddings, jnp.float32)
     if pretrained.ndim != 2 or pretrained.shape[0] != num_tasks:
-      raise ValueError(f"pretrained task embeddings must be [{num_tasks}, dim], got {pretrained.shape}")
+      raise ValueError(
+        f"pretrained task embeddings must be [{num_tasks}, dim], got {pretrained.shape}"
+      )
     input_dim = pretrained.shape[1]
   else:
     pretrained = None

@@ -9,7 +9,8 @@ only reads that file: numpy + json, no language model at train time.
 import importlib.resources
 import json
 import pathlib
-from typing import Any, Dict, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -20,17 +21,17 @@ REGENERATE_CMD = "python experiments/make_task_embeddings.py"
 
 def embeddings_path() -> pathlib.Path:
   """Returns the path of the shipped embeddings file (may not exist)."""
-  return pathlib.Path(
-      str(importlib.resources.files(EMBEDDINGS_PACKAGE) / EMBEDDINGS_FILE))
+  return pathlib.Path(str(importlib.resources.files(EMBEDDINGS_PACKAGE) / EMBEDDINGS_FILE))
 
 
-def load_task_metadata() -> Dict[str, Any]:
+def load_task_metadata() -> dict[str, Any]:
   """Returns the parsed embeddings file (model, dim, descriptions, embeddings)."""
   path = embeddings_path()
   if not path.is_file():
     raise FileNotFoundError(
-        f"Task embeddings file {path} is missing; regenerate it with "
-        f"`{REGENERATE_CMD}` (see that script's docstring).")
+      f"Task embeddings file {path} is missing; regenerate it with "
+      f"`{REGENERATE_CMD}` (see that script's docstring)."
+    )
   with open(path, encoding="utf-8") as f:
     return json.load(f)
 
@@ -54,13 +55,12 @@ def load_task_embeddings(task_names: Sequence[str]) -> np.ndarray:
   unknown = [t for t in task_names if t not in table]
   if unknown:
     raise ValueError(
-        f"No task embedding for {unknown} in {embeddings_path()}; "
-        f"known tasks: {sorted(table)}.")
+      f"No task embedding for {unknown} in {embeddings_path()}; known tasks: {sorted(table)}."
+    )
   wrong_dim = [t for t in task_names if len(table[t]) != dim]
   if wrong_dim:
     raise ValueError(f"Task embedding for {wrong_dim} is not of dim {dim}.")
-  out = np.asarray([table[t] for t in task_names],
-                   dtype=np.float32).reshape(len(task_names), dim)
+  out = np.asarray([table[t] for t in task_names], dtype=np.float32).reshape(len(task_names), dim)
   bad = [t for t, row in zip(task_names, out) if not np.all(np.isfinite(row))]
   if bad:
     raise ValueError(f"Non-finite task embedding for {bad}.")

@@ -21,7 +21,8 @@ the true final observation (`next_obs`) and reset all sub-envs ourselves.
 import dataclasses
 import functools
 import multiprocessing
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import gymnasium as gym
 import metaworld
@@ -76,8 +77,8 @@ class EnvConfig:
       raise ValueError(f"unknown mode {self.mode!r}; choose one of {_choices(MODES)}")
     if self.vector_strategy not in VECTOR_STRATEGIES:
       raise ValueError(
-          f"unknown vector strategy {self.vector_strategy!r}; "
-          f"choose one of {_choices(VECTOR_STRATEGIES)}"
+        f"unknown vector strategy {self.vector_strategy!r}; "
+        f"choose one of {_choices(VECTOR_STRATEGIES)}"
       )
     length = self.episode_length
     if not _is_int(length) or not 1 <= length <= MAX_EPISODE_LENGTH:
@@ -120,7 +121,7 @@ def task_names(benchmark: str) -> tuple[str, ...]:
 
 
 def episode_variation_indices(
-    seed: int, mode: str, role: str, num_tasks: int, episode_index: int
+  seed: int, mode: str, role: str, num_tasks: int, episode_index: int
 ) -> np.ndarray:
   """Variation index of every task for one episode: a pure function of its arguments.
 
@@ -134,12 +135,12 @@ def episode_variation_indices(
     keys = [[seed, _FIXED_STREAM, task] for task in range(num_tasks)]
   elif mode == "mixed":
     keys = [
-        [seed, _MIXED_STREAM, _ROLE_IDS[role], task, episode_index] for task in range(num_tasks)
+      [seed, _MIXED_STREAM, _ROLE_IDS[role], task, episode_index] for task in range(num_tasks)
     ]
   else:
     raise ValueError(f"unknown mode {mode!r}; choose one of {_choices(MODES)}")
   return np.array(
-      [np.random.default_rng(key).integers(NUM_VARIATIONS) for key in keys], dtype=np.int32
+    [np.random.default_rng(key).integers(NUM_VARIATIONS) for key in keys], dtype=np.int32
   )
 
 
@@ -169,8 +170,8 @@ def make_variations(benchmark: str, seed: int) -> Variations:
   for name, per_task in zip(names, tasks):
     if len(per_task) != NUM_VARIATIONS:
       raise RuntimeError(
-          f"metaworld made {len(per_task)} variations of {name}, expected {NUM_VARIATIONS} "
-          "(was its process-wide num_goals changed?)"
+        f"metaworld made {len(per_task)} variations of {name}, expected {NUM_VARIATIONS} "
+        "(was its process-wide num_goals changed?)"
       )
   env_classes = tuple(suite.train_classes[name] for name in names)
   return Variations(benchmark=benchmark, seed=seed, env_classes=env_classes, tasks=tasks)
@@ -191,7 +192,7 @@ class _SetVariationOnReset(gym.Wrapper):
     self.observation_space = gym.spaces.Box(-np.inf, np.inf, (OBS_DIM,), np.float32)
 
   def reset(
-      self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    self, *, seed: int | None = None, options: dict[str, Any] | None = None
   ) -> tuple[np.ndarray, dict[str, Any]]:
     del seed  # Meta-World ignores reset seeds; the variation fully defines the reset.
     if not options or "variation_indices" not in options:
@@ -207,11 +208,11 @@ class _SetVariationOnReset(gym.Wrapper):
 
 
 def _make_task_env(
-    env_cls: type,
-    tasks: Sequence[metaworld.Task],
-    task_index: int,
-    episode_length: int,
-    env_seed: int,
+  env_cls: type,
+  tasks: Sequence[metaworld.Task],
+  task_index: int,
+  episode_length: int,
+  env_seed: int,
 ) -> gym.Env:
   """One sub-env (module-level so async workers can unpickle it)."""
   env = env_cls(reward_function_version="v2")
@@ -239,12 +240,12 @@ class MultiTaskEnv:
   action_dim = ACTION_DIM
 
   def __init__(
-      self,
-      config: EnvConfig,
-      seed: int,
-      role: str = "train",
-      *,
-      variations: Variations | None = None,
+    self,
+    config: EnvConfig,
+    seed: int,
+    role: str = "train",
+    *,
+    variations: Variations | None = None,
   ) -> None:
     """Validates everything, then builds the sub-envs.
 
@@ -257,12 +258,12 @@ class MultiTaskEnv:
     seed = validate_seed(seed)
     _validate_role(role)
     if variations is not None and (variations.benchmark, variations.seed) != (
-        config.benchmark,
-        seed,
+      config.benchmark,
+      seed,
     ):
       raise ValueError(
-          f"variations are for ({variations.benchmark}, seed {variations.seed}), "
-          f"env is ({config.benchmark}, seed {seed})"
+        f"variations are for ({variations.benchmark}, seed {variations.seed}), "
+        f"env is ({config.benchmark}, seed {seed})"
       )
     self.config = config
     self.seed = seed
@@ -271,14 +272,14 @@ class MultiTaskEnv:
     self.num_tasks = len(self.task_names)
     self.task_ids = np.arange(self.num_tasks, dtype=np.int32)
     self._normalizer = (
-        RewardNormalizer(self.num_tasks, config.reward_norm_rate)
-        if config.reward_normalization and role == "train"
-        else None
+      RewardNormalizer(self.num_tasks, config.reward_norm_rate)
+      if config.reward_normalization and role == "train"
+      else None
     )
     self._fixed_variations = (
-        episode_variation_indices(seed, "fixed", role, self.num_tasks, 0)
-        if config.mode == "fixed"
-        else None
+      episode_variation_indices(seed, "fixed", role, self.num_tasks, 0)
+      if config.mode == "fixed"
+      else None
     )
     self._episode_index = 0
     self._steps_in_episode = 0
@@ -288,15 +289,15 @@ class MultiTaskEnv:
     if variations is None:
       variations = make_variations(config.benchmark, seed)
     thunks = [
-        functools.partial(
-            _make_task_env,
-            env_cls=variations.env_classes[task],
-            tasks=variations.tasks[task],
-            task_index=task,
-            episode_length=config.episode_length,
-            env_seed=self._subenv_seed(task),
-        )
-        for task in range(self.num_tasks)
+      functools.partial(
+        _make_task_env,
+        env_cls=variations.env_classes[task],
+        tasks=variations.tasks[task],
+        task_index=task,
+        episode_length=config.episode_length,
+        env_seed=self._subenv_seed(task),
+      )
+      for task in range(self.num_tasks)
     ]
     autoreset = gym.vector.AutoresetMode.DISABLED
     if config.vector_strategy == "sync":
@@ -308,7 +309,7 @@ class MultiTaskEnv:
       if ASYNC_START_METHOD == "forkserver":
         context.set_forkserver_preload([__name__])
       self._vector_env = gym.vector.AsyncVectorEnv(
-          thunks, context=ASYNC_START_METHOD, autoreset_mode=autoreset
+        thunks, context=ASYNC_START_METHOD, autoreset_mode=autoreset
       )
 
   def _subenv_seed(self, task: int) -> int:
@@ -340,7 +341,7 @@ class MultiTaskEnv:
       self._variation_indices = self._fixed_variations.copy()
     else:
       self._variation_indices = episode_variation_indices(
-          self.seed, self.config.mode, self.role, self.num_tasks, self._episode_index
+        self.seed, self.config.mode, self.role, self.num_tasks, self._episode_index
       )
     obs, _ = self._vector_env.reset(options={"variation_indices": self._variation_indices})
     self._steps_in_episode = 0
@@ -380,47 +381,47 @@ class MultiTaskEnv:
     else:
       obs = next_obs.copy()
     return StepResult(
-        obs=obs,
-        next_obs=next_obs,
-        reward=scaled_reward,
-        raw_reward=raw_reward.astype(np.float32),
-        terminated=terminated,
-        truncated=truncated,
-        success=success,
-        episode_start=episode_start,
+      obs=obs,
+      next_obs=next_obs,
+      reward=scaled_reward,
+      raw_reward=raw_reward.astype(np.float32),
+      terminated=terminated,
+      truncated=truncated,
+      success=success,
+      episode_start=episode_start,
     )
 
   def get_state(self) -> dict[str, Any]:
     """Small picklable resume state; only valid at an episode start."""
     if not self.at_episode_start:
       raise RuntimeError(
-          "get_state() is only valid at an episode start "
-          f"(now {self._steps_in_episode} steps into episode {self._episode_index})"
+        "get_state() is only valid at an episode start "
+        f"(now {self._steps_in_episode} steps into episode {self._episode_index})"
       )
     return {
-        "format": _STATE_FORMAT,
-        "benchmark": self.config.benchmark,
-        "mode": self.config.mode,
-        "episode_length": self.config.episode_length,
-        "seed": self.seed,
-        "role": self.role,
-        "episode_index": self._episode_index,
-        "variation_indices": self._variation_indices.tolist(),  # Consistency check on restore.
-        "reward_normalizer": None if self._normalizer is None else self._normalizer.state_dict(),
+      "format": _STATE_FORMAT,
+      "benchmark": self.config.benchmark,
+      "mode": self.config.mode,
+      "episode_length": self.config.episode_length,
+      "seed": self.seed,
+      "role": self.role,
+      "episode_index": self._episode_index,
+      "variation_indices": self._variation_indices.tolist(),  # Consistency check on restore.
+      "reward_normalizer": None if self._normalizer is None else self._normalizer.state_dict(),
     }
 
   def restore(self, state: dict[str, Any]) -> np.ndarray:
     """Resumes the stream at the episode saved by `get_state`; returns the obs to act on."""
     if state.get("format") != _STATE_FORMAT:
       raise ValueError(
-          f"unknown env state format {state.get('format')!r}, expected {_STATE_FORMAT}"
+        f"unknown env state format {state.get('format')!r}, expected {_STATE_FORMAT}"
       )
     expected = {
-        "benchmark": self.config.benchmark,
-        "mode": self.config.mode,
-        "episode_length": self.config.episode_length,
-        "seed": self.seed,
-        "role": self.role,
+      "benchmark": self.config.benchmark,
+      "mode": self.config.mode,
+      "episode_length": self.config.episode_length,
+      "seed": self.seed,
+      "role": self.role,
     }
     for key, value in expected.items():
       if state[key] != value:
@@ -437,7 +438,7 @@ class MultiTaskEnv:
     obs = self._start_episode()
     if self._variation_indices.tolist() != list(state["variation_indices"]):
       raise ValueError(
-          "variation choice differs from the saved one (was the variation rule changed?)"
+        "variation choice differs from the saved one (was the variation rule changed?)"
       )
     return obs
 

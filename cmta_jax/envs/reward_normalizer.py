@@ -56,29 +56,27 @@ class RewardNormalizer:
   def state_dict(self) -> dict[str, Any]:
     """Plain, picklable copy of the state."""
     return {
-        "num_tasks": self.num_tasks,
-        "rate": self.rate,
-        "mean": self.mean.copy(),
-        "var": self.var.copy(),
+      "num_tasks": self.num_tasks,
+      "rate": self.rate,
+      "mean": self.mean.copy(),
+      "var": self.var.copy(),
     }
 
   def load_state_dict(self, state: dict[str, Any]) -> None:
     """Restores `state_dict()` output; the task count and rate must match."""
     if int(state["num_tasks"]) != self.num_tasks:
       raise ValueError(
-          f"reward normaliser state is for {state['num_tasks']} tasks, "
-          f"this one has {self.num_tasks}"
+        f"reward normaliser state is for {state['num_tasks']} tasks, this one has {self.num_tasks}"
       )
     if float(state["rate"]) != self.rate:
       raise ValueError(
-          f"reward normaliser state has rate {state['rate']}, this one has {self.rate}"
+        f"reward normaliser state has rate {state['rate']}, this one has {self.rate}"
       )
     mean = np.array(state["mean"], dtype=np.float64)
     var = np.array(state["var"], dtype=np.float64)
     if mean.shape != (self.num_tasks,) or var.shape != (self.num_tasks,):
       raise ValueError(
-          f"reward normaliser state has shapes {mean.shape}/{var.shape}, "
-          f"expected ({self.num_tasks},)"
+        f"reward normaliser state has shapes {mean.shape}/{var.shape}, expected ({self.num_tasks},)"
       )
     self.mean, self.var = mean, var
 

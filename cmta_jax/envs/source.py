@@ -10,10 +10,18 @@ StepResult`, `get_state() -> dict` (JSON-serialisable, taken at episode starts),
 """
 
 import dataclasses
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
-from cmta_jax.envs.metaworld_env import (ACTION_DIM, OBS_DIM, EnvConfig, MultiTaskEnv,
-                                         Variations, make_variations, task_names)
+from cmta_jax.envs.metaworld_env import (
+  ACTION_DIM,
+  OBS_DIM,
+  EnvConfig,
+  MultiTaskEnv,
+  Variations,
+  make_variations,
+  task_names,
+)
 
 
 class EnvSource(NamedTuple):
@@ -33,15 +41,20 @@ def metaworld(variations: Callable[[str, int], Variations] = make_variations) ->
     shared = variations(config.benchmark, seed)
     train_env = MultiTaskEnv(config, seed, "train", variations=shared)
     try:
-      eval_env = MultiTaskEnv(dataclasses.replace(config, reward_normalization=False), seed,
-                              "eval", variations=shared)
+      eval_env = MultiTaskEnv(
+        dataclasses.replace(config, reward_normalization=False), seed, "eval", variations=shared
+      )
     except BaseException:
       train_env.close()
       raise
     return train_env, eval_env
 
-  return EnvSource(task_names=lambda config: task_names(config.benchmark), obs_dim=OBS_DIM,
-                   action_dim=ACTION_DIM, make_envs=make_envs)
+  return EnvSource(
+    task_names=lambda config: task_names(config.benchmark),
+    obs_dim=OBS_DIM,
+    action_dim=ACTION_DIM,
+    make_envs=make_envs,
+  )
 
 
 METAWORLD = metaworld()

@@ -14,7 +14,7 @@ def rescale_log_std(raw: jax.Array, log_std_min: float, log_std_max: float) -> j
 
 
 def sample_tanh_gaussian(
-    mean: jax.Array, log_std: jax.Array, noise: jax.Array
+  mean: jax.Array, log_std: jax.Array, noise: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
   """Reparameterised sample a = tanh(mean + std * noise) and its log-probability.
 

@@ -5,7 +5,7 @@ is a pure function of those arrays. Weights are Glorot-uniform and biases
 zero, as in the reference implementation.
 """
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -64,9 +64,9 @@ def lstm_init(key: jax.Array, in_dim: int, hidden: int) -> Params:
   """One LSTM cell; the four gates (i, f, g, o) are packed along the output axis."""
   k_in, k_hidden = jax.random.split(key)
   return {
-      "w_in": glorot_uniform(k_in, in_dim, 4 * hidden),
-      "w_hidden": glorot_uniform(k_hidden, hidden, 4 * hidden),
-      "b": jnp.zeros((4 * hidden,), jnp.float32),
+    "w_in": glorot_uniform(k_in, in_dim, 4 * hidden),
+    "w_hidden": glorot_uniform(k_hidden, hidden, 4 * hidden),
+    "b": jnp.zeros((4 * hidden,), jnp.float32),
   }
 
 

@@ -18,12 +18,12 @@ import tempfile
 import threading
 import time
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-
 
 _SAVE_HEADROOM_BYTES = 16 * 2**20  # metadata, and what the run writes meanwhile
 
@@ -41,16 +41,19 @@ class CheckpointWriteFailed(OSError):
 
 
 class Checkpointer:
-
   def __init__(self, run_dir: str, keep: int):
     self.directory = os.path.join(os.path.abspath(run_dir), "checkpoints")
     self._manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                             enable_async_checkpointing=False),
-        item_handlers={"state": ocp.StandardCheckpointHandler(),
-                       "replay": ocp.StandardCheckpointHandler(),
-                       "meta": ocp.JsonCheckpointHandler()})
+      self.directory,
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, enable_async_checkpointing=False
+      ),
+      item_handlers={
+        "state": ocp.StandardCheckpointHandler(),
+        "replay": ocp.StandardCheckpointHandler(),
+        "meta": ocp.JsonCheckpointHandler(),
+      },
+    )
     self._closed = False
     _silence_orbax_background_errors()
 
@@ -71,9 +74,15 @@ class Checkpointer:
     self._check_free_space(step, state, replay)
     with _stderr_held_back() as held_back:
       try:
-        self._manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), replay=ocp.args.StandardSave(replay),
-            meta=ocp.args.JsonSave(meta)), force=True)
+        self._manager.save(
+          step,
+          args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            replay=ocp.args.StandardSave(replay),
+            meta=ocp.args.JsonSave(meta),
+          ),
+          force=True,
+        )
         self._manager.wait_until_finished()
         failure = None
       except Exception as error:  # orbax wraps OS errors in several types
@@ -86,31 +95,39 @@ class Checkpointer:
       code, reason = _os_error_of(failure)
       kept = [s for s in self.steps() if s != step]
       raise CheckpointWriteFailed(
-          code, f"cannot write the checkpoint of step {step} in {self.directory} ({reason}); "
-          f"earlier checkpoints kept (steps {kept}); fix the cause, then run the same command to "
-          "resume") from None
+        code,
+        f"cannot write the checkpoint of step {step} in {self.directory} ({reason}); "
+        f"earlier checkpoints kept (steps {kept}); fix the cause, then run the same command to "
+        "resume",
+      ) from None
 
   def _check_free_space(self, step: int, state: Any, replay: dict) -> None:
     """Refuses a save that cannot fit, before writing anything (orbax fails noisily mid-way)."""
     needed = sum(np.asarray(a).nbytes for a in replay.values()) + sum(
-        np.asarray(leaf).nbytes for leaf in jax.tree.leaves(state))
+      np.asarray(leaf).nbytes for leaf in jax.tree.leaves(state)
+    )
     needed = int(needed * 1.05) + _SAVE_HEADROOM_BYTES
     free = shutil.disk_usage(self.directory).free
     if needed > free:
       raise CheckpointWriteFailed(
-          errno.ENOSPC,
-          f"not enough free disk space for the checkpoint of step {step} in {self.directory} "
-          f"(needs ~{needed / 2**20:.0f} MiB, {free / 2**20:.0f} MiB free); earlier checkpoints "
-          f"kept (steps {self.steps()}); free some space, then run the same command to resume")
+        errno.ENOSPC,
+        f"not enough free disk space for the checkpoint of step {step} in {self.directory} "
+        f"(needs ~{needed / 2**20:.0f} MiB, {free / 2**20:.0f} MiB free); earlier checkpoints "
+        f"kept (steps {self.steps()}); free some space, then run the same command to resume",
+      )
 
   def _remove_partial_writes(self, step: int) -> None:
     """Removes what a failed save of `step` left. orbax's writer threads may still be
     finishing (and re-creating files) for a moment, so it retries for up to ~5 s."""
     for _ in range(50):
-      partial = [name for name in (os.listdir(self.directory) if os.path.isdir(self.directory)
-                                   else [])
-                 if name.startswith(f"{step}.") and "tmp" in name
-                 or name == str(step) and not self._complete(step)]
+      partial = [
+        name
+        for name in (os.listdir(self.directory) if os.path.isdir(self.directory) else [])
+        if name.startswith(f"{step}.")
+        and "tmp" in name
+        or name == str(step)
+        and not self._complete(step)
+      ]
       if not partial:
         return
       for name in partial:
@@ -141,26 +158,35 @@ class Checkpointer:
     for i, step in enumerate(reversed(steps)):
       path = os.path.join(self.directory, str(step))
       try:
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), replay=ocp.args.StandardRestore(),
-            meta=ocp.args.JsonRestore()))
+        restored = self._manager.restore(
+          step,
+          args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            replay=ocp.args.StandardRestore(),
+            meta=ocp.args.JsonRestore(),
+          ),
+        )
         _check_finite(restored["state"])
         return step, restored["state"], dict(restored["replay"]), restored["meta"]
       except Exception as error:  # Any failure to read means: not usable.
         if self.fits(step, abstract_state) is False:
           raise CheckpointMismatch(
-              f"checkpoint {path} holds arrays of other shapes than this config's (was the "
-              "config.json of this run directory replaced?); it is kept; use the run's original "
-              "flags or another --run_dir") from None
+            f"checkpoint {path} holds arrays of other shapes than this config's (was the "
+            "config.json of this run directory replaced?); it is kept; use the run's original "
+            "flags or another --run_dir"
+          ) from None
         older = steps[-2 - i] if i + 1 < len(steps) else None
         reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:300]
         aside = self._move_aside(path)
         if older is None:
           raise NoUsableCheckpoint(
-              f"checkpoint {path} is unreadable ({reason}); no older checkpoint to fall back to "
-              f"(moved to {aside})") from error
-        log(f"WARNING: checkpoint {path} is unreadable ({reason}); moved to {aside}; "
-            f"falling back to step {older}")
+            f"checkpoint {path} is unreadable ({reason}); no older checkpoint to fall back to "
+            f"(moved to {aside})"
+          ) from error
+        log(
+          f"WARNING: checkpoint {path} is unreadable ({reason}); moved to {aside}; "
+          f"falling back to step {older}"
+        )
     return None
 
   def _move_aside(self, path: str) -> str:
@@ -234,7 +260,6 @@ def _stderr_held_back():
 
 
 class _NotOrbax(logging.Filter):
-
   def filter(self, record):
     return "orbax" not in record.pathname
 

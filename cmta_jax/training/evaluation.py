@@ -1,14 +1,22 @@
 """Evaluation (docs/algorithm.md §5): deterministic policy, carry reset per episode, E episodes per task."""
 
-import jax
 import numpy as np
 
 from cmta_jax.agents import sac
 from cmta_jax.envs import MultiTaskEnv
 
 
-def evaluate(eval_env: MultiTaskEnv, obs: np.ndarray, act, params, task_ids, networks,
-             episodes: int, base_key, step: int) -> tuple[dict, np.ndarray]:
+def evaluate(
+  eval_env: MultiTaskEnv,
+  obs: np.ndarray,
+  act,
+  params,
+  task_ids,
+  networks,
+  episodes: int,
+  base_key,
+  step: int,
+) -> tuple[dict, np.ndarray]:
   """Runs `episodes` full episodes of every task from `obs` (an episode start).
 
   Returns ({"success": [T], "return": [T]} averaged over episodes, the obs of

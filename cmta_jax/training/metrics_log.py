@@ -51,12 +51,18 @@ def read_records(run_dir: str) -> list[dict]:
     except json.JSONDecodeError as error:
       if index == len(lines) - 1:
         break  # A write cut short by a crash: that step is past the last checkpoint anyway.
-      raise ValueError(f"{path}, line {number}: not a JSON record ({error.msg}); fix or delete "
-                       "that line") from None
-    if not isinstance(record, dict) or not isinstance(record.get("step"), int) or (
-        "kind" not in record):
-      raise ValueError(f"{path}, line {number}: not a metrics record (needs 'step' and 'kind'); "
-                       "fix or delete that line")
+      raise ValueError(
+        f"{path}, line {number}: not a JSON record ({error.msg}); fix or delete that line"
+      ) from None
+    if (
+      not isinstance(record, dict)
+      or not isinstance(record.get("step"), int)
+      or ("kind" not in record)
+    ):
+      raise ValueError(
+        f"{path}, line {number}: not a metrics record (needs 'step' and 'kind'); "
+        "fix or delete that line"
+      )
     records.append(record)
   return records
 
@@ -70,7 +76,6 @@ def _free_name(path: str) -> str:
 
 
 class MetricsLog:
-
   def __init__(self, run_dir: str, resume_step: int | None):
     """resume_step: the checkpoint step being resumed (records after it are dropped), or None."""
     self.path = os.path.join(run_dir, METRICS_FILE)
@@ -88,9 +93,10 @@ class MetricsLog:
     os.replace(tmp, self.path)  # Atomic: a crash here leaves either the old or the new file.
     self._file = open(self.path, "a")
     self._tensorboard = SummaryWriter(
-        os.path.join(run_dir, "tensorboard"),
-        # A fresh start purges events of an earlier attempt that died before its first checkpoint.
-        purge_step=0 if resume_step is None else resume_step + 1)
+      os.path.join(run_dir, "tensorboard"),
+      # A fresh start purges events of an earlier attempt that died before its first checkpoint.
+      purge_step=0 if resume_step is None else resume_step + 1,
+    )
 
   def write(self, record: dict) -> None:
     record = _to_json(record)

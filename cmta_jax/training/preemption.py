@@ -10,7 +10,7 @@ Ctrl-C raises KeyboardInterrupt at once.
 
 import signal
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 
 class Preempted(Exception):
@@ -35,8 +35,10 @@ class StopSignals:
       raise KeyboardInterrupt  # the second Ctrl-C: stop now
     if self.requested is None:
       self.requested = name
-      self._log(f"{name}: stopping at the end of this episode, after a checkpoint "
-                "(Ctrl-C again stops at once)")
+      self._log(
+        f"{name}: stopping at the end of this episode, after a checkpoint "
+        "(Ctrl-C again stops at once)"
+      )
 
   def __enter__(self) -> "StopSignals":
     if threading.current_thread() is threading.main_thread():

@@ -53,9 +53,11 @@ class RunDirLock:
     except BlockingIOError:
       holder = os.read(fd, 4096).decode(errors="replace").strip() or "another process"
       os.close(fd)
-      raise RunDirInUse(f"{self.run_dir} is in use by {holder}; wait for it to finish or stop "
-                        "it, or use another --run_dir") from None
-    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+      raise RunDirInUse(
+        f"{self.run_dir} is in use by {holder}; wait for it to finish or stop "
+        "it, or use another --run_dir"
+      ) from None
+    started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     os.ftruncate(fd, 0)
     os.write(fd, f"process {os.getpid()} on {socket.gethostname()} (started {started})".encode())
     self._fd = fd
@@ -81,11 +83,15 @@ def read_saved_config(run_dir: str) -> dict | None:
   try:
     saved = json.loads(text)
   except json.JSONDecodeError as error:
-    raise ValueError(f"{path} is not valid JSON ({error}); restore it, or delete it to resume "
-                     "with the current flags unchecked") from None
+    raise ValueError(
+      f"{path} is not valid JSON ({error}); restore it, or delete it to resume "
+      "with the current flags unchecked"
+    ) from None
   if not isinstance(saved, dict):
-    raise ValueError(f"{path} does not hold a config (a JSON object); restore it, or delete it "
-                     "to resume with the current flags unchecked")
+    raise ValueError(
+      f"{path} does not hold a config (a JSON object); restore it, or delete it "
+      "to resume with the current flags unchecked"
+    )
   return config_lib.upgrade_flat(saved)
 
 
@@ -110,8 +116,13 @@ def config_diff(saved: dict, current: dict) -> list[str]:
   return diffs
 
 
-def check_resume_config(run_dir: str, saved: dict | None, run_config: config_lib.RunConfig,
-                        allow_config_change: bool, shapes) -> None:
+def check_resume_config(
+  run_dir: str,
+  saved: dict | None,
+  run_config: config_lib.RunConfig,
+  allow_config_change: bool,
+  shapes,
+) -> None:
   """Refuses (one-line ConfigMismatch) a resume whose config differs from the saved one.
 
   `shapes(run_config)` -> a comparable summary of every array shape a checkpoint holds.
@@ -125,13 +136,17 @@ def check_resume_config(run_dir: str, saved: dict | None, run_config: config_lib
   if not diffs:
     return
   if not allow_config_change:
-    raise ConfigMismatch(f"{run_dir} holds a run with a different config ({'; '.join(diffs)}); "
-                         "use another --run_dir or pass --allow_config_change")
+    raise ConfigMismatch(
+      f"{run_dir} holds a run with a different config ({'; '.join(diffs)}); "
+      "use another --run_dir or pass --allow_config_change"
+    )
   try:
     saved_config = config_lib.from_flat(saved)
   except (TypeError, ValueError) as error:
-    raise ConfigMismatch(f"{os.path.join(run_dir, CONFIG_FILE)} cannot be read as a config "
-                         f"({error}); use another --run_dir") from None
+    raise ConfigMismatch(
+      f"{os.path.join(run_dir, CONFIG_FILE)} cannot be read as a config "
+      f"({error}); use another --run_dir"
+    ) from None
   saved_shapes = shapes(saved_config)
   if shapes(run_config) == saved_shapes:
     return
@@ -140,17 +155,22 @@ def check_resume_config(run_dir: str, saved: dict | None, run_config: config_lib
   for key in diffs:
     path = key.split(":")[0]
     try:
-      one_change = config_lib.replace_path(saved_config, path, config_lib.getattr_path(run_config, path))
+      one_change = config_lib.replace_path(
+        saved_config, path, config_lib.getattr_path(run_config, path)
+      )
       if shapes(one_change) != saved_shapes:
         reshaping.append(key)
     except (AttributeError, TypeError, ValueError):
       reshaping.append(key)
   raise ConfigMismatch(
-      f"{run_dir} holds checkpoints of other array shapes ({'; '.join(reshaping or diffs)}): these "
-      "fields can never change on resume, even with --allow_config_change; use another --run_dir")
+    f"{run_dir} holds checkpoints of other array shapes ({'; '.join(reshaping or diffs)}): these "
+    "fields can never change on resume, even with --allow_config_change; use another --run_dir"
+  )
 
 
 def abstract_shapes(tree) -> dict:
   """{path: (shape, dtype)} of a pytree of arrays or ShapeDtypeStructs."""
-  return {jax.tree_util.keystr(path): (tuple(leaf.shape), str(leaf.dtype))
-          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+  return {
+    jax.tree_util.keystr(path): (tuple(leaf.shape), str(leaf.dtype))
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+  }

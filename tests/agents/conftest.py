@@ -11,7 +11,8 @@ loads this file by path.
 import dataclasses
 import functools
 import sys
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -20,8 +21,7 @@ import optax
 import pytest
 
 from cmta_jax import testing
-from cmta_jax.agents import registry
-from cmta_jax.agents import sac
+from cmta_jax.agents import registry, sac
 from cmta_jax.agents.networks import AgentNetworks, EncoderOutput
 from cmta_jax.config import RunConfig, SACConfig
 from cmta_jax.types import Transition
@@ -62,29 +62,44 @@ class fast_jit:  # pylint: disable=invalid-name  (used like jax.jit)
 
 def small_network_config(**overrides) -> RunConfig:
   """CMTA with narrow networks (fast to compile and run) and the paper's structure."""
-  small = dict(hidden_width=32, hidden_layers=2, task_embedding_dim=8, task_encoder_hidden=(16, 16),
-               task_feature_dim=8, num_experts=3, expert_hidden=16, expert_dim=8, lstm_hidden=8)
+  small = dict(
+    hidden_width=32,
+    hidden_layers=2,
+    task_embedding_dim=8,
+    task_encoder_hidden=(16, 16),
+    task_feature_dim=8,
+    num_experts=3,
+    expert_hidden=16,
+    expert_dim=8,
+    lstm_hidden=8,
+  )
   small.update(overrides)
   return testing.run_config("cmta", **small)
 
 
-def make_networks(num_tasks: int, network_config: RunConfig | None = None,
-                  obs_dim: int = OBS_DIM, action_dim: int = ACTION_DIM) -> AgentNetworks:
+def make_networks(
+  num_tasks: int,
+  network_config: RunConfig | None = None,
+  obs_dim: int = OBS_DIM,
+  action_dim: int = ACTION_DIM,
+) -> AgentNetworks:
   """CMTA networks; the same arguments return the same object (so jit caches hit)."""
   return _make_networks(num_tasks, network_config or small_network_config(), obs_dim, action_dim)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _make_networks(num_tasks, network_config, obs_dim, action_dim):
-  return registry.make_agent_networks(network_config, [f"task{t}" for t in range(num_tasks)],
-                                      obs_dim=obs_dim, action_dim=action_dim)
+  return registry.make_agent_networks(
+    network_config, [f"task{t}" for t in range(num_tasks)], obs_dim=obs_dim, action_dim=action_dim
+  )
 
 
 random_batch = testing.random_batch
 
 
-def random_training_state(networks: AgentNetworks, sac_config: SACConfig,
-                          seed: int) -> sac.TrainingState:
+def random_training_state(
+  networks: AgentNetworks, sac_config: SACConfig, seed: int
+) -> sac.TrainingState:
   """A fresh `TrainingState` laid out exactly like `sac.init_training_state`'s, with
   Glorot-scaled weights and small non-zero biases drawn by NumPy.
 
@@ -94,8 +109,13 @@ def random_training_state(networks: AgentNetworks, sac_config: SACConfig,
   """
   rng = np.random.default_rng(seed)
   shapes = jax.eval_shape(
-      lambda key: {"encoder": networks.encoder.init(key), "critic": networks.critic.init(key),
-                   "actor": networks.actor.init(key)}, jax.random.key(0))
+    lambda key: {
+      "encoder": networks.encoder.init(key),
+      "critic": networks.critic.init(key),
+      "actor": networks.actor.init(key),
+    },
+    jax.random.key(0),
+  )
 
   def draw(path, leaf):
     if getattr(path[-1], "key", None) == "b":
@@ -108,13 +128,20 @@ def random_training_state(networks: AgentNetworks, sac_config: SACConfig,
   values["log_alpha"] = np.full((networks.num_tasks,), np.log(sac_config.init_alpha), np.float32)
   # Separate device buffers for online and target parameters, as in the real init.
   params = jax.tree.map(jnp.asarray, values)
-  target_params = jax.tree.map(jnp.asarray,
-                               {"encoder": values["encoder"], "critic": values["critic"]})
+  target_params = jax.tree.map(
+    jnp.asarray, {"encoder": values["encoder"], "critic": values["critic"]}
+  )
   # Adam's initial state is all zeros (counts and moments): built from its shapes, no compile.
-  opt_state = jax.tree.map(lambda leaf: jnp.asarray(np.zeros(leaf.shape, leaf.dtype)),
-                           jax.eval_shape(sac.make_optimizer(sac_config).init, params))
-  return sac.TrainingState(params=params, target_params=target_params, opt_state=opt_state,
-                           step=jnp.asarray(np.zeros((), np.int32)))
+  opt_state = jax.tree.map(
+    lambda leaf: jnp.asarray(np.zeros(leaf.shape, leaf.dtype)),
+    jax.eval_shape(sac.make_optimizer(sac_config).init, params),
+  )
+  return sac.TrainingState(
+    params=params,
+    target_params=target_params,
+    opt_state=opt_state,
+    step=jnp.asarray(np.zeros((), np.int32)),
+  )
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -127,29 +154,48 @@ class LearnerSetup:
   update: Callable  # compiled update(state, batch, key) -> (state, metrics), see `fast_jit`
 
 
-def learner_setup(num_tasks: int = 10, batch_per_task: int = 8,
-                  network_config: RunConfig | None = None, sac_config: SACConfig = TEST_SAC,
-                  obs_dim: int = OBS_DIM, action_dim: int = ACTION_DIM,
-                  seed: int = 0) -> LearnerSetup:
+def learner_setup(
+  num_tasks: int = 10,
+  batch_per_task: int = 8,
+  network_config: RunConfig | None = None,
+  sac_config: SACConfig = TEST_SAC,
+  obs_dim: int = OBS_DIM,
+  action_dim: int = ACTION_DIM,
+  seed: int = 0,
+) -> LearnerSetup:
   """Networks, a fresh state, a random batch and a jitted update. Equal arguments,
   however passed, return the same setup, hence the same compiled update."""
-  return _learner_setup(num_tasks, batch_per_task, network_config or small_network_config(),
-                        sac_config, obs_dim, action_dim, seed)
+  return _learner_setup(
+    num_tasks,
+    batch_per_task,
+    network_config or small_network_config(),
+    sac_config,
+    obs_dim,
+    action_dim,
+    seed,
+  )
 
 
-@functools.lru_cache(maxsize=None)
-def _learner_setup(num_tasks, batch_per_task, network_config, sac_config, obs_dim, action_dim,
-                   seed):
+@functools.cache
+def _learner_setup(
+  num_tasks, batch_per_task, network_config, sac_config, obs_dim, action_dim, seed
+):
   networks = make_networks(num_tasks, network_config, obs_dim, action_dim)
   state = random_training_state(networks, sac_config, seed)
-  batch = random_batch(seed + 1, num_tasks, batch_per_task, obs_dim, action_dim,
-                       networks.encoder.carry_dim)
-  return LearnerSetup(networks=networks, sac_config=sac_config, state=state, batch=batch,
-                      key=jax.random.key(seed + 2),
-                      update=fast_jit(sac.make_update_fn(networks, sac_config)))
+  batch = random_batch(
+    seed + 1, num_tasks, batch_per_task, obs_dim, action_dim, networks.encoder.carry_dim
+  )
+  return LearnerSetup(
+    networks=networks,
+    sac_config=sac_config,
+    state=state,
+    batch=batch,
+    key=jax.random.key(seed + 2),
+    update=fast_jit(sac.make_update_fn(networks, sac_config)),
+  )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def select_action_fn(networks: AgentNetworks) -> Callable:
   """One compiled `sac.make_select_action_fn` per networks, shared by every test; pass
   `deterministic=` by keyword."""
@@ -159,12 +205,13 @@ def select_action_fn(networks: AgentNetworks) -> Callable:
 class TaskSliceNetworks(NamedTuple):
   """Jitted encoder/actor/critic applies on ONE task's slice [B, ...] and a task id,
   run as a group of one (the networks' [G, B, ...] layout) and returned ungrouped."""
+
   encoder: Callable  # (params, obs [B, O], task_id, carry [B, H]) -> EncoderOutput of [B, ...]
   actor: Callable  # (params, features [B, F], task_id) -> (mean, log_std) [B, A]
   critic: Callable  # (params, features [B, F], action [B, A], task_id) -> Q [num_q, B]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def task_slice_networks(networks: AgentNetworks) -> TaskSliceNetworks:
   group = lambda tree: jax.tree.map(lambda x: jnp.asarray(x)[None], tree)
   ids = lambda task_id: jnp.reshape(jnp.asarray(task_id, jnp.int32), (1,))
@@ -173,9 +220,11 @@ def task_slice_networks(networks: AgentNetworks) -> TaskSliceNetworks:
   def encoder(params, obs, task_id, carry):
     out = networks.encoder.apply(params, group(obs), ids(task_id), group(carry))
     return EncoderOutput(
-        features=out.features[0], carry=jax.tree.map(lambda x: x[0], out.carry),
-        experts=None if out.experts is None else out.experts[:, 0],
-        attention=None if out.attention is None else out.attention[0])
+      features=out.features[0],
+      carry=jax.tree.map(lambda x: x[0], out.carry),
+      experts=None if out.experts is None else out.experts[:, 0],
+      attention=None if out.attention is None else out.attention[0],
+    )
 
   @jax.jit
   def actor(params, features, task_id):
@@ -231,8 +280,9 @@ def flatten_with_names(tree) -> dict[str, np.ndarray]:
   return flat
 
 
-def assert_trees_allclose(actual, expected, rtol: float, atol: float,
-                          leaf_scale_atol: float = 0.0) -> None:
+def assert_trees_allclose(
+  actual, expected, rtol: float, atol: float, leaf_scale_atol: float = 0.0
+) -> None:
   """Same structure, and every leaf allclose (the failing leaf is named).
 
   `leaf_scale_atol` adds leaf_scale_atol * max|leaf| to atol: gradients summed
@@ -271,8 +321,9 @@ def _start_subprocess_tests_early(request):
   """Selected test modules that define `start_in_background()` (test_pmap) launch their
   subprocess now, so it runs beside the other tests instead of after them."""
   modules = {getattr(item, "module", None) for item in request.session.items}
-  processes = [module.start_in_background() for module in modules
-               if hasattr(module, "start_in_background")]
+  processes = [
+    module.start_in_background() for module in modules if hasattr(module, "start_in_background")
+  ]
   yield
   for process in processes:
     if process.poll() is None:  # its test was not reached (e.g. -x): do not leave it running

@@ -21,13 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cmta_jax import envs
-from cmta_jax import testing
-from cmta_jax.agents import registry
-from cmta_jax.agents import sac
-from cmta_jax.agents import task_metadata
-from cmta_jax.agents.networks import AgentNetworks
 from cmta_jax import config as config_lib
+from cmta_jax import envs, testing
+from cmta_jax.agents import registry, sac, task_metadata
+from cmta_jax.agents.networks import AgentNetworks
 from cmta_jax.config import RunConfig, SACConfig
 from cmta_jax.types import LSTMCarry, Transition
 
@@ -37,11 +34,23 @@ BATCH_PER_TASK = 4
 NUM_TASKS = (1, 10, 50)
 PAPER_BETA = SACConfig().auxiliary_weight
 # Narrow networks with the paper's structure (all layers present, fewer units).
-SMALL = testing.run_config(hidden_width=32, hidden_layers=2, task_embedding_dim=8,
-                           task_encoder_hidden=(16,), task_feature_dim=8, num_experts=3,
-                           expert_hidden=16, expert_dim=8, lstm_hidden=8, softmodu_width=16)
-NO_EXPERTS = tuple(a for a in registry.AGENTS  # agents whose encoder has no auxiliary loss
-                   if registry.make_encoder(RunConfig(agent=a)).auxiliary_loss is None)
+SMALL = testing.run_config(
+  hidden_width=32,
+  hidden_layers=2,
+  task_embedding_dim=8,
+  task_encoder_hidden=(16,),
+  task_feature_dim=8,
+  num_experts=3,
+  expert_hidden=16,
+  expert_dim=8,
+  lstm_hidden=8,
+  softmodu_width=16,
+)
+NO_EXPERTS = tuple(
+  a
+  for a in registry.AGENTS  # agents whose encoder has no auxiliary loss
+  if registry.make_encoder(RunConfig(agent=a)).auxiliary_loss is None
+)
 
 
 def _task_names(num_tasks: int) -> tuple[str, ...]:
@@ -52,8 +61,9 @@ def _task_names(num_tasks: int) -> tuple[str, ...]:
 
 
 def _random_batch(seed: int, num_tasks: int, carry_dim: int) -> Transition:
-  return testing.random_batch(seed, num_tasks, BATCH_PER_TASK, OBS_DIM, ACTION_DIM, carry_dim,
-                              termination_rate=0.25)
+  return testing.random_batch(
+    seed, num_tasks, BATCH_PER_TASK, OBS_DIM, ACTION_DIM, carry_dim, termination_rate=0.25
+  )
 
 
 # On networks this small, XLA's backend optimisations and fusion emitters cost
@@ -72,7 +82,8 @@ def _sac_config(agent: str, auxiliary_weight: float | None = None) -> SACConfig:
   run_config = RunConfig(agent=agent)
   if auxiliary_weight is not None:
     run_config = dataclasses.replace(
-        run_config, sac=dataclasses.replace(run_config.sac, auxiliary_weight=auxiliary_weight))
+      run_config, sac=dataclasses.replace(run_config.sac, auxiliary_weight=auxiliary_weight)
+    )
   return registry.agent_defaults(run_config, explicit).sac
 
 
@@ -82,23 +93,32 @@ class Setup(NamedTuple):
   batch: Transition
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _setup(agent: str, num_tasks: int) -> Setup:
-  networks = registry.make_agent_networks(dataclasses.replace(SMALL, agent=agent),
-                                          _task_names(num_tasks), OBS_DIM, ACTION_DIM)
+  networks = registry.make_agent_networks(
+    dataclasses.replace(SMALL, agent=agent), _task_names(num_tasks), OBS_DIM, ACTION_DIM
+  )
   # Compiled: eagerly, every random op of the (vmapped) init would compile on its own.
-  init = _compile(lambda key: sac.init_training_state(key, networks, _sac_config(agent)),
-                  jax.random.key(0))
-  return Setup(networks=networks, state=init(jax.random.key(0)),
-               batch=_random_batch(1, num_tasks, networks.encoder.carry_dim))
+  init = _compile(
+    lambda key: sac.init_training_state(key, networks, _sac_config(agent)), jax.random.key(0)
+  )
+  return Setup(
+    networks=networks,
+    state=init(jax.random.key(0)),
+    batch=_random_batch(1, num_tasks, networks.encoder.carry_dim),
+  )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _update_fn(agent: str, num_tasks: int):
   """The agent's compiled update(state, batch, key), with its default SAC config."""
   setup = _setup(agent, num_tasks)
-  return _compile(sac.make_update_fn(setup.networks, _sac_config(agent)), setup.state, setup.batch,
-                  jax.random.key(0))
+  return _compile(
+    sac.make_update_fn(setup.networks, _sac_config(agent)),
+    setup.state,
+    setup.batch,
+    jax.random.key(0),
+  )
 
 
 def _task_loss_terms(agent: str, num_tasks: int, auxiliary_weight: float | None = None):
@@ -107,28 +127,30 @@ def _task_loss_terms(agent: str, num_tasks: int, auxiliary_weight: float | None 
   setup = _setup(agent, num_tasks)
   task_loss = sac.make_task_loss(setup.networks, _sac_config(agent, auxiliary_weight))
   noise_next, noise_now = jnp.asarray(
-      np.random.default_rng(3).normal(size=(2, BATCH_PER_TASK, setup.networks.action_dim)),
-      jnp.float32)
+    np.random.default_rng(3).normal(size=(2, BATCH_PER_TASK, setup.networks.action_dim)),
+    jnp.float32,
+  )
 
   def loss_terms(params, task_id):
     task_batch = jax.tree.map(lambda x: x[task_id], setup.batch)
-    return task_loss(params, setup.state.target_params, task_batch, task_id, noise_next,
-                     noise_now)
+    return task_loss(params, setup.state.target_params, task_batch, task_id, noise_next, noise_now)
 
   return loss_terms
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _task_grad_fn(agent: str, num_tasks: int, auxiliary_weight: float | None = None):
   """Compiled (params, task_id) -> (grads, metrics) of one task's loss alone."""
   loss_terms = _task_loss_terms(agent, num_tasks, auxiliary_weight)
-  return _compile(jax.grad(loss_terms, has_aux=True), _setup(agent, num_tasks).state.params,
-                  jnp.int32(0))
+  return _compile(
+    jax.grad(loss_terms, has_aux=True), _setup(agent, num_tasks).state.params, jnp.int32(0)
+  )
 
 
 def _task_grads(agent: str, num_tasks: int, task_id: int, auxiliary_weight=None):
   grads, metrics = _task_grad_fn(agent, num_tasks, auxiliary_weight)(
-      _setup(agent, num_tasks).state.params, jnp.int32(task_id))
+    _setup(agent, num_tasks).state.params, jnp.int32(task_id)
+  )
   return jax.tree.map(np.asarray, grads), jax.tree.map(np.asarray, metrics)
 
 
@@ -139,8 +161,11 @@ def _compiled_encoder_apply(encoder, params, batch: int):
 
   def one_task(obs, task_id):
     out = encoder.apply(params, obs[None], task_id[None], carry)
-    return out._replace(features=out.features[0], carry=jax.tree.map(lambda x: x[0], out.carry),
-                        attention=None if out.attention is None else out.attention[0])
+    return out._replace(
+      features=out.features[0],
+      carry=jax.tree.map(lambda x: x[0], out.carry),
+      attention=None if out.attention is None else out.attention[0],
+    )
 
   apply = _compile(one_task, jnp.zeros((batch, OBS_DIM)), jnp.int32(0))
   return lambda obs, task_id: apply(jnp.asarray(obs, jnp.float32), jnp.int32(task_id))
@@ -148,8 +173,10 @@ def _compiled_encoder_apply(encoder, params, batch: int):
 
 def _leaves(tree) -> dict[str, np.ndarray]:
   """{"[0]['w']": array, ...}: leaves named by their path, for readable failures."""
-  return {jax.tree_util.keystr(path): np.asarray(leaf)
-          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+  return {
+    jax.tree_util.keystr(path): np.asarray(leaf)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+  }
 
 
 def _assert_only_task_slice(tree, task_id: int, task_axis: int, what: str) -> None:
@@ -176,8 +203,13 @@ def test_agent_acts_and_updates(agent, num_tasks):
   rng = np.random.default_rng(2)
   obs = jnp.asarray(rng.normal(size=(num_tasks, OBS_DIM)), jnp.float32)
   carry = LSTMCarry(*jnp.asarray(rng.normal(size=(2, num_tasks, carry_dim)), jnp.float32))
-  args = (sac.policy_params(state), obs, jnp.arange(num_tasks, dtype=jnp.int32), carry,
-          jax.random.key(4))
+  args = (
+    sac.policy_params(state),
+    obs,
+    jnp.arange(num_tasks, dtype=jnp.int32),
+    carry,
+    jax.random.key(4),
+  )
   actions, carry_out = _compile(sac.make_select_action_fn(networks), *args)(*args)
   chex.assert_shape(actions, (num_tasks, ACTION_DIM))
   chex.assert_shape([carry_out.h, carry_out.c], (num_tasks, carry_dim))
@@ -218,9 +250,14 @@ def test_state_and_task_state_encoders():
   apply = _compiled_encoder_apply(setup.networks.encoder, setup.state.params["encoder"], batch=3)
   features = [np.asarray(apply(obs, task_id).features) for task_id in (0, 1)]
   for task_features in features:
-    np.testing.assert_array_equal(task_features[:, SMALL.task_encoder.task_feature_dim:], obs)
-  assert np.abs(features[0][:, :SMALL.task_encoder.task_feature_dim]
-                - features[1][:, :SMALL.task_encoder.task_feature_dim]).max() > 1e-6
+    np.testing.assert_array_equal(task_features[:, SMALL.task_encoder.task_feature_dim :], obs)
+  assert (
+    np.abs(
+      features[0][:, : SMALL.task_encoder.task_feature_dim]
+      - features[1][:, : SMALL.task_encoder.task_feature_dim]
+    ).max()
+    > 1e-6
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -233,10 +270,12 @@ def test_mtmhsac_task_loss_moves_only_its_own_head(task_id):
   # Actor heads are stacked [T, ...]; critic heads [num_q, T, ...] (one per Q).
   _assert_only_task_slice(grads["actor"]["heads"], task_id, 0, "actor heads")
   for q in range(2):
-    _assert_only_task_slice(jax.tree.map(lambda leaf: leaf[q], grads["critic"]["heads"]),
-                            task_id, 0, f"critic Q{q} heads")
-  for name, leaf in _leaves({"actor": grads["actor"]["trunk"],
-                             "critic": grads["critic"]["trunk"]}).items():
+    _assert_only_task_slice(
+      jax.tree.map(lambda leaf: leaf[q], grads["critic"]["heads"]), task_id, 0, f"critic Q{q} heads"
+    )
+  for name, leaf in _leaves(
+    {"actor": grads["actor"]["trunk"], "critic": grads["critic"]["trunk"]}
+  ).items():
     assert np.any(leaf != 0), f"shared trunk {name} gets no gradient"
   _assert_only_task_slice(grads["log_alpha"], task_id, 0, "log_alpha")
 
@@ -271,9 +310,11 @@ def test_single_sac_adam_step_on_one_task_leaves_other_slices_unchanged():
     for name in old:
       moved = np.take(new[name], task_id, task_axis) != np.take(old[name], task_id, task_axis)
       assert np.any(moved), f"{group}{name}: task {task_id}'s slice did not move"
-      np.testing.assert_array_equal(np.delete(new[name], task_id, task_axis),
-                                    np.delete(old[name], task_id, task_axis),
-                                    err_msg=f"{group}{name}: another task's slice moved")
+      np.testing.assert_array_equal(
+        np.delete(new[name], task_id, task_axis),
+        np.delete(old[name], task_id, task_axis),
+        err_msg=f"{group}{name}: another task's slice moved",
+      )
 
 
 def test_single_sac_full_update_of_one_task_is_independent_of_other_tasks_data(helpers):
@@ -297,18 +338,19 @@ def test_single_sac_full_update_of_one_task_is_independent_of_other_tasks_data(h
   ref_moments = helpers.applied_gradients(reference.opt_state)
   per_moments = helpers.applied_gradients(perturbed.opt_state)
   for group, task_axis in (("actor", 0), ("critic", 1), ("log_alpha", 0)):
-    ref = _leaves((reference.params[group], reference.target_params.get(group),
-                   ref_moments[group]))
-    per = _leaves((perturbed.params[group], perturbed.target_params.get(group),
-                   per_moments[group]))
+    ref = _leaves((reference.params[group], reference.target_params.get(group), ref_moments[group]))
+    per = _leaves((perturbed.params[group], perturbed.target_params.get(group), per_moments[group]))
     for name in ref:
-      np.testing.assert_array_equal(np.delete(per[name], changed_task, task_axis),
-                                    np.delete(ref[name], changed_task, task_axis),
-                                    err_msg=f"{group}{name}: task {changed_task}'s data "
-                                    "changed another task's parameters")
+      np.testing.assert_array_equal(
+        np.delete(per[name], changed_task, task_axis),
+        np.delete(ref[name], changed_task, task_axis),
+        err_msg=f"{group}{name}: task {changed_task}'s data changed another task's parameters",
+      )
     for name, moment in _leaves(per_moments[group]).items():
-      assert np.any(np.take(moment, changed_task, task_axis) != np.take(
-          _leaves(ref_moments[group])[name], changed_task, task_axis)), f"{group}{name}"
+      assert np.any(
+        np.take(moment, changed_task, task_axis)
+        != np.take(_leaves(ref_moments[group])[name], changed_task, task_axis)
+      ), f"{group}{name}"
 
 
 # ---------------------------------------------------------------------------
@@ -365,16 +407,20 @@ def test_care_encoder_reads_pretrained_vectors_and_has_no_lstm():
       expected = expected @ layer["w"] + layer["b"]
       if index < len(task_encoder) - 1:
         expected = np.maximum(expected, 0.0)
-    z_task = np.asarray(apply(np.ones((2, OBS_DIM)), task_id).features)[:, :SMALL.task_encoder.task_feature_dim]
-    np.testing.assert_allclose(z_task, np.broadcast_to(expected, z_task.shape), rtol=1e-5,
-                               atol=1e-6)
+    z_task = np.asarray(apply(np.ones((2, OBS_DIM)), task_id).features)[
+      :, : SMALL.task_encoder.task_feature_dim
+    ]
+    np.testing.assert_allclose(
+      z_task, np.broadcast_to(expected, z_task.shape), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_care_without_embedding_file_fails_clearly(monkeypatch, tmp_path):
   monkeypatch.setattr(task_metadata, "embeddings_path", lambda: tmp_path / "task_embeddings.json")
   with pytest.raises(FileNotFoundError, match="make_task_embeddings") as error:
-    registry.make_agent_networks(dataclasses.replace(SMALL, agent="care"), _task_names(10),
-                                 OBS_DIM, ACTION_DIM)
+    registry.make_agent_networks(
+      dataclasses.replace(SMALL, agent="care"), _task_names(10), OBS_DIM, ACTION_DIM
+    )
   assert "\n" not in str(error.value)
 
 
@@ -384,8 +430,9 @@ def test_care_without_embedding_file_fails_clearly(monkeypatch, tmp_path):
 
 def _encoder(network_config: RunConfig, agent: str = "cmta", shapes_only: bool = False):
   """(encoder, params); with `shapes_only`, params are ShapeDtypeStructs (nothing compiles)."""
-  encoder = registry.make_agent_networks(dataclasses.replace(network_config, agent=agent),
-                                         _task_names(2), OBS_DIM, ACTION_DIM).encoder
+  encoder = registry.make_agent_networks(
+    dataclasses.replace(network_config, agent=agent), _task_names(2), OBS_DIM, ACTION_DIM
+  ).encoder
   key = jax.random.key(0)
   if shapes_only:
     return encoder, jax.eval_shape(encoder.init, key)
@@ -396,7 +443,10 @@ def test_cmta_without_temporal_attention_has_no_lstm_and_ignores_the_state():
   encoder, params = _encoder(config_lib.replace_fields(SMALL, temporal_attention=False))
   assert "lstm" not in params
   assert encoder.carry_dim == 0
-  assert params["attention"]["w"].shape == (SMALL.task_encoder.task_feature_dim, SMALL.mixture.num_experts)
+  assert params["attention"]["w"].shape == (
+    SMALL.task_encoder.task_feature_dim,
+    SMALL.mixture.num_experts,
+  )
   # Attention from z_task only: different states of one task get the same weights.
   obs = np.random.default_rng(7).normal(size=(3, OBS_DIM))
   attention = np.asarray(_compiled_encoder_apply(encoder, params, batch=3)(obs, 1).attention)
@@ -405,21 +455,29 @@ def test_cmta_without_temporal_attention_has_no_lstm_and_ignores_the_state():
   encoder, params = _encoder(SMALL, shapes_only=True)  # the full CMTA, for contrast
   assert "lstm" in params
   assert encoder.carry_dim == SMALL.mixture.lstm_hidden
-  assert params["attention"]["w"].shape == (SMALL.task_encoder.task_feature_dim + SMALL.mixture.lstm_hidden,
-                                            SMALL.mixture.num_experts)
+  assert params["attention"]["w"].shape == (
+    SMALL.task_encoder.task_feature_dim + SMALL.mixture.lstm_hidden,
+    SMALL.mixture.num_experts,
+  )
 
 
 @pytest.mark.parametrize("agent", ["cmta", "care"])
 @pytest.mark.parametrize("num_experts", [2, 4, 12])
 def test_num_experts_sets_the_stacked_expert_axis(agent, num_experts):
-  encoder, params = _encoder(config_lib.replace_fields(SMALL, num_experts=num_experts), agent,
-                             shapes_only=True)
+  encoder, params = _encoder(
+    config_lib.replace_fields(SMALL, num_experts=num_experts), agent, shapes_only=True
+  )
   for name, leaf in jax.tree_util.tree_leaves_with_path(params["experts"]):
     assert leaf.shape[0] == num_experts, jax.tree_util.keystr(name)
   assert params["attention"]["w"].shape[-1] == num_experts
   carry = LSTMCarry(*[jax.ShapeDtypeStruct((2, 3, encoder.carry_dim), jnp.float32)] * 2)
-  out = jax.eval_shape(encoder.apply, params, jax.ShapeDtypeStruct((2, 3, OBS_DIM), jnp.float32),
-                       jax.ShapeDtypeStruct((2,), jnp.int32), carry)
+  out = jax.eval_shape(
+    encoder.apply,
+    params,
+    jax.ShapeDtypeStruct((2, 3, OBS_DIM), jnp.float32),
+    jax.ShapeDtypeStruct((2,), jnp.int32),
+    carry,
+  )
   chex.assert_shape(out.experts, (num_experts, 2, 3, SMALL.mixture.expert_dim))
   chex.assert_shape(out.attention, (2, 3, num_experts))
 
@@ -438,22 +496,27 @@ def test_cmta_without_contrastive_term_is_the_critic_objective_alone():
     return metrics["critic_loss"] + metrics["actor_loss"] + metrics["alpha_loss"]
 
   def both_grads(params):  # One compile for both.
-    return (jax.grad(objective_without_contrastive)(params),
-            jax.grad(loss_terms, has_aux=True)(params, task_id))
+    return (
+      jax.grad(objective_without_contrastive)(params),
+      jax.grad(loss_terms, has_aux=True)(params, task_id),
+    )
 
   params = _setup("cmta", 10).state.params
   reference, (grads_with, metrics_with) = _compile(both_grads, params)(params)
   reference = _leaves(reference)
   for name, grad in _leaves(grads_without).items():
     # Same terms, summed in another order: float32 rounding only.
-    np.testing.assert_allclose(grad, reference[name], rtol=1e-5,
-                               atol=1e-6 * np.abs(reference[name]).max(), err_msg=name)
+    np.testing.assert_allclose(
+      grad, reference[name], rtol=1e-5, atol=1e-6 * np.abs(reference[name]).max(), err_msg=name
+    )
 
   # Beta > 0 does change the experts' gradient: the comparison above is not vacuous.
   assert metrics_with["contrastive_loss"] > 0
   experts_with = _leaves(grads_with["encoder"]["experts"])
-  assert any(np.abs(np.asarray(g) - reference["['encoder']['experts']" + name]).max() > 1e-6
-             for name, g in experts_with.items())
+  assert any(
+    np.abs(np.asarray(g) - reference["['encoder']['experts']" + name]).max() > 1e-6
+    for name, g in experts_with.items()
+  )
 
 
 def test_care_with_contrastive_term_has_a_contrastive_loss():
@@ -488,8 +551,10 @@ def _one_line_value_error(run_config, match: str) -> None:
 
 @pytest.mark.parametrize("agent", NO_EXPERTS)
 def test_contrastive_term_is_refused_without_experts(agent):
-  _one_line_value_error(RunConfig(agent=agent, sac=SACConfig(auxiliary_weight=1.0)),
-                        "no auxiliary \\(contrastive\\) loss, so --contrastive_weight must be 0")
+  _one_line_value_error(
+    RunConfig(agent=agent, sac=SACConfig(auxiliary_weight=1.0)),
+    "no auxiliary \\(contrastive\\) loss, so --contrastive_weight must be 0",
+  )
 
 
 @pytest.mark.parametrize("agent", ["cmta", "care"])
@@ -507,12 +572,14 @@ def test_temporal_attention_flag_is_refused_for_agents_other_than_cmta(agent):
 
 
 def test_unknown_agent_is_refused_with_the_choices():
-  for call in (lambda: registry.check_agent("mt_sac"),
-               lambda: registry.check_agent_config(RunConfig(agent="mt_sac")),
-               lambda: registry.agent_defaults(RunConfig(agent="mt_sac"), explicit=set()),
-               lambda: registry.make_agent_networks(dataclasses.replace(SMALL, agent="mt_sac"),
-                                                    _task_names(2), OBS_DIM,
-                                                    ACTION_DIM)):
+  for call in (
+    lambda: registry.check_agent("mt_sac"),
+    lambda: registry.check_agent_config(RunConfig(agent="mt_sac")),
+    lambda: registry.agent_defaults(RunConfig(agent="mt_sac"), explicit=set()),
+    lambda: registry.make_agent_networks(
+      dataclasses.replace(SMALL, agent="mt_sac"), _task_names(2), OBS_DIM, ACTION_DIM
+    ),
+  ):
     with pytest.raises(ValueError, match="unknown agent 'mt_sac'") as error:
       call()
     assert all(agent in str(error.value) for agent in registry.AGENTS)

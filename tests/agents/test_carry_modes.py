@@ -28,10 +28,14 @@ NUM_TASKS, EPISODE_LENGTH, EPISODES, BATCH = 3, 12, 3, 8
 FAST_SAC = SACConfig(adam_b1=0.0, critic_lr=3e-2)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _setup(helpers, mode: str, sac_config: SACConfig = FAST_SAC):
-  return helpers.learner_setup(num_tasks=NUM_TASKS, batch_per_task=BATCH, sac_config=sac_config,
-                               network_config=helpers.small_network_config(carry_mode=mode))
+  return helpers.learner_setup(
+    num_tasks=NUM_TASKS,
+    batch_per_task=BATCH,
+    sac_config=sac_config,
+    network_config=helpers.small_network_config(carry_mode=mode),
+  )
 
 
 def _observations(seed: int = 0) -> np.ndarray:
@@ -45,23 +49,42 @@ def _act_and_store(helpers, setup, state, observations) -> ReplayBuffer:
   """Acts through every episode with `state`'s policy and stores what the loop stores."""
   networks = setup.networks
   select_action = helpers.select_action_fn(networks)
-  buffer = ReplayBuffer(NUM_TASKS, NUM_TASKS * 1000, networks.obs_dim, networks.action_dim,
-                        networks.encoder.carry_dim, seed=0)
+  buffer = ReplayBuffer(
+    NUM_TASKS,
+    NUM_TASKS * 1000,
+    networks.obs_dim,
+    networks.action_dim,
+    networks.encoder.carry_dim,
+    seed=0,
+  )
   task_ids = np.arange(NUM_TASKS, dtype=np.int32)
   for episode in observations:
     carry = sac.initial_carry(networks, NUM_TASKS)
     for step in range(EPISODE_LENGTH):
-      actions, carry_out = select_action(sac.policy_params(state), episode[step], task_ids, carry,
-                                         jax.random.key(step), deterministic=False)
+      actions, carry_out = select_action(
+        sac.policy_params(state),
+        episode[step],
+        task_ids,
+        carry,
+        jax.random.key(step),
+        deterministic=False,
+      )
       next_obs = episode[min(step + 1, EPISODE_LENGTH - 1)]
-      buffer.add(episode[step], np.asarray(actions), np.zeros(NUM_TASKS), next_obs,
-                 np.zeros(NUM_TASKS), jax.device_get(carry), jax.device_get(carry_out),
-                 episode_step=np.full(NUM_TASKS, step))
+      buffer.add(
+        episode[step],
+        np.asarray(actions),
+        np.zeros(NUM_TASKS),
+        next_obs,
+        np.zeros(NUM_TASKS),
+        jax.device_get(carry),
+        jax.device_get(carry_out),
+        episode_step=np.full(NUM_TASKS, step),
+      )
       carry = carry_out
   return buffer
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _update(helpers, setup, window: int):
   """The setup's update compiled for batches with a burn-in window of `window` (0: none)."""
   del window  # part of the cache key: one executable per batch shape
@@ -83,15 +106,23 @@ def _slow_replay(lstm_params, observations, start: LSTMCarry) -> LSTMCarry:
 def _train(helpers, setup, state, buffer: ReplayBuffer, updates: int, window: int = 0):
   update = _update(helpers, setup, window)
   for i in range(updates):
-    state, _ = update(state, jax.tree.map(jnp.asarray, buffer.sample(BATCH, window)),
-                            jax.random.key(i))
+    state, _ = update(
+      state, jax.tree.map(jnp.asarray, buffer.sample(BATCH, window)), jax.random.key(i)
+    )
   return state
 
 
 def _diagnostics(helpers, setup, state, buffer: ReplayBuffer, window: int) -> dict:
   diagnostics = jax.jit(carry_lib.make_attention_diagnostics(setup.networks.encoder))
-  return measure_attention(diagnostics, state.params["encoder"], buffer, window, EPISODE_LENGTH,
-                           np.random.default_rng(0), samples_per_task=16)
+  return measure_attention(
+    diagnostics,
+    state.params["encoder"],
+    buffer,
+    window,
+    EPISODE_LENGTH,
+    np.random.default_rng(0),
+    samples_per_task=16,
+  )
 
 
 # ---------------------------------------------------------------- frozen_memory
@@ -108,11 +139,16 @@ def test_frozen_memory_lstm_gets_exactly_zero_gradient(helpers):
     np.testing.assert_array_equal(grad, np.zeros_like(grad), err_msg=name)
   for name, grad in trained.items():
     assert np.any(grad != 0), name  # the step that feeds the attention does learn
-  helpers.assert_trees_equal(state.params["encoder"]["memory_lstm"],
-                             setup.state.params["encoder"]["memory_lstm"])
+  helpers.assert_trees_equal(
+    state.params["encoder"]["memory_lstm"], setup.state.params["encoder"]["memory_lstm"]
+  )
   # Polyak averaging of two equal values rounds to within an ulp of them.
-  helpers.assert_trees_allclose(state.target_params["encoder"]["memory_lstm"],
-                                setup.state.params["encoder"]["memory_lstm"], rtol=1e-6, atol=0)
+  helpers.assert_trees_allclose(
+    state.target_params["encoder"]["memory_lstm"],
+    setup.state.params["encoder"]["memory_lstm"],
+    rtol=1e-6,
+    atol=0,
+  )
 
 
 def test_frozen_memory_carries_stay_exact_and_acting_matches_the_update(helpers):
@@ -121,12 +157,15 @@ def test_frozen_memory_carries_stay_exact_and_acting_matches_the_update(helpers)
   buffer = _act_and_store(helpers, setup, setup.state, observations)
   trained = _train(helpers, setup, setup.state, buffer, updates=5)
   encoder_params = trained.params["encoder"]
-  assert not np.allclose(encoder_params["lstm"]["w_in"], setup.state.params["encoder"]["lstm"]["w_in"])
+  assert not np.allclose(
+    encoder_params["lstm"]["w_in"], setup.state.params["encoder"]["lstm"]["w_in"]
+  )
 
   # A stored carry still equals the carry recomputed from the episode start, now.
   batch = buffer.gather(_every_slot(buffer), burn_in_steps=EPISODE_LENGTH)
-  recomputed = carry_lib.replay_carry(setup.networks.encoder.advance_carry, encoder_params,
-                                      jax.tree.map(jnp.asarray, batch.burn_in))
+  recomputed = carry_lib.replay_carry(
+    setup.networks.encoder.advance_carry, encoder_params, jax.tree.map(jnp.asarray, batch.burn_in)
+  )
   np.testing.assert_allclose(recomputed.h, batch.carry_in.h, atol=1e-6)
   np.testing.assert_allclose(recomputed.c, batch.carry_in.c, atol=1e-6)
 
@@ -138,9 +177,15 @@ def test_frozen_memory_carries_stay_exact_and_acting_matches_the_update(helpers)
   apply = jax.jit(setup.networks.encoder.apply)
   task_ids = jnp.arange(NUM_TASKS, dtype=jnp.int32)
   for slot in (0, 5, EPISODE_LENGTH + 7):
-    acting = apply(encoder_params, again.obs[:, slot:slot + 1], task_ids,
-                   jax.tree.map(lambda x: x[:, slot:slot + 1], again.carry_in)).attention
-    update = apply(encoder_params, batch.obs, task_ids, batch.carry_in).attention[:, slot:slot + 1]
+    acting = apply(
+      encoder_params,
+      again.obs[:, slot : slot + 1],
+      task_ids,
+      jax.tree.map(lambda x: x[:, slot : slot + 1], again.carry_in),
+    ).attention
+    update = apply(encoder_params, batch.obs, task_ids, batch.carry_in).attention[
+      :, slot : slot + 1
+    ]
     np.testing.assert_allclose(acting, update, atol=1e-6)
   assert _diagnostics(helpers, setup, trained, buffer, window=0)["attention_staleness"] < 1e-5
 
@@ -154,12 +199,14 @@ def test_burn_in_recomputes_the_carry_of_a_slow_episode_replay(helpers, length):
   buffer = _act_and_store(helpers, setup, setup.state, _observations())
   # New LSTM parameters, so the stored carries are stale and only a replay is right.
   rng = np.random.default_rng(1)
-  new_params = jax.tree.map(lambda p: p + rng.normal(scale=0.3, size=p.shape).astype(p.dtype),
-                            setup.state.params["encoder"])
+  new_params = jax.tree.map(
+    lambda p: p + rng.normal(scale=0.3, size=p.shape).astype(p.dtype), setup.state.params["encoder"]
+  )
   slots = _every_slot(buffer)
   batch = buffer.gather(slots, burn_in_steps=length)
   recomputed = jax.jit(carry_lib.replay_carry, static_argnums=0)(
-      setup.networks.encoder.advance_carry, new_params, jax.tree.map(jnp.asarray, batch.burn_in))
+    setup.networks.encoder.advance_carry, new_params, jax.tree.map(jnp.asarray, batch.burn_in)
+  )
   stored = buffer.gather(slots)
   for slot in range(buffer.size_per_task):
     episode, step = divmod(slot, EPISODE_LENGTH)
@@ -181,17 +228,23 @@ def test_burn_in_update_equals_stored_update_on_exact_carries(helpers):
   mode computes when handed the freshly replayed carries (target = online at a fresh state)."""
   burn_in, stored = _setup(helpers, "burn_in"), _setup(helpers, "stored")
   rng = np.random.default_rng(2)
-  params = jax.tree.map(lambda p: p + rng.normal(scale=0.3, size=p.shape).astype(p.dtype),
-                        burn_in.state.params["encoder"])
-  state = dataclasses.replace(burn_in.state,
-                              params={**burn_in.state.params, "encoder": params},
-                              target_params={**burn_in.state.target_params, "encoder": params})
+  params = jax.tree.map(
+    lambda p: p + rng.normal(scale=0.3, size=p.shape).astype(p.dtype),
+    burn_in.state.params["encoder"],
+  )
+  state = dataclasses.replace(
+    burn_in.state,
+    params={**burn_in.state.params, "encoder": params},
+    target_params={**burn_in.state.target_params, "encoder": params},
+  )
   buffer = _act_and_store(helpers, burn_in, burn_in.state, _observations())
   batch = jax.tree.map(jnp.asarray, buffer.sample(BATCH, EPISODE_LENGTH))
   carry_in = carry_lib.replay_carry(burn_in.networks.encoder.advance_carry, params, batch.burn_in)
   carry_out = layers.lstm_apply(params["lstm"], batch.obs, carry_in)
   fresh = batch._replace(carry_in=carry_in, carry_out=carry_out, burn_in=None)
-  new_burn_in, metrics_burn_in = _update(helpers, burn_in, EPISODE_LENGTH)(state, batch, burn_in.key)
+  new_burn_in, metrics_burn_in = _update(helpers, burn_in, EPISODE_LENGTH)(
+    state, batch, burn_in.key
+  )
   new_stored, metrics_stored = _update(helpers, stored, 0)(state, fresh, burn_in.key)
   helpers.assert_trees_allclose(metrics_burn_in, metrics_stored, rtol=1e-5, atol=1e-5)
   helpers.assert_trees_allclose(new_burn_in.params, new_stored.params, rtol=1e-5, atol=1e-6)
@@ -203,14 +256,18 @@ def test_burn_in_update_equals_stored_update_on_exact_carries(helpers):
 # ---------------------------------------------------------------- the staleness diagnostic
 
 
-@pytest.mark.parametrize("mode,window,stale_after_training", [
+@pytest.mark.parametrize(
+  "mode,window,stale_after_training",
+  [
     ("stored", 0, True),
     ("frozen_memory", 0, False),
     ("burn_in", EPISODE_LENGTH, False),  # a window of a whole episode: exact
     ("burn_in", 3, True),  # shorter than the episode: fresher than stored, not exact
-])
-def test_attention_staleness_tells_fresh_from_stale_carries(helpers, mode, window,
-                                                            stale_after_training):
+  ],
+)
+def test_attention_staleness_tells_fresh_from_stale_carries(
+  helpers, mode, window, stale_after_training
+):
   setup = _setup(helpers, mode)
   buffer = _act_and_store(helpers, setup, setup.state, _observations())
   before = _diagnostics(helpers, setup, setup.state, buffer, window)

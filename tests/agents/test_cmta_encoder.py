@@ -2,12 +2,12 @@
 shapes, finiteness and ranges for T = 1, 10, 50, the paper's default sizes,
 what the attention may train, and that the LSTM carry really flows."""
 
-from absl.testing import parameterized
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 
 from cmta_jax.agents import sac
 from cmta_jax.agents.networks import check_encoder_output
@@ -35,7 +35,6 @@ def _first_step_of_each_task(setup):
 
 
 class ModuleBoundariesTest(chex.TestCase):
-
   @pytest.fixture(autouse=True)
   def _inject_helpers(self, helpers):
     self.helpers = helpers
@@ -61,9 +60,11 @@ class ModuleBoundariesTest(chex.TestCase):
     self.assertTrue(np.all(encoder_out.attention >= 0))
     # z_enc = sum_j alpha_j z^j, and z_task comes first.
     np.testing.assert_allclose(
-        encoder_out.features[..., network_config.task_encoder.task_feature_dim:],
-        np.einsum("gbk,kgbd->gbd", encoder_out.attention, encoder_out.experts), rtol=1e-4,
-        atol=1e-5)
+      encoder_out.features[..., network_config.task_encoder.task_feature_dim :],
+      np.einsum("gbk,kgbd->gbd", encoder_out.attention, encoder_out.experts),
+      rtol=1e-4,
+      atol=1e-5,
+    )
 
     mean, log_std = actor_apply(params["actor"], encoder_out.features, task_ids)
     chex.assert_shape([mean, log_std], (groups, batch, networks.action_dim))
@@ -80,8 +81,14 @@ class ModuleBoundariesTest(chex.TestCase):
   def test_boundaries_small_networks(self, num_tasks):
     setup = self.helpers.learner_setup(num_tasks=num_tasks)
     # The whole [T, B] batch at once, as the update sees it.
-    self._check_boundaries(setup.networks, self.helpers.small_network_config(), setup.state.params,
-                           setup.batch.obs, setup.batch.carry_in, task_ids=np.arange(num_tasks))
+    self._check_boundaries(
+      setup.networks,
+      self.helpers.small_network_config(),
+      setup.state.params,
+      setup.batch.obs,
+      setup.batch.carry_in,
+      task_ids=np.arange(num_tasks),
+    )
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_boundaries_paper_sizes(self):
@@ -90,19 +97,26 @@ class ModuleBoundariesTest(chex.TestCase):
     params = self.helpers.random_training_state(networks, SACConfig(), seed=0).params
     # docs/algorithm.md §2: [z_task (64); z_enc (64)], LSTM 64, 6 experts of 64, actor/critic 3 x 512.
     encoder = params["encoder"]
-    self.assertEqual([layer["w"].shape for layer in encoder["task_encoder"]],
-                     [(64, 128), (128, 64), (64, 64), (64, 64)])
+    self.assertEqual(
+      [layer["w"].shape for layer in encoder["task_encoder"]],
+      [(64, 128), (128, 64), (64, 64), (64, 64)],
+    )
     self.assertEqual(encoder["task_embedding"].shape, (10, 64))
     self.assertEqual([layer["w"].shape for layer in encoder["experts"]], [(6, 39, 64), (6, 64, 64)])
     self.assertEqual(encoder["lstm"]["w_in"].shape, (39, 256))
     self.assertEqual(encoder["attention"]["w"].shape, (128, 6))
-    self.assertEqual([layer["w"].shape for layer in params["actor"]],
-                     [(128, 512), (512, 512), (512, 512), (512, 8)])
-    self.assertEqual([layer["w"].shape for layer in params["critic"]],
-                     [(2, 132, 512), (2, 512, 512), (2, 512, 512), (2, 512, 1)])
+    self.assertEqual(
+      [layer["w"].shape for layer in params["actor"]],
+      [(128, 512), (512, 512), (512, 512), (512, 8)],
+    )
+    self.assertEqual(
+      [layer["w"].shape for layer in params["critic"]],
+      [(2, 132, 512), (2, 512, 512), (2, 512, 512), (2, 512, 1)],
+    )
     batch = self.helpers.random_batch(0, 2, 8, 39, 4, 64)
-    self._check_boundaries(networks, network_config, params, batch.obs, batch.carry_in,
-                           task_ids=[9, 3])
+    self._check_boundaries(
+      networks, network_config, params, batch.obs, batch.carry_in, task_ids=[9, 3]
+    )
 
 
 @pytest.mark.parametrize("num_tasks", [1, 10, 50])
@@ -113,8 +127,13 @@ def test_select_action_boundaries(helpers, num_tasks):
   obs, carry = _first_step_of_each_task(setup)
   for deterministic in (False, True):
     actions, carry_out = helpers.select_action_fn(networks)(
-        sac.policy_params(setup.state), obs, np.arange(num_tasks), carry, jax.random.key(3),
-        deterministic=deterministic)
+      sac.policy_params(setup.state),
+      obs,
+      np.arange(num_tasks),
+      carry,
+      jax.random.key(3),
+      deterministic=deterministic,
+    )
     chex.assert_shape(actions, (num_tasks, networks.action_dim))
     chex.assert_shape([carry_out.h, carry_out.c], (num_tasks, networks.encoder.carry_dim))
     chex.assert_tree_all_finite((actions, carry_out))
@@ -140,7 +159,9 @@ def test_attention_is_trained_by_lstm_and_attention_layer_only(helpers):
   weights = np.random.default_rng(0).normal(size=(*obs.shape[:2], 3)).astype(np.float32)
 
   def attention_objective(encoder_params):
-    return jnp.sum(weights * setup.networks.encoder.apply(encoder_params, obs, _ids(1), carry).attention)
+    return jnp.sum(
+      weights * setup.networks.encoder.apply(encoder_params, obs, _ids(1), carry).attention
+    )
 
   grads = jax.jit(jax.grad(attention_objective))(setup.state.params["encoder"])
   for name, grad in helpers.flatten_with_names(grads).items():
@@ -175,8 +196,13 @@ def test_select_action_carry_is_one_lstm_step(helpers, mode, lstm):
   expected = jax.jit(layers.lstm_apply)(params["encoder"][lstm], obs, carry)
   for deterministic in (False, True):
     _, carry_out = helpers.select_action_fn(setup.networks)(
-        sac.policy_params(setup.state), obs, np.arange(num_tasks), carry, jax.random.key(0),
-        deterministic=deterministic)
+      sac.policy_params(setup.state),
+      obs,
+      np.arange(num_tasks),
+      carry,
+      jax.random.key(0),
+      deterministic=deterministic,
+    )
     np.testing.assert_allclose(carry_out.h, expected.h, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(carry_out.c, expected.c, rtol=1e-5, atol=1e-6)
 
@@ -187,8 +213,13 @@ def test_deterministic_action_is_tanh_of_the_actor_mean(helpers):
   num_tasks = networks.num_tasks
   obs, carry = _first_step_of_each_task(setup)
   actions, _ = helpers.select_action_fn(networks)(
-      sac.policy_params(setup.state), obs, np.arange(num_tasks), carry, jax.random.key(0),
-      deterministic=True)
+    sac.policy_params(setup.state),
+    obs,
+    np.arange(num_tasks),
+    carry,
+    jax.random.key(0),
+    deterministic=True,
+  )
 
   @jax.jit
   def expected_actions():
@@ -196,9 +227,12 @@ def test_deterministic_action_is_tanh_of_the_actor_mean(helpers):
     per_task = []
     for task_id in range(num_tasks):
       one_carry = jax.tree.map(lambda x: x[task_id][None, None], carry)
-      features = networks.encoder.apply(params["encoder"], obs[task_id][None, None], _ids(task_id),
-                                        one_carry).features
-      per_task.append(jnp.tanh(networks.actor.apply(params["actor"], features, _ids(task_id))[0][0, 0]))
+      features = networks.encoder.apply(
+        params["encoder"], obs[task_id][None, None], _ids(task_id), one_carry
+      ).features
+      per_task.append(
+        jnp.tanh(networks.actor.apply(params["actor"], features, _ids(task_id))[0][0, 0])
+      )
     return jnp.stack(per_task)
 
   np.testing.assert_allclose(actions, expected_actions(), rtol=1e-5, atol=1e-6)
@@ -214,8 +248,9 @@ def test_without_temporal_input_there_is_no_carry(helpers):
   out = jax.jit(networks.encoder.apply)(params, batch.obs, _ids(1), batch.carry_in)
   check_encoder_output(out, 1, 5, networks.encoder.feature_dim, 0)
   # Attention from z_task alone: the same weights for every sample of a task.
-  np.testing.assert_allclose(out.attention, np.broadcast_to(out.attention[:, :1], out.attention.shape),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    out.attention, np.broadcast_to(out.attention[:, :1], out.attention.shape), rtol=1e-6
+  )
 
 
 def test_task_embedding_table_is_standard_normal(helpers):

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from cmta_jax.agents import cmta
-from cmta_jax.nn import distributions
-from cmta_jax.nn import layers
+from cmta_jax.nn import distributions, layers
 from cmta_jax.types import LSTMCarry
 
 
@@ -21,10 +20,10 @@ def _numpy_lstm_step(w_in, w_hidden, b, x, h, c):
   """Textbook LSTM, gates packed (i, f, g, o) along the last axis."""
   hidden = h.shape[-1]
   gates = x @ w_in + h @ w_hidden + b
-  i = _sigmoid(gates[:, 0 * hidden:1 * hidden])
-  f = _sigmoid(gates[:, 1 * hidden:2 * hidden])
-  g = np.tanh(gates[:, 2 * hidden:3 * hidden])
-  o = _sigmoid(gates[:, 3 * hidden:4 * hidden])
+  i = _sigmoid(gates[:, 0 * hidden : 1 * hidden])
+  f = _sigmoid(gates[:, 1 * hidden : 2 * hidden])
+  g = np.tanh(gates[:, 2 * hidden : 3 * hidden])
+  o = _sigmoid(gates[:, 3 * hidden : 4 * hidden])
   c_new = f * c + i * g
   h_new = o * np.tanh(c_new)
   return h_new, c_new
@@ -34,17 +33,20 @@ def test_lstm_step_matches_textbook_equations():
   rng = np.random.default_rng(0)
   batch, in_dim, hidden = 5, 7, 6
   # Random biases and large weights, so each gate's slice matters and a swapped gate order fails.
-  params = {"w_in": rng.normal(size=(in_dim, 4 * hidden)),
-            "w_hidden": rng.normal(size=(hidden, 4 * hidden)),
-            "b": rng.normal(size=(4 * hidden,))}
+  params = {
+    "w_in": rng.normal(size=(in_dim, 4 * hidden)),
+    "w_hidden": rng.normal(size=(hidden, 4 * hidden)),
+    "b": rng.normal(size=(4 * hidden,)),
+  }
   x = rng.normal(size=(batch, in_dim))
   h, c = rng.normal(size=(batch, hidden)), rng.normal(size=(batch, hidden))
   as_f32 = lambda tree: jax.tree.map(lambda v: np.asarray(v, np.float32), tree)
 
   out = jax.jit(layers.lstm_apply)(as_f32(params), as_f32(x), as_f32(LSTMCarry(h=h, c=c)))
 
-  expected_h, expected_c = _numpy_lstm_step(params["w_in"], params["w_hidden"], params["b"],
-                                            x, h, c)
+  expected_h, expected_c = _numpy_lstm_step(
+    params["w_in"], params["w_hidden"], params["b"], x, h, c
+  )
   np.testing.assert_allclose(out.h, expected_h, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(out.c, expected_c, rtol=1e-5, atol=1e-5)
 
@@ -69,8 +71,9 @@ def test_dense_init_is_glorot_uniform_with_zero_bias():
 
 def test_stacked_mlp_equals_each_member_on_its_own():
   members, sizes = 4, (5, 8, 3)
-  shapes = jax.eval_shape(lambda key: layers.stacked_mlp_init(key, members, sizes),
-                          jax.random.key(0))
+  shapes = jax.eval_shape(
+    lambda key: layers.stacked_mlp_init(key, members, sizes), jax.random.key(0)
+  )
   assert [layer["w"].shape for layer in shapes] == [(members, 5, 8), (members, 8, 3)]
   # NumPy weights and biases: running the real init eagerly compiles every threefry draw.
   rng = np.random.default_rng(0)
@@ -80,8 +83,9 @@ def test_stacked_mlp_equals_each_member_on_its_own():
   assert out.shape == (members, 6, 3)
   for member in range(members):
     member_params = jax.tree.map(lambda p: p[member], stacked)
-    np.testing.assert_allclose(out[member], jax.jit(layers.mlp_apply)(member_params, x),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+      out[member], jax.jit(layers.mlp_apply)(member_params, x), rtol=1e-5, atol=1e-6
+    )
   # Members are independent networks, not copies of one.
   assert not np.allclose(out[0], out[1])
 
@@ -96,7 +100,8 @@ def test_tanh_gaussian_log_prob_is_change_of_variables(helpers, scale):
   noise = rng.normal(size=(batch, action_dim))
 
   action, log_prob = jax.jit(distributions.sample_tanh_gaussian)(
-      *(jnp.asarray(x, jnp.float32) for x in (mean, log_std, noise)))
+    *(jnp.asarray(x, jnp.float32) for x in (mean, log_std, noise))
+  )
 
   assert action.shape == (batch, action_dim) and log_prob.shape == (batch,)
   np.testing.assert_allclose(action, np.tanh(mean + np.exp(log_std) * noise), rtol=1e-5, atol=1e-6)
@@ -150,7 +155,8 @@ def test_info_nce_matches_numpy_loops(num_experts, batch, dim):
   queries = rng.normal(size=(num_experts, batch, dim)) * norms
   positives = rng.normal(size=(num_experts, batch, dim)) * 3.0
   loss = jax.jit(cmta.info_nce, static_argnums=2)(
-      jnp.asarray(queries, jnp.float32), jnp.asarray(positives, jnp.float32), 0.1)
+    jnp.asarray(queries, jnp.float32), jnp.asarray(positives, jnp.float32), 0.1
+  )
   np.testing.assert_allclose(loss, _numpy_info_nce(queries, positives, 0.1), rtol=1e-5, atol=1e-5)
 
 
@@ -161,12 +167,16 @@ def test_info_nce_per_sample_over_task_groups_matches_each_groups_loss():
   queries = rng.normal(size=(4, 3, 5, 6)) * rng.uniform(0.1, 5.0, (4, 3, 5, 1))
   positives = rng.normal(size=(4, 3, 5, 6))
   per_sample = jax.jit(cmta.info_nce_per_sample, static_argnums=2)(
-      jnp.asarray(queries, jnp.float32), jnp.asarray(positives, jnp.float32), 0.1)
+    jnp.asarray(queries, jnp.float32), jnp.asarray(positives, jnp.float32), 0.1
+  )
   assert per_sample.shape == (3, 5)
   for group in range(3):
-    np.testing.assert_allclose(per_sample[group].mean(),
-                               _numpy_info_nce(queries[:, group], positives[:, group], 0.1),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+      per_sample[group].mean(),
+      _numpy_info_nce(queries[:, group], positives[:, group], 0.1),
+      rtol=1e-5,
+      atol=1e-5,
+    )
 
 
 def test_info_nce_is_low_when_positive_matches_and_experts_differ():
@@ -181,7 +191,8 @@ def test_info_nce_does_not_differentiate_the_positives():
   rng = np.random.default_rng(3)
   queries, positives = (jnp.asarray(rng.normal(size=(3, 4, 5)), jnp.float32) for _ in range(2))
   grad_queries, grad_positives = jax.jit(jax.grad(cmta.info_nce, argnums=(0, 1)), static_argnums=2)(
-      queries, positives, 0.1)
+    queries, positives, 0.1
+  )
   np.testing.assert_array_equal(grad_positives, np.zeros_like(grad_positives))
   assert np.any(grad_queries != 0)
 
@@ -204,11 +215,14 @@ def test_tanh_gaussian_log_prob_is_accurate_at_small_std(helpers, log_std):
     return distributions.sample_tanh_gaussian(mean, log_std, as_f32(noise))[1]
 
   log_prob = jax.jit(log_prob_fn)(as_f32(mean), as_f32(log_std))
-  np.testing.assert_allclose(log_prob, helpers.numpy_tanh_gaussian_log_prob(mean, log_std, noise),
-                             rtol=1e-5, atol=1e-3)
+  np.testing.assert_allclose(
+    log_prob, helpers.numpy_tanh_gaussian_log_prob(mean, log_std, noise), rtol=1e-5, atol=1e-3
+  )
   # d log pi / d log_std = -1 + d(-log(1 - tanh(u)^2))/du * du/dlog_std = -1 + 2 tanh(u) std noise.
   grad_log_std = jax.jit(jax.grad(lambda m, s: log_prob_fn(m, s).sum(), argnums=1))(
-      as_f32(mean), as_f32(log_std))
+    as_f32(mean), as_f32(log_std)
+  )
   pre_tanh = mean + np.exp(log_std) * noise
-  np.testing.assert_allclose(grad_log_std, -1.0 + 2.0 * np.tanh(pre_tanh) * np.exp(log_std) * noise,
-                             rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(
+    grad_log_std, -1.0 + 2.0 * np.tanh(pre_tanh) * np.exp(log_std) * noise, rtol=1e-5, atol=1e-4
+  )

@@ -23,13 +23,28 @@ from cmta_jax import config as config_lib
 from cmta_jax.agents import registry
 from cmta_jax.config import TrainConfig
 from cmta_jax.envs import EnvConfig
-from cmta_jax.testing import (EPISODE_LENGTH, EVAL_STARTS, GOALS, STEP_SIZE, move_points,
-                              observe_points, point_tasks)
+from cmta_jax.testing import (
+  EPISODE_LENGTH,
+  EVAL_STARTS,
+  GOALS,
+  STEP_SIZE,
+  move_points,
+  observe_points,
+  point_tasks,
+)
 from cmta_jax.training import loop
 
 SMALL_NETWORK = dict(
-    hidden_width=64, hidden_layers=2, task_embedding_dim=16, task_encoder_hidden=(32,),
-    task_feature_dim=16, num_experts=4, expert_hidden=32, expert_dim=16, lstm_hidden=16)
+  hidden_width=64,
+  hidden_layers=2,
+  task_embedding_dim=16,
+  task_encoder_hidden=(32,),
+  task_feature_dim=16,
+  num_experts=4,
+  expert_hidden=32,
+  expert_dim=16,
+  lstm_hidden=16,
+)
 # Paper defaults (beta 2500, alpha 1, target entropy -|A|, taus) except a shorter
 # horizon and faster learning rates, to learn a 15-step problem in ~3000 updates.
 FAST_SAC = dict(discount=0.9, actor_lr=1e-3, critic_lr=1e-3, alpha_lr=1e-3)
@@ -61,28 +76,48 @@ class PointTaskResult:
     return (self.learned_return - self.random_return) / (self.optimal_return - self.random_return)
 
 
-def point_task_config(agent_name: str, num_steps: int, warmup_steps: int, batch_per_task: int,
-                      seed: int) -> config_lib.RunConfig:
+def point_task_config(
+  agent_name: str, num_steps: int, warmup_steps: int, batch_per_task: int, seed: int
+) -> config_lib.RunConfig:
   run_config = registry.agent_defaults(config_lib.RunConfig(agent=agent_name), explicit=set())
   run_config = config_lib.replace_fields(run_config, **SMALL_NETWORK)
   return dataclasses.replace(
-      run_config,
-      env=EnvConfig(episode_length=EPISODE_LENGTH, reward_normalization=False),
-      sac=dataclasses.replace(run_config.sac, **FAST_SAC),
-      train=TrainConfig(seed=seed, total_steps=num_steps, warmup_steps=warmup_steps,
-                        batch_per_task=batch_per_task, replay_capacity=len(GOALS) * num_steps,
-                        eval_every=num_steps, eval_episodes=len(EVAL_STARTS), log_every=1_000,
-                        checkpoint_every=num_steps))
+    run_config,
+    env=EnvConfig(episode_length=EPISODE_LENGTH, reward_normalization=False),
+    sac=dataclasses.replace(run_config.sac, **FAST_SAC),
+    train=TrainConfig(
+      seed=seed,
+      total_steps=num_steps,
+      warmup_steps=warmup_steps,
+      batch_per_task=batch_per_task,
+      replay_capacity=len(GOALS) * num_steps,
+      eval_every=num_steps,
+      eval_episodes=len(EVAL_STARTS),
+      log_every=1_000,
+      checkpoint_every=num_steps,
+    ),
+  )
 
 
-def train_point_task(agent_name: str, run_dir: str, *, num_steps: int = 3000,
-                     warmup_steps: int = 210, batch_per_task: int = 64, goal_in_obs: bool = False,
-                     seed: int = 0) -> PointTaskResult:
+def train_point_task(
+  agent_name: str,
+  run_dir: str,
+  *,
+  num_steps: int = 3000,
+  warmup_steps: int = 210,
+  batch_per_task: int = 64,
+  goal_in_obs: bool = False,
+  seed: int = 0,
+) -> PointTaskResult:
   """Trains `agent_name` on both point tasks with `loop.train` (one update per vector step
   after warm-up); the learned return is its final evaluation's."""
   start_time = time.time()
-  summary = loop.train(point_task_config(agent_name, num_steps, warmup_steps, batch_per_task, seed),
-                       run_dir, log=lambda line: None, envs=point_tasks(goal_in_obs))
+  summary = loop.train(
+    point_task_config(agent_name, num_steps, warmup_steps, batch_per_task, seed),
+    run_dir,
+    log=lambda line: None,
+    envs=point_tasks(goal_in_obs),
+  )
   rng = np.random.default_rng(seed)
 
   def random_policy(obs):
@@ -93,10 +128,11 @@ def train_point_task(agent_name: str, run_dir: str, *, num_steps: int = 3000,
     return np.clip((GOALS - obs[:, 0]) / STEP_SIZE, -1.0, 1.0)
 
   return PointTaskResult(
-      learned_return=np.array(list(summary["final_return_per_task"].values())),
-      random_return=rollout_return(random_policy, goal_in_obs, episodes_per_start=50),
-      optimal_return=rollout_return(optimal_policy, goal_in_obs),
-      seconds=time.time() - start_time)
+    learned_return=np.array(list(summary["final_return_per_task"].values())),
+    random_return=rollout_return(random_policy, goal_in_obs, episodes_per_start=50),
+    optimal_return=rollout_return(optimal_policy, goal_in_obs),
+    seconds=time.time() - start_time,
+  )
 
 
 @pytest.mark.slow
@@ -106,8 +142,10 @@ def test_sac_solves_two_point_tasks(agent_name, tmp_path):
   # to the task index, so the goal must be in its observation.
   result = train_point_task(agent_name, str(tmp_path / "run"), goal_in_obs=agent_name == "mtsac")
   score = result.normalized_score()
-  print(f"{agent_name}: learned {result.learned_return}, random {result.random_return}, "
-        f"optimal {result.optimal_return}, score {score}, {result.seconds:.1f} s")
+  print(
+    f"{agent_name}: learned {result.learned_return}, random {result.random_return}, "
+    f"optimal {result.optimal_return}, score {score}, {result.seconds:.1f} s"
+  )
   # Both tasks must be solved, each with its own goal: only the task index (or, for MT-SAC,
   # the observation) tells them apart. Measured through loop.train, seed 0 (BUILD_NOTES.md):
   # cmta 0.96/0.93, mtsac 0.96/0.93, mtmhsac 0.94/0.92, single_sac 0.95/0.93. With the sign

@@ -93,8 +93,14 @@ def start_in_background() -> subprocess.Popen:
     env["PYTHONPATH"] = os.pathsep.join(paths)
     # Files, not pipes: nobody reads until the end, and a full pipe would block the child.
     _output = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
-    _process = subprocess.Popen([sys.executable, "-c", _SUBPROCESS_CODE, str(CONFTEST)], env=env,
-                                cwd=REPO_ROOT, stdout=_output[0], stderr=_output[1], text=True)
+    _process = subprocess.Popen(
+      [sys.executable, "-c", _SUBPROCESS_CODE, str(CONFTEST)],
+      env=env,
+      cwd=REPO_ROOT,
+      stdout=_output[0],
+      stderr=_output[1],
+      text=True,
+    )
   return _process
 
 

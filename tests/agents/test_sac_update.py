@@ -16,8 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cmta_jax.agents import cmta
-from cmta_jax.agents import sac
+from cmta_jax.agents import cmta, sac
 from cmta_jax.config import HeadConfig, MixtureConfig, SACConfig
 
 LOSS_NAMES = ("critic_loss", "contrastive_loss", "actor_loss", "alpha_loss")
@@ -34,9 +33,12 @@ def _noise(helpers, setup):
 def _with_distinct_targets(state, seed=0, scale=0.1):
   """Targets that differ from the online parameters, so mixing them up is visible."""
   rng = np.random.default_rng(seed)
-  return state.replace(target_params=jax.tree.map(
+  return state.replace(
+    target_params=jax.tree.map(
       lambda x: jnp.asarray(np.asarray(x) + scale * rng.normal(size=x.shape), x.dtype),
-      state.target_params))
+      state.target_params,
+    )
+  )
 
 
 def _with_log_alpha(state, log_alpha):
@@ -70,7 +72,8 @@ def test_test_states_have_the_real_init_layout(helpers):
   """`helpers.random_training_state` stands in for `sac.init_training_state` in these tests."""
   setup = helpers.learner_setup()
   real = jax.eval_shape(
-      lambda key: sac.init_training_state(key, setup.networks, setup.sac_config), jax.random.key(0))
+    lambda key: sac.init_training_state(key, setup.networks, setup.sac_config), jax.random.key(0)
+  )
   assert jax.tree.structure(real) == jax.tree.structure(setup.state)
   for real_leaf, test_leaf in zip(jax.tree.leaves(real), jax.tree.leaves(setup.state)):
     assert (real_leaf.shape, real_leaf.dtype) == (test_leaf.shape, test_leaf.dtype)
@@ -88,7 +91,12 @@ def test_update_shapes_and_finiteness(helpers, num_tasks):
   assert int(new_state.step) == 1
   chex.assert_shape(new_state.params["log_alpha"], (num_tasks,))
   assert set(metrics) == set(LOSS_NAMES) | {
-      "alpha", "entropy", "q_mean", "td_target_mean", "attention_entropy"}
+    "alpha",
+    "entropy",
+    "q_mean",
+    "td_target_mean",
+    "attention_entropy",
+  }
   for name, value in metrics.items():
     chex.assert_shape(value, (num_tasks,), custom_message=name)  # per-task metrics
   chex.assert_tree_all_finite(metrics)
@@ -135,18 +143,29 @@ def test_metrics_match_losses_recomputed_from_the_network_pieces(helpers):
     actor_loss = np.mean(alpha * log_prob - q_pi)
     alpha_loss = alpha * np.mean(-log_prob - target_entropy)
     # InfoNCE (checked against NumPy loops in test_layers): online z_t vs target z_{t+1}.
-    contrastive = info_nce(online_now.experts, target_next.experts,
-                           helpers.small_network_config().mixture.contrastive_temperature)
+    contrastive = info_nce(
+      online_now.experts,
+      target_next.experts,
+      helpers.small_network_config().mixture.contrastive_temperature,
+    )
 
-    expected = {"td_target_mean": td_target.mean(), "q_mean": np.mean(q),
-                "critic_loss": critic_loss, "actor_loss": actor_loss, "alpha_loss": alpha_loss,
-                "alpha": alpha, "entropy": -log_prob.mean(), "contrastive_loss": contrastive}
+    expected = {
+      "td_target_mean": td_target.mean(),
+      "q_mean": np.mean(q),
+      "critic_loss": critic_loss,
+      "actor_loss": actor_loss,
+      "alpha_loss": alpha_loss,
+      "alpha": alpha,
+      "entropy": -log_prob.mean(),
+      "contrastive_loss": contrastive,
+    }
     for name, value in expected.items():
-      np.testing.assert_allclose(metrics[name][t], value, rtol=2e-4, atol=1e-4,
-                                 err_msg=f"{name}, task {t}")
+      np.testing.assert_allclose(
+        metrics[name][t], value, rtol=2e-4, atol=1e-4, err_msg=f"{name}, task {t}"
+      )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _loss_gradients(helpers):
   """Through the same loss as the update: d(batch mean of each loss term)/d(params),
   keyed by term (and "objective"), plus d(objective)/d(target params). One compile."""
@@ -189,15 +208,25 @@ def test_actor_loss_trains_only_the_actor(helpers):
 
 
 def test_contrastive_loss_trains_only_the_experts(helpers):
-  _assert_routing(helpers, _loss_component_gradients(helpers)["contrastive_loss"],
-                  ("encoder/experts/",))
+  _assert_routing(
+    helpers, _loss_component_gradients(helpers)["contrastive_loss"], ("encoder/experts/",)
+  )
 
 
 def test_critic_loss_trains_the_whole_encoder_and_the_q_heads(helpers):
   grads = _loss_component_gradients(helpers)["critic_loss"]
-  _assert_routing(helpers, grads, (
-      "encoder/task_encoder/", "encoder/task_embedding", "encoder/experts/", "encoder/lstm/",
-      "encoder/attention/", "critic/"))
+  _assert_routing(
+    helpers,
+    grads,
+    (
+      "encoder/task_encoder/",
+      "encoder/task_embedding",
+      "encoder/experts/",
+      "encoder/lstm/",
+      "encoder/attention/",
+      "critic/",
+    ),
+  )
   # Each task's own embedding row is trained (the task axis reaches the table).
   assert np.all(np.any(grads["encoder"]["task_embedding"] != 0, axis=-1))
 
@@ -211,11 +240,16 @@ def test_alpha_loss_trains_only_the_temperatures(helpers):
 def test_objective_is_critic_plus_beta_contrastive_plus_actor_plus_alpha(helpers):
   grads = _loss_component_gradients(helpers)
   beta = helpers.TEST_SAC.auxiliary_weight
-  expected = jax.tree.map(lambda c, k, a, t: np.asarray(c) + beta * np.asarray(k) + np.asarray(a)
-                          + np.asarray(t), grads["critic_loss"], grads["contrastive_loss"],
-                          grads["actor_loss"], grads["alpha_loss"])
-  helpers.assert_trees_allclose(grads["objective"], expected, rtol=1e-4, atol=1e-5,
-                                leaf_scale_atol=1e-5)
+  expected = jax.tree.map(
+    lambda c, k, a, t: np.asarray(c) + beta * np.asarray(k) + np.asarray(a) + np.asarray(t),
+    grads["critic_loss"],
+    grads["contrastive_loss"],
+    grads["actor_loss"],
+    grads["alpha_loss"],
+  )
+  helpers.assert_trees_allclose(
+    grads["objective"], expected, rtol=1e-4, atol=1e-5, leaf_scale_atol=1e-5
+  )
 
 
 def test_update_applies_the_objective_gradient_and_none_to_targets(helpers):
@@ -224,8 +258,13 @@ def test_update_applies_the_objective_gradient_and_none_to_targets(helpers):
   applied = helpers.applied_gradients(new_state.opt_state)
   # Only online groups are optimised: no target parameters in the gradient pytree.
   assert set(applied) == PARAM_GROUPS == set(setup.state.params)
-  helpers.assert_trees_allclose(applied, _loss_component_gradients(helpers)["objective"],
-                                rtol=1e-4, atol=1e-5, leaf_scale_atol=1e-5)
+  helpers.assert_trees_allclose(
+    applied,
+    _loss_component_gradients(helpers)["objective"],
+    rtol=1e-4,
+    atol=1e-5,
+    leaf_scale_atol=1e-5,
+  )
 
 
 def test_objective_does_not_depend_on_target_parameters_through_gradients(helpers):
@@ -241,8 +280,11 @@ def test_targets_move_by_polyak_averaging_only(helpers):
   new_state, _ = setup.update(state, setup.batch, setup.key)
   # The paper's rates: 0.05 for the encoder, 0.005 for the Q heads.
   for group, tau in (("encoder", 0.05), ("critic", 0.005)):
-    expected = jax.tree.map(lambda old, new: (1 - tau) * np.asarray(old) + tau * np.asarray(new),
-                            state.target_params[group], new_state.params[group])
+    expected = jax.tree.map(
+      lambda old, new: (1 - tau) * np.asarray(old) + tau * np.asarray(new),
+      state.target_params[group],
+      new_state.params[group],
+    )
     helpers.assert_trees_allclose(new_state.target_params[group], expected, rtol=1e-6, atol=1e-7)
   assert set(new_state.target_params) == {"encoder", "critic"}
   # The online parameters did move, so the check above is not vacuous.
@@ -255,8 +297,9 @@ def _entropies(helpers, setup, state, batch):
   encoder, actor, _ = helpers.task_slice_networks(setup.networks)
   entropies = []
   for t in range(setup.networks.num_tasks):
-    features = encoder(state.params["encoder"], np.asarray(batch.obs)[t], t,
-                       _task_slice(batch.carry_in, t)).features
+    features = encoder(
+      state.params["encoder"], np.asarray(batch.obs)[t], t, _task_slice(batch.carry_in, t)
+    ).features
     mean, log_std = actor(state.params["actor"], features, t)
     entropies.append(-helpers.numpy_tanh_gaussian_log_prob(mean, log_std, noise_now[t]).mean())
   return np.array(entropies)
@@ -312,8 +355,13 @@ def test_task_vmap_equals_a_python_loop_over_tasks(helpers):
   objectives, per_task_metrics, per_task_grads = [], [], []
   for t in range(num_tasks):
     (objective, metrics), grads = value_and_grad(
-        setup.state.params, setup.state.target_params, _task_slice(setup.batch, t), t,
-        noise_next[t], noise_now[t])
+      setup.state.params,
+      setup.state.target_params,
+      _task_slice(setup.batch, t),
+      t,
+      noise_next[t],
+      noise_now[t],
+    )
     objectives.append(objective)
     per_task_metrics.append(metrics)
     per_task_grads.append(grads)
@@ -324,18 +372,26 @@ def test_task_vmap_equals_a_python_loop_over_tasks(helpers):
 
   new_state, metrics = setup.update(setup.state, setup.batch, setup.key)
   for name in metrics:
-    np.testing.assert_allclose(metrics[name], [m[name] for m in per_task_metrics], rtol=1e-5,
-                               atol=1e-5, err_msg=name)
+    np.testing.assert_allclose(
+      metrics[name], [m[name] for m in per_task_metrics], rtol=1e-5, atol=1e-5, err_msg=name
+    )
   # Objective = mean of per-task terms; its gradient = mean of per-task gradients.
   beta = setup.sac_config.auxiliary_weight
   total_from_metrics = np.mean(
-      metrics["critic_loss"] + beta * metrics["contrastive_loss"] + metrics["actor_loss"]
-      + metrics["alpha_loss"])
+    metrics["critic_loss"]
+    + beta * metrics["contrastive_loss"]
+    + metrics["actor_loss"]
+    + metrics["alpha_loss"]
+  )
   np.testing.assert_allclose(total_from_metrics, np.mean(objectives), rtol=1e-5)
-  mean_grads = jax.tree.map(lambda *g: sum(np.asarray(x) for x in g) / num_tasks,
-                            *per_task_grads)
-  helpers.assert_trees_allclose(helpers.applied_gradients(new_state.opt_state), mean_grads,
-                                rtol=1e-4, atol=1e-5, leaf_scale_atol=1e-5)
+  mean_grads = jax.tree.map(lambda *g: sum(np.asarray(x) for x in g) / num_tasks, *per_task_grads)
+  helpers.assert_trees_allclose(
+    helpers.applied_gradients(new_state.opt_state),
+    mean_grads,
+    rtol=1e-4,
+    atol=1e-5,
+    leaf_scale_atol=1e-5,
+  )
 
 
 def test_carries_change_the_update(helpers):
@@ -344,12 +400,14 @@ def test_carries_change_the_update(helpers):
   flipped = lambda carry: jax.tree.map(lambda x: -np.asarray(x), carry)
   # carry_in feeds the LSTM step on s_t: Q(s_t, a_t) changes.
   _, new_in = setup.update(
-      setup.state, setup.batch._replace(carry_in=flipped(setup.batch.carry_in)), setup.key)
+    setup.state, setup.batch._replace(carry_in=flipped(setup.batch.carry_in)), setup.key
+  )
   assert np.all(new_in["q_mean"] != metrics["q_mean"])
   np.testing.assert_array_equal(new_in["td_target_mean"], metrics["td_target_mean"])
   # carry_out feeds the LSTM step on s_{t+1}: the TD target changes.
   _, new_out = setup.update(
-      setup.state, setup.batch._replace(carry_out=flipped(setup.batch.carry_out)), setup.key)
+    setup.state, setup.batch._replace(carry_out=flipped(setup.batch.carry_out)), setup.key
+  )
   assert np.all(new_out["td_target_mean"] != metrics["td_target_mean"])
   np.testing.assert_array_equal(new_out["q_mean"], metrics["q_mean"])
 
@@ -369,8 +427,12 @@ def test_select_action_is_deterministic(helpers):
   networks = setup.networks
   select_action = helpers.select_action_fn(networks)
   num_tasks = networks.num_tasks
-  args = (sac.policy_params(setup.state), _task_slice(setup.batch.obs, (slice(None), 0)),
-          np.arange(num_tasks), _task_slice(setup.batch.carry_in, (slice(None), 0)))
+  args = (
+    sac.policy_params(setup.state),
+    _task_slice(setup.batch.obs, (slice(None), 0)),
+    np.arange(num_tasks),
+    _task_slice(setup.batch.carry_in, (slice(None), 0)),
+  )
   for deterministic in (False, True):
     first = select_action(*args, jax.random.key(5), deterministic=deterministic)
     second = select_action(*args, jax.random.key(5), deterministic=deterministic)

@@ -9,21 +9,28 @@ import pytest
 
 from cmta_jax.envs import metaworld_env
 from cmta_jax.envs.metaworld_env import (
-    EnvConfig,
-    MultiTaskEnv,
-    StepResult,
-    episode_variation_indices,
-    make_variations,
-    task_names,
-    validate_seed,
+  EnvConfig,
+  MultiTaskEnv,
+  StepResult,
+  episode_variation_indices,
+  make_variations,
+  task_names,
+  validate_seed,
 )
 
 EPISODE_LENGTH = 10  # Short episodes keep the tests fast.
 SEED = 0
 MT10_ORDER = (
-    "reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3",
-    "drawer-close-v3", "button-press-topdown-v3", "peg-insert-side-v3",
-    "window-open-v3", "window-close-v3",
+  "reach-v3",
+  "push-v3",
+  "pick-place-v3",
+  "door-open-v3",
+  "drawer-open-v3",
+  "drawer-close-v3",
+  "button-press-topdown-v3",
+  "peg-insert-side-v3",
+  "window-open-v3",
+  "window-close-v3",
 )
 
 
@@ -47,7 +54,7 @@ def _assert_same_results(a: list[StepResult], b: list[StepResult]) -> None:
   for step, (x, y) in enumerate(zip(a, b)):
     for field in StepResult._fields:
       np.testing.assert_array_equal(
-          getattr(x, field), getattr(y, field), err_msg=f"{field} @ step {step}"
+        getattr(x, field), getattr(y, field), err_msg=f"{field} @ step {step}"
       )
 
 
@@ -212,7 +219,7 @@ def test_mixed_mode_changes_variation_and_is_reproducible(mixed_train):
   assert all(len(set(runs[0][:, task])) > 1 for task in range(10))
   # The eval stream of the same seed is a different sequence.
   eval_stream = np.stack(
-      [episode_variation_indices(SEED, "mixed", "eval", 10, episode) for episode in range(4)]
+    [episode_variation_indices(SEED, "mixed", "eval", 10, episode) for episode in range(4)]
   )
   assert not np.array_equal(eval_stream, runs[0])
 
@@ -226,7 +233,7 @@ def test_same_seed_same_stream_different_seed_different(fixed_train, fixed_train
   first_c, results_c = _rollout(fixed_train_other_seed, actions)
   assert not np.array_equal(first_a, first_c)
   assert not np.array_equal(
-      np.stack([r.raw_reward for r in results_a]), np.stack([r.raw_reward for r in results_c])
+    np.stack([r.raw_reward for r in results_a]), np.stack([r.raw_reward for r in results_c])
   )
 
 
@@ -264,15 +271,15 @@ def test_get_state_only_at_episode_start(fixed_train):
 
 
 @pytest.mark.parametrize(
-    "change",
-    [
-        {"seed": SEED + 1},
-        {"role": "eval"},
-        {"mode": "mixed"},
-        {"episode_length": 11},
-        {"format": 99},
-    ],
-    ids=lambda c: next(iter(c)),
+  "change",
+  [
+    {"seed": SEED + 1},
+    {"role": "eval"},
+    {"mode": "mixed"},
+    {"episode_length": 11},
+    {"format": 99},
+  ],
+  ids=lambda c: next(iter(c)),
 )
 def test_restore_rejects_other_runs_state(fixed_train, change):
   fixed_train.reset()
@@ -291,25 +298,25 @@ def test_bad_actions_raise(fixed_train):
 
 
 @pytest.mark.parametrize(
-    "kwargs",
-    [
-        {"config": EnvConfig(benchmark="MT20")},
-        {"config": EnvConfig(mode="random")},
-        {"config": EnvConfig(vector_strategy="threads")},
-        {"config": EnvConfig(episode_length=0)},
-        {"config": EnvConfig(episode_length=501)},
-        {"config": EnvConfig(episode_length=10.0)},
-        {"config": EnvConfig(episode_length=True)},
-        {"config": EnvConfig(reward_norm_rate=0.0)},
-        {"seed": -1},
-        {"seed": 1.0},
-        {"seed": True},
-        {"seed": "3"},
-        {"seed": None},
-        {"seed": 2**32},
-        {"role": "test"},
-    ],
-    ids=lambda kw: f"{next(iter(kw))}={next(iter(kw.values()))!r}",
+  "kwargs",
+  [
+    {"config": EnvConfig(benchmark="MT20")},
+    {"config": EnvConfig(mode="random")},
+    {"config": EnvConfig(vector_strategy="threads")},
+    {"config": EnvConfig(episode_length=0)},
+    {"config": EnvConfig(episode_length=501)},
+    {"config": EnvConfig(episode_length=10.0)},
+    {"config": EnvConfig(episode_length=True)},
+    {"config": EnvConfig(reward_norm_rate=0.0)},
+    {"seed": -1},
+    {"seed": 1.0},
+    {"seed": True},
+    {"seed": "3"},
+    {"seed": None},
+    {"seed": 2**32},
+    {"role": "test"},
+  ],
+  ids=lambda kw: f"{next(iter(kw))}={next(iter(kw.values()))!r}",
 )
 def test_bad_input_raises_before_building(kwargs, monkeypatch):
   def must_not_build(*args, **kw):

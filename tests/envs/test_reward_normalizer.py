@@ -95,18 +95,18 @@ def test_reset_restores_initial_estimate():
 
 
 @pytest.mark.parametrize(
-    "make",
-    [
-        lambda: RewardNormalizer(0),
-        lambda: RewardNormalizer(NUM_TASKS, rate=0.0),
-        lambda: RewardNormalizer(NUM_TASKS, rate=1.5),
-        lambda: RewardNormalizer(NUM_TASKS).normalize(np.ones(NUM_TASKS + 1)),
-        lambda: RewardNormalizer(NUM_TASKS).load_state_dict(RewardNormalizer(3).state_dict()),
-        lambda: RewardNormalizer(NUM_TASKS).load_state_dict(
-            RewardNormalizer(NUM_TASKS, rate=0.5).state_dict()
-        ),
-    ],
-    ids=["no-tasks", "zero-rate", "rate-above-one", "bad-shape", "task-count", "rate-mismatch"],
+  "make",
+  [
+    lambda: RewardNormalizer(0),
+    lambda: RewardNormalizer(NUM_TASKS, rate=0.0),
+    lambda: RewardNormalizer(NUM_TASKS, rate=1.5),
+    lambda: RewardNormalizer(NUM_TASKS).normalize(np.ones(NUM_TASKS + 1)),
+    lambda: RewardNormalizer(NUM_TASKS).load_state_dict(RewardNormalizer(3).state_dict()),
+    lambda: RewardNormalizer(NUM_TASKS).load_state_dict(
+      RewardNormalizer(NUM_TASKS, rate=0.5).state_dict()
+    ),
+  ],
+  ids=["no-tasks", "zero-rate", "rate-above-one", "bad-shape", "task-count", "rate-mismatch"],
 )
 def test_bad_input_raises_one_line_value_error(make):
   with pytest.raises(ValueError) as error:

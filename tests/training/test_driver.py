@@ -20,10 +20,10 @@ import sys
 import time
 
 import jax
-from jax.experimental.compilation_cache import compilation_cache
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from jax.experimental.compilation_cache import compilation_cache
 from tensorboardX.proto import event_pb2
 
 from cmta_jax import cli, testing
@@ -43,13 +43,24 @@ TRAIN_SCRIPT = os.path.join(REPO, "experiments", "train.py")
 EPISODE_LENGTH = 20
 TOTAL_STEPS = 160
 SMALL = {
-    "benchmark": "MT10", "mode": "fixed", "episode_length": EPISODE_LENGTH,
-    "hidden_width": 32, "batch_per_task": 8, "replay_capacity": 10_000, "warmup_steps": 40,
-    "total_steps": TOTAL_STEPS, "log_every": 40, "eval_every": 80, "checkpoint_every": 40,
-    "keep_checkpoints": 10, "seed": 0,
+  "benchmark": "MT10",
+  "mode": "fixed",
+  "episode_length": EPISODE_LENGTH,
+  "hidden_width": 32,
+  "batch_per_task": 8,
+  "replay_capacity": 10_000,
+  "warmup_steps": 40,
+  "total_steps": TOTAL_STEPS,
+  "log_every": 40,
+  "eval_every": 80,
+  "checkpoint_every": 40,
+  "keep_checkpoints": 10,
+  "seed": 0,
 }
 MT10 = task_names("MT10")
 CLI_TIMEOUT = 240  # seconds; generous because the machine may be shared
+
+
 def make_config(**overrides) -> config_lib.RunConfig:
   """RunConfig from the defaults plus SMALL plus `overrides`, keyed by leaf field name."""
   return config_lib.replace_fields(config_lib.RunConfig(), **{**SMALL, **overrides})
@@ -66,8 +77,11 @@ def cli_args(run_dir: str, **overrides) -> list[str]:
 def subprocess_env(cache_dir: str) -> dict:
   env = dict(os.environ)
   # Subprocesses share the session's compilation cache (compiling is most of a short run).
-  env.update(JAX_COMPILATION_CACHE_DIR=cache_dir, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PLATFORMS="cpu")
+  env.update(
+    JAX_COMPILATION_CACHE_DIR=cache_dir,
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    JAX_PLATFORMS="cpu",
+  )
   return env
 
 
@@ -87,11 +101,19 @@ def restore_checkpoint(run_dir: str, step: int) -> dict:
   """Every item of a checkpoint as numpy trees (no abstract target needed)."""
   manager = ocp.CheckpointManager(os.path.join(os.path.abspath(run_dir), "checkpoints"))
   try:
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(), replay=ocp.args.StandardRestore(),
-        meta=ocp.args.JsonRestore()))
-    return {"state": jax.device_get(restored["state"]), "replay": dict(restored["replay"]),
-            "meta": restored["meta"]}
+    restored = manager.restore(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(),
+        replay=ocp.args.StandardRestore(),
+        meta=ocp.args.JsonRestore(),
+      ),
+    )
+    return {
+      "state": jax.device_get(restored["state"]),
+      "replay": dict(restored["replay"]),
+      "meta": restored["meta"],
+    }
   finally:
     manager.close()
 
@@ -109,7 +131,6 @@ def without_time(records: list[dict]) -> list[dict]:
 
 
 class LogCapture:
-
   def __init__(self):
     self.lines: list[str] = []
 
@@ -127,8 +148,10 @@ def compilation_cache_dir(tmp_path_factory):
   # recompilation (identical HLO) into a disk read, also across subprocesses.
   # JAX_COMPILATION_CACHE_DIR, if set, keeps the cache across sessions.
   path = jax.config.jax_compilation_cache_dir or str(tmp_path_factory.mktemp("jax_cache"))
-  previous = (jax.config.jax_compilation_cache_dir,
-              jax.config.jax_persistent_cache_min_compile_time_secs)
+  previous = (
+    jax.config.jax_compilation_cache_dir,
+    jax.config.jax_persistent_cache_min_compile_time_secs,
+  )
   jax.config.update("jax_compilation_cache_dir", path)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   compilation_cache.reset_cache()  # JAX decides whether to use the cache only once
@@ -166,8 +189,11 @@ def _copy_run(run_dir: str, tmp_path) -> str:
 
 def _garble(checkpoint_dir: str) -> None:
   """Overwrites every file of the checkpoint's `state` item with junk of half its size."""
-  files = [p for p in glob.glob(os.path.join(checkpoint_dir, "state", "**"), recursive=True)
-           if os.path.isfile(p)]
+  files = [
+    p
+    for p in glob.glob(os.path.join(checkpoint_dir, "state", "**"), recursive=True)
+    if os.path.isfile(p)
+  ]
   assert files
   for path in files:
     size = os.path.getsize(path)
@@ -185,8 +211,8 @@ def _tensorboard_scalars(run_dir: str) -> dict[str, list[int]]:
       data = f.read()
     offset = 0
     while offset < len(data):
-      (length,) = struct.unpack("<Q", data[offset:offset + 8])
-      event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+      (length,) = struct.unpack("<Q", data[offset : offset + 8])
+      event = event_pb2.Event.FromString(data[offset + 12 : offset + 12 + length])
       offset += 12 + length + 4  # length, its CRC, the record, its CRC
       for value in event.summary.value:
         scalars.setdefault(value.tag, []).append(event.step)
@@ -201,7 +227,8 @@ def _assert_unique_records(records: list[dict], expected: set) -> None:
 
 def _expected_keys(total_steps: int, log_every: int, eval_every: int) -> set:
   train = {(s, "train") for s in range(log_every, total_steps + 1, log_every)} | {
-      (total_steps, "train")}
+    (total_steps, "train")
+  }
   evals = {(s, "eval") for s in range(0, total_steps + 1, eval_every)} | {(total_steps, "eval")}
   return train | evals
 
@@ -213,8 +240,9 @@ def _expected_keys(total_steps: int, log_every: int, eval_every: int) -> set:
 def test_end_to_end_run_writes_metrics_tensorboard_summary_and_checkpoints(baseline_run):
   run_dir, run_config, log, summary = baseline_run
   records = read_records(run_dir)
-  _assert_unique_records(records, _expected_keys(TOTAL_STEPS, SMALL["log_every"],
-                                                 SMALL["eval_every"]))
+  _assert_unique_records(
+    records, _expected_keys(TOTAL_STEPS, SMALL["log_every"], SMALL["eval_every"])
+  )
 
   evals = [r for r in records if r["kind"] == "eval"]
   assert [r["step"] for r in evals] == [0, 80, 160]
@@ -228,8 +256,16 @@ def test_end_to_end_run_writes_metrics_tensorboard_summary_and_checkpoints(basel
   assert trains[0]["updates"] == 0  # step 40 = end of the warm-up: no update yet
   for record in trains[1:]:
     assert record["updates"] == SMALL["log_every"]
-    for key in ("critic_loss", "actor_loss", "alpha_loss", "contrastive_loss",
-                "attention_entropy", "td_target_mean", "q_mean", "entropy"):
+    for key in (
+      "critic_loss",
+      "actor_loss",
+      "alpha_loss",
+      "contrastive_loss",
+      "attention_entropy",
+      "td_target_mean",
+      "q_mean",
+      "entropy",
+    ):
       assert np.isfinite(record[key]), key
     assert list(record["alpha"]) == list(MT10)
     assert all(v > 0 for v in record["alpha"].values())
@@ -275,7 +311,10 @@ def test_resumed_run_is_bit_identical_to_uninterrupted(baseline_run, tmp_path):
   assert f"from the checkpoint at step {TOTAL_STEPS // 2}" in log.text
 
   for step in (120, 160):
-    resumed, uninterrupted = restore_checkpoint(run_dir, step), restore_checkpoint(baseline_dir, step)
+    resumed, uninterrupted = (
+      restore_checkpoint(run_dir, step),
+      restore_checkpoint(baseline_dir, step),
+    )
     assert_trees_equal(resumed["state"], uninterrupted["state"])
     assert_trees_equal(resumed["replay"], uninterrupted["replay"])
     assert resumed["meta"] == uninterrupted["meta"]
@@ -300,20 +339,27 @@ def _assert_refusals_change_nothing(run_dir: str) -> None:
   """Launches that must be refused on a run at step TOTAL_STEPS // 2, before touching it."""
   before = _run_dir_contents(run_dir)
   refusals = [
-      # Array shapes differ: never, even with --allow_config_change.
-      (dict(hidden_width=64), True, r"other array shapes \(head.hidden_width: saved 32 != now 64"),
-      (dict(replay_capacity=20_000), True, r"other array shapes \(train.replay_capacity"),
-      (dict(carry_mode="stored"), True, r"other array shapes \(mixture.carry_mode"),
-      (dict(hidden_width=64), False, r"different config .*--allow_config_change"),
-      # Below the step already reached.
-      (dict(total_steps=TOTAL_STEPS // 4), False,
-       rf"already at step {TOTAL_STEPS // 2}, past --total_steps={TOTAL_STEPS // 4}; nothing changed"),
+    # Array shapes differ: never, even with --allow_config_change.
+    (dict(hidden_width=64), True, r"other array shapes \(head.hidden_width: saved 32 != now 64"),
+    (dict(replay_capacity=20_000), True, r"other array shapes \(train.replay_capacity"),
+    (dict(carry_mode="stored"), True, r"other array shapes \(mixture.carry_mode"),
+    (dict(hidden_width=64), False, r"different config .*--allow_config_change"),
+    # Below the step already reached.
+    (
+      dict(total_steps=TOTAL_STEPS // 4),
+      False,
+      rf"already at step {TOTAL_STEPS // 2}, past --total_steps={TOTAL_STEPS // 4}; nothing changed",
+    ),
   ]
   for overrides, allow, pattern in refusals:
     log = LogCapture()
     with pytest.raises(ValueError, match=pattern):
-      train(make_config(**{"total_steps": TOTAL_STEPS, **overrides}), run_dir,
-                 allow_config_change=allow, log=log)
+      train(
+        make_config(**{"total_steps": TOTAL_STEPS, **overrides}),
+        run_dir,
+        allow_config_change=allow,
+        log=log,
+      )
     assert "config:" not in log.text
   assert _run_dir_contents(run_dir) == before  # checkpoints, config.json, metrics: untouched
   assert not os.path.exists(os.path.join(run_dir, "checkpoints_unreadable"))
@@ -323,7 +369,8 @@ def _assert_refusals_change_nothing(run_dir: str) -> None:
 @pytest.mark.parametrize("carry_mode", ["stored", "burn_in"])  # frozen_memory: the baseline run
 def test_every_carry_mode_resumes_exactly(tmp_path, carry_mode):
   resumed_dir = _assert_half_run_resumes_exactly(
-      make_config(total_steps=80, eval_every=40, carry_mode=carry_mode, burn_in_steps=8), tmp_path)
+    make_config(total_steps=80, eval_every=40, carry_mode=carry_mode, burn_in_steps=8), tmp_path
+  )
   staleness = [r["attention_staleness"] for r in read_records(resumed_dir) if r["kind"] == "train"]
   assert staleness[0] < 1e-4 and staleness[-1] > staleness[0]  # the LSTM has moved since acting
 
@@ -332,7 +379,8 @@ def test_every_carry_mode_resumes_exactly(tmp_path, carry_mode):
 def test_agent_without_lstm_checkpoints_and_resumes_exactly(tmp_path):
   # Its replay carries are [T, N, 0] arrays, which orbax refuses to save.
   run_config = registry.agent_defaults(
-      dataclasses.replace(make_config(total_steps=80, eval_every=40), agent="mtsac"), explicit=set())
+    dataclasses.replace(make_config(total_steps=80, eval_every=40), agent="mtsac"), explicit=set()
+  )
   assert run_config.sac.auxiliary_weight == 0.0
   resumed_dir = _assert_half_run_resumes_exactly(run_config, tmp_path)
   assert "h_in" not in restore_checkpoint(resumed_dir, 80)["replay"]
@@ -344,12 +392,16 @@ def _assert_half_run_resumes_exactly(run_config, tmp_path) -> str:
   uninterrupted_dir, resumed_dir = str(tmp_path / "uninterrupted"), str(tmp_path / "resumed")
   summary = train(run_config, uninterrupted_dir, log=LogCapture())
   half_config = dataclasses.replace(
-      run_config, train=dataclasses.replace(run_config.train, total_steps=40))
+    run_config, train=dataclasses.replace(run_config.train, total_steps=40)
+  )
   train(half_config, resumed_dir, log=LogCapture())
   log = LogCapture()
   assert train(run_config, resumed_dir, log=log) == summary
   assert "from the checkpoint at step 40" in log.text
-  resumed, uninterrupted = restore_checkpoint(resumed_dir, 80), restore_checkpoint(uninterrupted_dir, 80)
+  resumed, uninterrupted = (
+    restore_checkpoint(resumed_dir, 80),
+    restore_checkpoint(uninterrupted_dir, 80),
+  )
   assert_trees_equal(resumed["state"], uninterrupted["state"])
   assert_trees_equal(resumed["replay"], uninterrupted["replay"])
   assert without_time(read_records(resumed_dir)) == without_time(read_records(uninterrupted_dir))
@@ -364,8 +416,9 @@ def test_sigkill_mid_run_then_restart_completes(tmp_path, compilation_cache_dir)
   run_dir = str(tmp_path / "run")
   # A checkpoint every episode; eval_every > total_steps: evaluation only at the start and end.
   total_steps = 100
-  args = cli_args(run_dir, checkpoint_every=EPISODE_LENGTH, eval_every=10_000,
-                  total_steps=total_steps)
+  args = cli_args(
+    run_dir, checkpoint_every=EPISODE_LENGTH, eval_every=10_000, total_steps=total_steps
+  )
   env = subprocess_env(compilation_cache_dir)
   output_path = tmp_path / "first_output.txt"
   with open(output_path, "w") as output:  # a file, not a pipe nobody drains while polling
@@ -388,8 +441,9 @@ def test_sigkill_mid_run_then_restart_completes(tmp_path, compilation_cache_dir)
   resumed_from = int(re.search(r"from the checkpoint at step (\d+)", second.stdout).group(1))
   assert killed_at <= resumed_from < total_steps  # a save cut short may only lose the newest
   assert checkpoint_steps(run_dir)[-1] == total_steps
-  _assert_unique_records(read_records(run_dir),
-                         _expected_keys(total_steps, SMALL["log_every"], eval_every=total_steps))
+  _assert_unique_records(
+    read_records(run_dir), _expected_keys(total_steps, SMALL["log_every"], eval_every=total_steps)
+  )
 
 
 # ---------------------------------------------------------------- corrupt checkpoints
@@ -408,8 +462,10 @@ def test_corrupt_newest_checkpoint_falls_back_to_previous(baseline_run, tmp_path
   assert "from the checkpoint at step 120" in log.text
   assert summary["steps"] == TOTAL_STEPS
   # Resumed exactly from step 120, the run ends where the baseline did.
-  assert_trees_equal(restore_checkpoint(run_dir, TOTAL_STEPS)["state"],
-                     restore_checkpoint(baseline_dir, TOTAL_STEPS)["state"])
+  assert_trees_equal(
+    restore_checkpoint(run_dir, TOTAL_STEPS)["state"],
+    restore_checkpoint(baseline_dir, TOTAL_STEPS)["state"],
+  )
   assert without_time(read_records(run_dir)) == without_time(read_records(baseline_dir))
 
 
@@ -418,32 +474,32 @@ def cli_failures(baseline_run, tmp_path_factory, compilation_cache_dir):
   """Launches every command that must fail fast at once (2 cores); {name: (run_dir, result)}."""
   root = tmp_path_factory.mktemp("cli_failures")
   cases = {
-      "unknown_benchmark": {"benchmark": "MT20"},
-      "unknown_mode": {"mode": "hybrid"},
-      "zero_total_steps": {"total_steps": 0},
-      "negative_total_steps": {"total_steps": -20},
-      "zero_batch": {"batch_per_task": 0},
-      "zero_experts": {"num_experts": 0},
-      "zero_episode_length": {"episode_length": 0},
-      "long_episode": {"episode_length": 501},
-      "negative_seed": {"seed": -1},
-      "misaligned_checkpoints": {"checkpoint_every": EPISODE_LENGTH + 5},
-      "mistyped_steps": {"total_steps": "abc"},
-      "unknown_flag": {"totl_steps": 5},
-      "unknown_carry_mode": {"carry_mode": "fresh"},
-      "burn_in_steps_without_burn_in": {"carry_mode": "stored", "burn_in_steps": 10},
-      "carry_mode_without_lstm": {"agent": "mtsac", "carry_mode": "burn_in"},
-      "zero_burn_in_steps": {"carry_mode": "burn_in", "burn_in_steps": 0},
-      "contrastive_without_auxiliary_loss": {"agent": "mtsac", "contrastive_weight": 1.0},
-      "absurd_replay": {"replay_capacity": 10**12},
-      "config_mismatch": {"seed": 1, "hidden_width": 64},
-      "only_checkpoint_corrupt": {},
-      "reshaping_change": {"hidden_width": 64, "allow_config_change": True},
-      "past_total_steps": {"total_steps": TOTAL_STEPS // 2},
-      "run_dir_is_a_file": {},
-      "run_dir_under_a_file": {},
-      "empty_config": {},
-      "locked": {},
+    "unknown_benchmark": {"benchmark": "MT20"},
+    "unknown_mode": {"mode": "hybrid"},
+    "zero_total_steps": {"total_steps": 0},
+    "negative_total_steps": {"total_steps": -20},
+    "zero_batch": {"batch_per_task": 0},
+    "zero_experts": {"num_experts": 0},
+    "zero_episode_length": {"episode_length": 0},
+    "long_episode": {"episode_length": 501},
+    "negative_seed": {"seed": -1},
+    "misaligned_checkpoints": {"checkpoint_every": EPISODE_LENGTH + 5},
+    "mistyped_steps": {"total_steps": "abc"},
+    "unknown_flag": {"totl_steps": 5},
+    "unknown_carry_mode": {"carry_mode": "fresh"},
+    "burn_in_steps_without_burn_in": {"carry_mode": "stored", "burn_in_steps": 10},
+    "carry_mode_without_lstm": {"agent": "mtsac", "carry_mode": "burn_in"},
+    "zero_burn_in_steps": {"carry_mode": "burn_in", "burn_in_steps": 0},
+    "contrastive_without_auxiliary_loss": {"agent": "mtsac", "contrastive_weight": 1.0},
+    "absurd_replay": {"replay_capacity": 10**12},
+    "config_mismatch": {"seed": 1, "hidden_width": 64},
+    "only_checkpoint_corrupt": {},
+    "reshaping_change": {"hidden_width": 64, "allow_config_change": True},
+    "past_total_steps": {"total_steps": TOTAL_STEPS // 2},
+    "run_dir_is_a_file": {},
+    "run_dir_under_a_file": {},
+    "empty_config": {},
+    "locked": {},
   }
   run_dirs = {name: str(root / name) for name in cases}
   run_dirs["run_dir_under_a_file"] = str(root / "run_dir_is_a_file" / "run")
@@ -461,15 +517,27 @@ def cli_failures(baseline_run, tmp_path_factory, compilation_cache_dir):
     shutil.rmtree(os.path.join(run_dirs["only_checkpoint_corrupt"], "checkpoints", str(step)))
   _garble(os.path.join(run_dirs["only_checkpoint_corrupt"], "checkpoints", str(TOTAL_STEPS)))
 
-  before = {name: _run_dir_contents(run_dirs[name]) for name in ("reshaping_change", "past_total_steps")}
+  before = {
+    name: _run_dir_contents(run_dirs[name]) for name in ("reshaping_change", "past_total_steps")
+  }
 
   env = subprocess_env(compilation_cache_dir)
   with run_dir_lib.RunDirLock(run_dirs["locked"]):  # as a first launch would hold it
-    started = {name: (time.monotonic(), subprocess.Popen(
-        cli_args(run_dirs[name], **overrides), env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True)) for name, overrides in cases.items()}
+    started = {
+      name: (
+        time.monotonic(),
+        subprocess.Popen(
+          cli_args(run_dirs[name], **overrides),
+          env=env,
+          stdout=subprocess.PIPE,
+          stderr=subprocess.PIPE,
+          text=True,
+        ),
+      )
+      for name, overrides in cases.items()
+    }
     results = {}
-    for name, (start, process) in started.items():
+    for name, (_, process) in started.items():
       stdout, stderr = process.communicate(timeout=CLI_TIMEOUT)
       results[name] = (run_dirs[name], process.returncode, stdout, stderr)
   for name, contents in before.items():
@@ -490,7 +558,9 @@ def _assert_one_line_error(result, pattern: str, before_config: bool = True) -> 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,pattern", [
+@pytest.mark.parametrize(
+  "name,pattern",
+  [
     ("unknown_benchmark", r"unknown benchmark 'MT20'"),
     ("unknown_mode", r"unknown mode 'hybrid'"),
     ("zero_total_steps", r"total_steps must be a positive integer, got 0"),
@@ -503,13 +573,19 @@ def _assert_one_line_error(result, pattern: str, before_config: bool = True) -> 
     ("misaligned_checkpoints", r"checkpoint_every \(25\) must be a multiple of the episode length"),
     ("mistyped_steps", r"flag --total_steps=abc: invalid literal for int\(\)"),
     ("unknown_flag", r"Unknown command line flag 'totl_steps'"),
-    ("unknown_carry_mode", r"unknown carry_mode 'fresh'; choose one of stored, frozen_memory, burn_in"),
+    (
+      "unknown_carry_mode",
+      r"unknown carry_mode 'fresh'; choose one of stored, frozen_memory, burn_in",
+    ),
     ("burn_in_steps_without_burn_in", r"--burn_in_steps only applies to --carry_mode=burn_in"),
     ("carry_mode_without_lstm", r"--carry_mode only applies to agents with an LSTM"),
     ("zero_burn_in_steps", r"burn_in_steps must be a positive integer, got 0"),
-    ("contrastive_without_auxiliary_loss",
-     r"agent 'mtsac' has no auxiliary \(contrastive\) loss, so --contrastive_weight must be 0"),
-])
+    (
+      "contrastive_without_auxiliary_loss",
+      r"agent 'mtsac' has no auxiliary \(contrastive\) loss, so --contrastive_weight must be 0",
+    ),
+  ],
+)
 def test_bad_flags_fail_with_one_line_before_building_anything(cli_failures, name, pattern):
   _assert_one_line_error(cli_failures[name], pattern)
   assert not os.path.exists(cli_failures[name][0])  # not even the run dir
@@ -532,18 +608,33 @@ def test_config_mismatch_is_refused_listing_fields(cli_failures):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,pattern", [
-    ("reshaping_change", r"other array shapes \(head.hidden_width: saved 32 != now 64\): these "
-                         r"fields can never change on resume, even with --allow_config_change"),
-    ("past_total_steps", rf"is already at step {TOTAL_STEPS}, past --total_steps={TOTAL_STEPS // 2}; "
-                         r"nothing changed"),
+@pytest.mark.parametrize(
+  "name,pattern",
+  [
+    (
+      "reshaping_change",
+      r"other array shapes \(head.hidden_width: saved 32 != now 64\): these "
+      r"fields can never change on resume, even with --allow_config_change",
+    ),
+    (
+      "past_total_steps",
+      rf"is already at step {TOTAL_STEPS}, past --total_steps={TOTAL_STEPS // 2}; "
+      r"nothing changed",
+    ),
     ("run_dir_is_a_file", r"File exists: .*run_dir_is_a_file \(it exists and is not a directory"),
-    ("run_dir_under_a_file", r"Not a directory: .*run_dir_is_a_file/run \(a part of the path is a "
-                             r"file"),
-    ("empty_config", r"empty_config/config.json is not valid JSON \(Expecting value: line 1 "
-                     r"column 1 \(char 0\)\); restore it, or delete it"),
+    (
+      "run_dir_under_a_file",
+      r"Not a directory: .*run_dir_is_a_file/run \(a part of the path is a "
+      r"file",
+    ),
+    (
+      "empty_config",
+      r"empty_config/config.json is not valid JSON \(Expecting value: line 1 "
+      r"column 1 \(char 0\)\); restore it, or delete it",
+    ),
     ("locked", rf"locked is in use by process {os.getpid()} on "),
-])
+  ],
+)
 def test_run_directory_problems_are_one_line_and_change_nothing(cli_failures, name, pattern):
   _assert_one_line_error(cli_failures[name], pattern)  # (the fixture checks "nothing changed")
   assert "Traceback" not in cli_failures[name][3]
@@ -555,9 +646,11 @@ def test_run_directory_problems_are_one_line_and_change_nothing(cli_failures, na
 def test_only_checkpoint_corrupt_is_a_one_line_error(cli_failures):
   run_dir = cli_failures["only_checkpoint_corrupt"][0]
   newest = os.path.join(run_dir, "checkpoints", str(TOTAL_STEPS))
-  _assert_one_line_error(cli_failures["only_checkpoint_corrupt"],
-                         re.escape(newest) + r" is unreadable .*no older checkpoint",
-                         before_config=False)
+  _assert_one_line_error(
+    cli_failures["only_checkpoint_corrupt"],
+    re.escape(newest) + r" is unreadable .*no older checkpoint",
+    before_config=False,
+  )
 
 
 @pytest.mark.slow
@@ -601,8 +694,9 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
   # Data, not a config number, makes it diverge: the compiled update is the baseline's.
   envs = testing.CACHED_METAWORLD._replace(make_envs=_huge_reward_envs)
   run_dir = str(tmp_path / "run")
-  run_config = make_config(reward_normalization=False, checkpoint_every=EPISODE_LENGTH,
-                           total_steps=100)
+  run_config = make_config(
+    reward_normalization=False, checkpoint_every=EPISODE_LENGTH, total_steps=100
+  )
   with pytest.raises(loop.TrainingDiverged, match=r"training diverged before step (\d+)") as error:
     loop.train(run_config, run_dir, log=LogCapture(), envs=envs)
   message = str(error.value)
@@ -632,16 +726,24 @@ def test_metrics_log_drops_a_torn_last_line_and_records_after_the_resume_step(tm
   log.write({"step": 40, "kind": "train", "critic_loss": 1.0})
   log.close()
   assert [(r["step"], r.get("critic_loss")) for r in read_records(run_dir)] == [
-      (0, None), (20, None), (40, 1.0)]
+    (0, None),
+    (20, None),
+    (40, 1.0),
+  ]
 
 
 # ---------------------------------------------------------------- runs that must not be lost
 
 
 def _start_cli(run_dir: str, cache_dir: str, preexec_fn=None, **overrides) -> subprocess.Popen:
-  return subprocess.Popen(cli_args(run_dir, **overrides), env=subprocess_env(cache_dir),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          preexec_fn=preexec_fn)
+  return subprocess.Popen(
+    cli_args(run_dir, **overrides),
+    env=subprocess_env(cache_dir),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    preexec_fn=preexec_fn,
+  )
 
 
 def _wait_for_train_record(run_dir: str, process: subprocess.Popen, step: int) -> None:
@@ -650,8 +752,9 @@ def _wait_for_train_record(run_dir: str, process: subprocess.Popen, step: int) -
   while time.monotonic() < deadline:
     assert process.poll() is None, process.communicate()
     path = os.path.join(run_dir, "metrics.jsonl")
-    if os.path.exists(path) and any(r["kind"] == "train" and r["step"] >= step
-                                    for r in metrics_log.read_records(run_dir)):
+    if os.path.exists(path) and any(
+      r["kind"] == "train" and r["step"] >= step for r in metrics_log.read_records(run_dir)
+    ):
       return
     time.sleep(0.2)
   raise AssertionError(f"no train record at step {step} within {CLI_TIMEOUT} s")
@@ -659,26 +762,32 @@ def _wait_for_train_record(run_dir: str, process: subprocess.Popen, step: int) -
 
 @pytest.mark.slow
 def test_second_launch_on_a_running_run_is_refused_and_the_first_completes(
-    baseline_run, tmp_path, compilation_cache_dir):
+  baseline_run, tmp_path, compilation_cache_dir
+):
   run_dir = str(tmp_path / "run")
   first = _start_cli(run_dir, compilation_cache_dir)
   _wait_for_train_record(run_dir, first, SMALL["log_every"])
   second = _start_cli(run_dir, compilation_cache_dir)
   stdout, stderr = second.communicate(timeout=CLI_TIMEOUT)
-  _assert_one_line_error((run_dir, second.returncode, stdout, stderr),
-                         rf"is in use by process {first.pid} on .* \(started ")
+  _assert_one_line_error(
+    (run_dir, second.returncode, stdout, stderr),
+    rf"is in use by process {first.pid} on .* \(started ",
+  )
   stdout, stderr = first.communicate(timeout=CLI_TIMEOUT)
   assert first.returncode == 0, stderr
   # The first run is unharmed: it ends exactly as the uninterrupted in-process run.
-  assert_trees_equal(restore_checkpoint(run_dir, TOTAL_STEPS)["state"],
-                     restore_checkpoint(baseline_run[0], TOTAL_STEPS)["state"])
+  assert_trees_equal(
+    restore_checkpoint(run_dir, TOTAL_STEPS)["state"],
+    restore_checkpoint(baseline_run[0], TOTAL_STEPS)["state"],
+  )
   assert without_time(read_records(run_dir)) == without_time(read_records(baseline_run[0]))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_or_first_ctrl_c_checkpoints_at_the_episode_end_and_resumes_exactly(
-    baseline_run, tmp_path, compilation_cache_dir, signum):
+  baseline_run, tmp_path, compilation_cache_dir, signum
+):
   run_dir = str(tmp_path / "run")
   process = _start_cli(run_dir, compilation_cache_dir)
   _wait_for_train_record(run_dir, process, SMALL["log_every"])
@@ -686,10 +795,12 @@ def test_sigterm_or_first_ctrl_c_checkpoints_at_the_episode_end_and_resumes_exac
   stdout, stderr = process.communicate(timeout=CLI_TIMEOUT)
   assert process.returncode == cli.EXIT_PREEMPTED, stderr
   name = signal.Signals(signum).name
-  line = _assert_one_line_error((run_dir, process.returncode, stdout, stderr),
-                                rf"stopped by {name} at step (\d+) of {TOTAL_STEPS} after writing "
-                                r"its checkpoint in .*; run the same command to resume",
-                                before_config=False)
+  line = _assert_one_line_error(
+    (run_dir, process.returncode, stdout, stderr),
+    rf"stopped by {name} at step (\d+) of {TOTAL_STEPS} after writing "
+    r"its checkpoint in .*; run the same command to resume",
+    before_config=False,
+  )
   stopped_at = int(re.search(r"at step (\d+)", line).group(1))
   assert stopped_at % EPISODE_LENGTH == 0 and stopped_at < TOTAL_STEPS
   assert checkpoint_steps(run_dir)[-1] == stopped_at
@@ -697,8 +808,10 @@ def test_sigterm_or_first_ctrl_c_checkpoints_at_the_episode_end_and_resumes_exac
   if signum == signal.SIGTERM:  # the resume equals the uninterrupted run
     summary = train(make_config(), run_dir, log=LogCapture())
     assert summary == baseline_run[3]
-    assert_trees_equal(restore_checkpoint(run_dir, TOTAL_STEPS)["state"],
-                       restore_checkpoint(baseline_run[0], TOTAL_STEPS)["state"])
+    assert_trees_equal(
+      restore_checkpoint(run_dir, TOTAL_STEPS)["state"],
+      restore_checkpoint(baseline_run[0], TOTAL_STEPS)["state"],
+    )
 
 
 @pytest.mark.slow
@@ -711,34 +824,43 @@ def test_second_ctrl_c_stops_at_once_in_one_line(tmp_path, compilation_cache_dir
   process.send_signal(signal.SIGINT)
   stdout, stderr = process.communicate(timeout=CLI_TIMEOUT)
   assert process.returncode == cli.EXIT_INTERRUPTED, stderr
-  _assert_one_line_error((run_dir, process.returncode, stdout, stderr),
-                         r"interrupted at step \d+ of 1600; last checkpoint: (step \d+|none yet) in .*; run "
-                         r"the same command to resume", before_config=False)
+  _assert_one_line_error(
+    (run_dir, process.returncode, stdout, stderr),
+    r"interrupted at step \d+ of 1600; last checkpoint: (step \d+|none yet) in .*; run "
+    r"the same command to resume",
+    before_config=False,
+  )
 
 
 def _limit_file_size(limit_bytes: int):
   def preexec():
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+
   return preexec
 
 
 @pytest.mark.slow
 def test_a_checkpoint_that_cannot_be_written_is_one_line_and_loses_nothing(
-    baseline_run, tmp_path, compilation_cache_dir):
+  baseline_run, tmp_path, compilation_cache_dir
+):
   # A real OS write error inside orbax (EFBIG from a file-size limit stands in for a full
   # disk, which the free-space check before each save catches first).
   run_dir = str(tmp_path / "run")
   process = _start_cli(run_dir, compilation_cache_dir, preexec_fn=_limit_file_size(200_000))
   stdout, stderr = process.communicate(timeout=CLI_TIMEOUT)
   assert process.returncode == cli.EXIT_ERROR
-  _assert_one_line_error((run_dir, process.returncode, stdout, stderr),
-                         r"cannot write the checkpoint of step (\d+) in .*checkpoints \(File too "
-                         r"large\); earlier checkpoints kept \(steps \[.*\]\); fix the cause, then "
-                         r"run the same command to resume", before_config=False)
+  _assert_one_line_error(
+    (run_dir, process.returncode, stdout, stderr),
+    r"cannot write the checkpoint of step (\d+) in .*checkpoints \(File too "
+    r"large\); earlier checkpoints kept \(steps \[.*\]\); fix the cause, then "
+    r"run the same command to resume",
+    before_config=False,
+  )
   failed_at = int(re.search(r"checkpoint of step (\d+)", stderr).group(1))
   assert sorted(os.listdir(os.path.join(run_dir, "checkpoints"))) == [
-      str(s) for s in range(SMALL["checkpoint_every"], failed_at, SMALL["checkpoint_every"])]
+    str(s) for s in range(SMALL["checkpoint_every"], failed_at, SMALL["checkpoint_every"])
+  ]
   # Without the limit the same command completes, as the uninterrupted run.
   assert train(make_config(), run_dir, log=LogCapture()) == baseline_run[3]
 
@@ -749,8 +871,7 @@ def test_no_warmup_updates_from_the_second_step_and_a_dead_lock_is_taken_over(tm
   os.makedirs(run_dir)
   with open(os.path.join(run_dir, run_dir_lib.LOCK_FILE), "w") as f:
     f.write("process 999999 on a-crashed-host (started 2026-01-01 00:00:00 UTC)")  # not locked
-  train(make_config(warmup_steps=0, total_steps=40, eval_every=40), run_dir,
-             log=LogCapture())
+  train(make_config(warmup_steps=0, total_steps=40, eval_every=40), run_dir, log=LogCapture())
   first_log = [r for r in read_records(run_dir) if r["kind"] == "train"][0]
   assert first_log["step"] == 40 and first_log["updates"] == 39
 
@@ -763,12 +884,17 @@ def test_unreadable_metrics_line_names_the_file_and_line(tmp_path):
     f.write(json.dumps({"step": 20, "kind": "train"}) + "\n")
   with pytest.raises(ValueError, match=r"metrics.jsonl, line 2: not a JSON record .*fix or delete"):
     metrics_log.read_records(run_dir)
-  result = subprocess.run([sys.executable, os.path.join(REPO, "experiments", "run_report.py"),
-                           run_dir], capture_output=True, text=True, timeout=CLI_TIMEOUT)
+  result = subprocess.run(
+    [sys.executable, os.path.join(REPO, "experiments", "run_report.py"), run_dir],
+    capture_output=True,
+    text=True,
+    timeout=CLI_TIMEOUT,
+  )
   assert result.returncode == 1
   assert result.stderr.strip().splitlines() == [
-      f"error: {os.path.join(run_dir, 'metrics.jsonl')}, line 2: not a JSON record (Expecting "
-      "property name enclosed in double quotes); fix or delete that line"]
+    f"error: {os.path.join(run_dir, 'metrics.jsonl')}, line 2: not a JSON record (Expecting "
+    "property name enclosed in double quotes); fix or delete that line"
+  ]
 
 
 def test_a_checkpoint_larger_than_the_free_space_is_refused_before_writing(tmp_path, monkeypatch):
@@ -776,11 +902,15 @@ def test_a_checkpoint_larger_than_the_free_space_is_refused_before_writing(tmp_p
   state, replay, meta = {"w": np.ones((64, 64), np.float32)}, {"obs": np.ones((8, 8))}, {"step": 1}
   checkpointer.save(20, state, replay, meta)
   real_usage = shutil.disk_usage
-  monkeypatch.setattr(shutil, "disk_usage",
-                      lambda path: real_usage(path)._replace(free=1024 * 1024))  # 1 MiB free
-  with pytest.raises(CheckpointWriteFailed, match=r"not enough free disk space for the checkpoint "
-                     r"of step 40 .*\(needs ~16 MiB, 1 MiB free\); earlier checkpoints kept "
-                     r"\(steps \[20\]\); free some space") as error:
+  monkeypatch.setattr(
+    shutil, "disk_usage", lambda path: real_usage(path)._replace(free=1024 * 1024)
+  )  # 1 MiB free
+  with pytest.raises(
+    CheckpointWriteFailed,
+    match=r"not enough free disk space for the checkpoint "
+    r"of step 40 .*\(needs ~16 MiB, 1 MiB free\); earlier checkpoints kept "
+    r"\(steps \[20\]\); free some space",
+  ) as error:
     checkpointer.save(40, state, replay, meta)
   assert error.value.errno == errno.ENOSPC
   assert sorted(os.listdir(checkpointer.directory)) == ["20"]  # nothing of step 40 written
@@ -809,8 +939,9 @@ for message in ("Event loop is closed", "a real problem"):
   except RuntimeError as error:
     sys.excepthook(RuntimeError, error, error.__traceback__)
 """
-  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          cwd=REPO, timeout=CLI_TIMEOUT)
+  result = subprocess.run(
+    [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=CLI_TIMEOUT
+  )
   assert result.returncode == 0, result.stderr
   assert "Event loop is closed" not in result.stderr
   assert result.stderr.count("RuntimeError: a real problem") == 2, result.stderr

@@ -20,14 +20,30 @@ NUM_TASKS = len(testing.GOALS)
 def _config(carry_mode: str = "frozen_memory") -> config_lib.RunConfig:
   run_config = registry.agent_defaults(config_lib.RunConfig(agent="cmta"), explicit=set())
   run_config = config_lib.replace_fields(
-      run_config, hidden_width=16, hidden_layers=1, num_experts=2, expert_hidden=8, expert_dim=8,
-      lstm_hidden=8, task_encoder_hidden=(8,), carry_mode=carry_mode, burn_in_steps=4)
+    run_config,
+    hidden_width=16,
+    hidden_layers=1,
+    num_experts=2,
+    expert_hidden=8,
+    expert_dim=8,
+    lstm_hidden=8,
+    task_encoder_hidden=(8,),
+    carry_mode=carry_mode,
+    burn_in_steps=4,
+  )
   return dataclasses.replace(
-      run_config,
-      env=EnvConfig(episode_length=testing.EPISODE_LENGTH, reward_normalization=False),
-      train=config_lib.TrainConfig(total_steps=60, warmup_steps=WARMUP, batch_per_task=4,
-                                   replay_capacity=200, eval_every=60, log_every=30,
-                                   checkpoint_every=30))
+    run_config,
+    env=EnvConfig(episode_length=testing.EPISODE_LENGTH, reward_normalization=False),
+    train=config_lib.TrainConfig(
+      total_steps=60,
+      warmup_steps=WARMUP,
+      batch_per_task=4,
+      replay_capacity=200,
+      eval_every=60,
+      log_every=30,
+      checkpoint_every=30,
+    ),
+  )
 
 
 def _start(tmp_path, carry_mode: str = "frozen_memory"):

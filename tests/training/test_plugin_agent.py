@@ -3,18 +3,19 @@ an agent"): a FiLM-conditioned encoder, registered here, trains through the unch
 and training loop, checkpoint and exact resume included. Malformed agents fail in one line."""
 
 import dataclasses
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
-import os
 import pytest
 
-from cmta_jax import config as config_lib, testing
+from cmta_jax import config as config_lib
+from cmta_jax import testing
 from cmta_jax.agents import registry
 from cmta_jax.agents.networks import Encoder, EncoderOutput
-from cmta_jax.envs import OBS_DIM, ACTION_DIM, task_names
+from cmta_jax.envs import ACTION_DIM, OBS_DIM, task_names
 from cmta_jax.nn import layers
 from cmta_jax.training import loop
 
@@ -31,21 +32,28 @@ def make_film_encoder(config, names, obs_dim) -> Encoder:
 
   def init(key):
     k_state, k_film = jax.random.split(key)
-    return {"state": layers.dense_init(k_state, obs_dim, FILM_WIDTH),
-            "film": 0.1 * jax.random.normal(k_film, (num_tasks, 2 * FILM_WIDTH))}
+    return {
+      "state": layers.dense_init(k_state, obs_dim, FILM_WIDTH),
+      "film": 0.1 * jax.random.normal(k_film, (num_tasks, 2 * FILM_WIDTH)),
+    }
 
   def apply(params, obs, task_ids, carry_in):
     hidden = jax.nn.relu(layers.dense_apply(params["state"], obs))  # [G, B, W]
     gamma, beta = jnp.split(params["film"][task_ids][:, None], 2, axis=-1)  # [G, 1, W] each
-    return EncoderOutput(features=hidden * (1.0 + gamma) + beta, carry=carry_in, experts=None,
-                         attention=None)
+    return EncoderOutput(
+      features=hidden * (1.0 + gamma) + beta, carry=carry_in, experts=None, attention=None
+    )
 
   return Encoder(init=init, apply=apply, feature_dim=FILM_WIDTH, carry_dim=0)
 
 
 # ---- ... and one registry entry.
-FILM_SPEC = registry.AgentSpec(make_film_encoder, "shared", "FiLM: task-conditioned state features",
-                               {"sac.auxiliary_weight": 0.0})
+FILM_SPEC = registry.AgentSpec(
+  make_film_encoder,
+  "shared",
+  "FiLM: task-conditioned state features",
+  {"sac.auxiliary_weight": 0.0},
+)
 
 
 @pytest.fixture
@@ -58,18 +66,27 @@ def film_agent():
 def _config(total_steps: int) -> config_lib.RunConfig:
   run_config = registry.agent_defaults(config_lib.RunConfig(agent="film"), explicit=set())
   return dataclasses.replace(
-      config_lib.replace_fields(run_config, hidden_width=32),
-      env=dataclasses.replace(run_config.env, episode_length=20),
-      train=dataclasses.replace(run_config.train, total_steps=total_steps, warmup_steps=20,
-                                batch_per_task=8, replay_capacity=10_000, eval_every=40,
-                                log_every=20, checkpoint_every=20))
+    config_lib.replace_fields(run_config, hidden_width=32),
+    env=dataclasses.replace(run_config.env, episode_length=20),
+    train=dataclasses.replace(
+      run_config.train,
+      total_steps=total_steps,
+      warmup_steps=20,
+      batch_per_task=8,
+      replay_capacity=10_000,
+      eval_every=40,
+      log_every=20,
+      checkpoint_every=20,
+    ),
+  )
 
 
 def _state(run_dir: str, step: int):
   manager = ocp.CheckpointManager(os.path.join(run_dir, "checkpoints"))
   try:
-    return jax.device_get(manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore()))["state"])
+    return jax.device_get(
+      manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    )
   finally:
     manager.close()
 
@@ -79,8 +96,9 @@ def test_a_registered_film_agent_trains_checkpoints_and_resumes_exactly(film_age
   full, half = str(tmp_path / "full"), str(tmp_path / "half")
 
   def train(total_steps, run_dir):
-    return loop.train(_config(total_steps), run_dir, log=lambda line: None,
-                      envs=testing.CACHED_METAWORLD)
+    return loop.train(
+      _config(total_steps), run_dir, log=lambda line: None, envs=testing.CACHED_METAWORLD
+    )
 
   summary = train(60, full)
   train(40, half)
@@ -97,13 +115,16 @@ def test_a_registered_film_agent_trains_checkpoints_and_resumes_exactly(film_age
 def test_malformed_agents_fail_at_registration_in_one_line():
   good = FILM_SPEC
   cases = [
-      ("Film", good, "lower_snake_case"),
-      ("cmta", good, "already registered"),
-      ("film_x", good._replace(head_layout="per_task"), "unknown head layout 'per_task'"),
-      ("film_x", good._replace(make_encoder=None), "make_encoder is callable"),
-      ("film_x", good._replace(help=" "), "help text"),
-      ("film_x", good._replace(defaults={"sac.beta": 1.0}), "unknown config fields in defaults: "
-                                                           "sac.beta"),
+    ("Film", good, "lower_snake_case"),
+    ("cmta", good, "already registered"),
+    ("film_x", good._replace(head_layout="per_task"), "unknown head layout 'per_task'"),
+    ("film_x", good._replace(make_encoder=None), "make_encoder is callable"),
+    ("film_x", good._replace(help=" "), "help text"),
+    (
+      "film_x",
+      good._replace(defaults={"sac.beta": 1.0}),
+      "unknown config fields in defaults: sac.beta",
+    ),
   ]
   for name, spec, message in cases:
     with pytest.raises(ValueError, match=message) as error:
@@ -119,9 +140,13 @@ def test_an_encoder_whose_outputs_break_its_declaration_fails_when_built():
 
   registry.register("film_wrong", FILM_SPEC._replace(make_encoder=wrong_width))
   try:
-    with pytest.raises(ValueError, match=r"agent 'film_wrong': its encoder returns features "
-                                         r"\(2, 3, 16\) \(expected \(2, 3, 17\)\)"):
-      registry.make_agent_networks(config_lib.RunConfig(agent="film_wrong"), task_names("MT10"),
-                                   OBS_DIM, ACTION_DIM)
+    with pytest.raises(
+      ValueError,
+      match=r"agent 'film_wrong': its encoder returns features "
+      r"\(2, 3, 16\) \(expected \(2, 3, 17\)\)",
+    ):
+      registry.make_agent_networks(
+        config_lib.RunConfig(agent="film_wrong"), task_names("MT10"), OBS_DIM, ACTION_DIM
+      )
   finally:
     registry.AGENT_SPECS.pop("film_wrong")
