@@ -281,34 +281,25 @@ def _silence_orbax_background_errors() -> None:
     for target in (logger, *logger.handlers):
       if not any(isinstance(f, _NotOrbax) for f in target.filters):
         target.addFilter(_NotOrbax())
-  if not getattr(threading.excepthook, "mutes_orbax", False):
-    previous_hook = threading.excepthook
-
-    def hook(args):
-      if not _raised_in_orbax(args.exc_traceback):
-        previous_hook(args)
-
-    hook.mutes_orbax = True
-    threading.excepthook = hook
-  if not getattr(sys.excepthook, "mutes_orbax", False):
-    previous_excepthook = sys.excepthook
-
-    def excepthook(kind, value, traceback):
-      if not _is_closed_loop_callback(value):
-        previous_excepthook(kind, value, traceback)
-
-    excepthook.mutes_orbax = True
-    sys.excepthook = excepthook
-  if not getattr(sys.unraisablehook, "mutes_orbax", False):
-    previous_unraisablehook = sys.unraisablehook
-
-    def unraisablehook(unraisable):
-      if not _is_closed_loop_callback(unraisable.exc_value):
-        previous_unraisablehook(unraisable)
-
-    unraisablehook.mutes_orbax = True
-    sys.unraisablehook = unraisablehook
+  _drop_reports(threading, "excepthook", lambda args: _raised_in_orbax(args.exc_traceback))
+  _drop_reports(sys, "excepthook", lambda kind, value, tb: _is_closed_loop_callback(value))
+  _drop_reports(sys, "unraisablehook", lambda report: _is_closed_loop_callback(report.exc_value))
   warnings.filterwarnings("ignore", category=RuntimeWarning, message="coroutine .* never awaited")
+
+
+def _drop_reports(owner: Any, name: str, drop: Callable[..., bool]) -> None:
+  """Wraps the exception hook `owner.name` so that the reports `drop` selects are not
+  printed; every other report reaches the previous hook. Idempotent."""
+  previous = getattr(owner, name)
+  if getattr(previous, "mutes_orbax", False):
+    return
+
+  def hook(*args):
+    if not drop(*args):
+      previous(*args)
+
+  hook.mutes_orbax = True
+  setattr(owner, name, hook)
 
 
 def _is_closed_loop_callback(error: BaseException | None) -> bool:
