@@ -1,8 +1,11 @@
 """Pytree types shared by the replay buffer, the learner and the training loop."""
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
+
+# Parameters of a network: a pytree of arrays (dicts and lists of them).
+Params = Any
 
 
 class LSTMCarry(NamedTuple):

@@ -17,16 +17,15 @@ activation (BUILD_NOTES, "Update efficiency").
 """
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import chex
 import jax
 import jax.numpy as jnp
 
 from cmta_jax.nn import distributions, layers
-from cmta_jax.types import LSTMCarry
+from cmta_jax.types import LSTMCarry, Params
 
-Params = Any
 HEAD_LAYOUTS = ("shared", "multihead", "independent")
 
 

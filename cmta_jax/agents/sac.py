@@ -20,7 +20,7 @@ forward and backward pass yields every parameter group's own gradient:
   log_alpha    <- temperature loss
 """
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import chex
 import flax.struct
@@ -31,10 +31,9 @@ import optax
 from cmta_jax.agents import carry as carry_lib
 from cmta_jax.agents.networks import AgentNetworks
 from cmta_jax.config import SACConfig
-from cmta_jax.nn import distributions
-from cmta_jax.types import LSTMCarry, Transition
+from cmta_jax.nn import distributions, layers
+from cmta_jax.types import LSTMCarry, Params, Transition
 
-Params = Any
 sg = jax.lax.stop_gradient
 
 
@@ -302,5 +301,5 @@ def make_select_action_fn(networks: AgentNetworks):
 
 
 def initial_carry(networks: AgentNetworks, num_envs: int) -> LSTMCarry:
-  zeros = jnp.zeros((num_envs, networks.encoder.carry_dim), jnp.float32)
-  return LSTMCarry(h=zeros, c=zeros)
+  """The zero carry of an episode start, [num_envs, carry_dim] each (docs/algorithm.md §4)."""
+  return layers.zero_carry((num_envs,), networks.encoder.carry_dim)

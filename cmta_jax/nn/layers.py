@@ -10,9 +10,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from cmta_jax.types import LSTMCarry
-
-Params = dict
+from cmta_jax.types import LSTMCarry, Params
 
 
 def glorot_uniform(key: jax.Array, fan_in: int, fan_out: int, shape=None) -> jax.Array:
