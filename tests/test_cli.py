@@ -51,7 +51,7 @@ def _run(script: str, *args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(
   "script,args,message",
   [
-    ("aggregate.py", ["/nonexistent/run"], "/nonexistent/run is not a directory"),
+    ("aggregate.py", ["/nonexistent/run"], "/nonexistent/run does not exist"),
     ("aggregate.py", [], "usage: aggregate.py RUN_DIR"),
     ("run_report.py", ["/nonexistent/run"], "/nonexistent/run is not a directory"),
     (

@@ -1,0 +1,123 @@
+"""Sets of finished or running run directories, grouped into settings by their saved config.
+
+A setting is everything a run's `config.json` says except its seed and the fields that
+only change bookkeeping (how often it logs or checkpoints, how its environments are
+stepped). Seeds of one setting are averaged by the report commands; runs of different
+settings never are. Every problem is a one-line ValueError naming the run directory.
+"""
+
+import dataclasses
+import os
+from collections.abc import Iterable, Sequence
+
+from cmta_jax.training import metrics_log
+from cmta_jax.training import run_dir as run_dir_lib
+
+SEED_FIELD = "train.seed"
+# Fields that do not change what a run learns or how it is evaluated.
+BOOKKEEPING_FIELDS = frozenset(
+  {
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "env.vector_strategy",
+  }
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedRun:
+  run_dir: str
+  config: dict  # flat, with today's field paths
+  evals: tuple[dict, ...]  # the "eval" records of metrics.jsonl, in step order
+
+  @property
+  def seed(self) -> int:
+    return self.config[SEED_FIELD]
+
+  @property
+  def curve(self) -> dict[int, float]:
+    """Mean success over tasks by evaluation step."""
+    return {r["step"]: r["mean_success"] for r in self.evals}
+
+
+def load_run(run_dir: str) -> LoadedRun:
+  """Reads a run directory's config.json and evaluation records.
+
+  Raises ValueError (one line, naming the directory) if it is not a run directory, its
+  config or metrics cannot be read, or it has no evaluation yet.
+  """
+  if not os.path.isdir(run_dir):
+    raise ValueError(f"{run_dir} is not a directory (give run directories or a root to search)")
+  config = run_dir_lib.read_saved_config(run_dir)
+  if config is None:
+    raise ValueError(f"{run_dir} has no {run_dir_lib.CONFIG_FILE} (is it a run directory?)")
+  if SEED_FIELD not in config or "agent" not in config:
+    raise ValueError(f"{run_dir}: {run_dir_lib.CONFIG_FILE} names no agent or seed")
+  if not os.path.exists(os.path.join(run_dir, metrics_log.METRICS_FILE)):
+    raise ValueError(f"{run_dir} has no {metrics_log.METRICS_FILE} (did the run start?)")
+  evals = tuple(r for r in metrics_log.read_records(run_dir) if r["kind"] == "eval")
+  if not evals:
+    raise ValueError(f"{run_dir} has no evaluation records yet")
+  return LoadedRun(run_dir=run_dir, config=config, evals=evals)
+
+
+def find_run_dirs(paths: Sequence[str]) -> list[str]:
+  """The run directories among `paths`: each path is one, or a root searched for them
+  (directories holding a config.json). Raises ValueError for a path that does not exist,
+  a root without runs, and a directory given twice (also through different spellings)."""
+  found, seen = [], {}
+  for path in paths:
+    if not os.path.exists(path):
+      raise ValueError(f"{path} does not exist")
+    if os.path.isfile(os.path.join(path, run_dir_lib.CONFIG_FILE)):
+      candidates = [path]
+    else:
+      candidates = sorted(
+        root for root, _, files in os.walk(path) if run_dir_lib.CONFIG_FILE in files
+      )
+      if not candidates:
+        raise ValueError(f"{path} holds no run directories (none has a config.json)")
+    for run_dir in candidates:
+      real = os.path.realpath(run_dir)
+      if real in seen:
+        raise ValueError(f"{run_dir} is given twice (also as {seen[real]}); each run counts once")
+      seen[real] = run_dir
+      found.append(run_dir)
+  return found
+
+
+def setting_of(config: dict) -> tuple:
+  """The fields that define a run's setting: all but the seed and bookkeeping."""
+  ignored = BOOKKEEPING_FIELDS | {SEED_FIELD}
+  return tuple(sorted((k, _hashable(v)) for k, v in config.items() if k not in ignored))
+
+
+def group_by_setting(runs: Iterable[LoadedRun]) -> list[list[LoadedRun]]:
+  """Runs grouped by setting, in order of first appearance. Raises ValueError naming both
+  runs if a setting holds one seed twice."""
+  groups: dict[tuple, list[LoadedRun]] = {}
+  for run in runs:
+    group = groups.setdefault(setting_of(run.config), [])
+    twin = next((other for other in group if other.seed == run.seed), None)
+    if twin is not None:
+      raise ValueError(
+        f"{run.run_dir} and {twin.run_dir} are the same setting with the same seed "
+        f"({run.seed}); keep one of them"
+      )
+    group.append(run)
+  return list(groups.values())
+
+
+def setting_differences(a: dict, b: dict) -> list[str]:
+  """'path: A != B' for every setting field in which two configs differ."""
+  ignored = BOOKKEEPING_FIELDS | {SEED_FIELD}
+  return [
+    f"{path}: {a.get(path)!r} != {b.get(path)!r}"
+    for path in sorted((set(a) | set(b)) - ignored)
+    if a.get(path) != b.get(path)
+  ]
+
+
+def _hashable(value):
+  return tuple(value) if isinstance(value, list) else value
