@@ -87,10 +87,14 @@ def find_run_dirs(paths: Sequence[str]) -> list[str]:
   return found
 
 
-def setting_of(config: dict) -> tuple:
+def _setting(config: dict) -> dict:
   """The fields that define a run's setting: all but the seed and bookkeeping."""
-  ignored = BOOKKEEPING_FIELDS | {SEED_FIELD}
-  return tuple(sorted((k, _hashable(v)) for k, v in config.items() if k not in ignored))
+  return {k: v for k, v in config.items() if k not in BOOKKEEPING_FIELDS and k != SEED_FIELD}
+
+
+def setting_of(config: dict) -> tuple:
+  """A hashable key of the run's setting."""
+  return tuple(sorted((k, _hashable(v)) for k, v in _setting(config).items()))
 
 
 def group_by_setting(runs: Iterable[LoadedRun]) -> list[list[LoadedRun]]:
@@ -111,10 +115,10 @@ def group_by_setting(runs: Iterable[LoadedRun]) -> list[list[LoadedRun]]:
 
 def setting_differences(a: dict, b: dict) -> list[str]:
   """'path: A != B' for every setting field in which two configs differ."""
-  ignored = BOOKKEEPING_FIELDS | {SEED_FIELD}
+  a, b = _setting(a), _setting(b)
   return [
     f"{path}: {a.get(path)!r} != {b.get(path)!r}"
-    for path in sorted((set(a) | set(b)) - ignored)
+    for path in sorted(set(a) | set(b))
     if a.get(path) != b.get(path)
   ]
 

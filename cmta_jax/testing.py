@@ -8,14 +8,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from cmta_jax import config as config_lib
+from cmta_jax.agents import registry
 from cmta_jax.envs import EnvConfig, StepResult, metaworld_env
 from cmta_jax.envs.source import EnvSource, metaworld
 from cmta_jax.types import LSTMCarry, Transition
 
 
 def run_config(agent: str = "cmta", **fields) -> config_lib.RunConfig:
-  """The default RunConfig of `agent` with fields set by leaf name (hidden_width=32, ...)."""
-  return config_lib.replace_fields(config_lib.RunConfig(agent=agent), **fields)
+  """The RunConfig `agent` trains with by default (its registry defaults, as train.py applies
+  them), with fields set by leaf name (hidden_width=32, total_steps=60, ...); a field given
+  here wins over the agent's default. Raises ValueError for an unknown field or agent."""
+  paths = config_lib.field_paths()
+  explicit = {paths[name] for name in fields if name in paths}
+  defaults = registry.agent_defaults(config_lib.RunConfig(agent=agent), explicit=explicit)
+  return config_lib.replace_fields(defaults, **fields)
 
 
 @functools.cache

@@ -171,6 +171,7 @@ class Run:
   base_key: jax.Array
   burn_in_steps: int
   log: Callable[[str], None]
+  task_ids: jax.Array  # [T] int32 on the device, built once: it is an input of every step
 
   @property
   def num_tasks(self) -> int:
@@ -320,6 +321,7 @@ def start_run(
     config=run_config,
     run_dir=run_dir,
     task_names=names,
+    task_ids=jnp.arange(len(names), dtype=jnp.int32),
     networks=networks,
     env=env,
     eval_env=eval_env,
@@ -439,7 +441,7 @@ def collect_and_update(run: Run, state: LoopState) -> LoopState:
   actions, carry_out = run.act(
     sac.policy_params(state.learner),
     state.obs,
-    _task_ids(run),
+    run.task_ids,
     state.carry,
     run.base_key,
     state.step,
@@ -509,7 +511,7 @@ def evaluate_now(run: Run, state: LoopState) -> LoopState:
     state.eval_obs,
     run.act,
     sac.policy_params(state.learner),
-    _task_ids(run),
+    run.task_ids,
     run.networks,
     episodes,
     run.base_key,
@@ -679,10 +681,6 @@ def write_summary(run: Run, state: LoopState) -> dict:
     f"max smoothed {summary['max_smoothed']:.3f} | run dir {run.run_dir}"
   )
   return summary
-
-
-def _task_ids(run: Run) -> jax.Array:
-  return jnp.arange(run.num_tasks, dtype=jnp.int32)
 
 
 @jax.jit

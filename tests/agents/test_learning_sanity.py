@@ -20,9 +20,7 @@ import numpy as np
 import pytest
 
 from cmta_jax import config as config_lib
-from cmta_jax.agents import registry
-from cmta_jax.config import TrainConfig
-from cmta_jax.envs import EnvConfig
+from cmta_jax import testing
 from cmta_jax.testing import (
   EPISODE_LENGTH,
   EVAL_STARTS,
@@ -79,23 +77,21 @@ class PointTaskResult:
 def point_task_config(
   agent_name: str, num_steps: int, warmup_steps: int, batch_per_task: int, seed: int
 ) -> config_lib.RunConfig:
-  run_config = registry.agent_defaults(config_lib.RunConfig(agent=agent_name), explicit=set())
-  run_config = config_lib.replace_fields(run_config, **SMALL_NETWORK)
-  return dataclasses.replace(
-    run_config,
-    env=EnvConfig(episode_length=EPISODE_LENGTH, reward_normalization=False),
-    sac=dataclasses.replace(run_config.sac, **FAST_SAC),
-    train=TrainConfig(
-      seed=seed,
-      total_steps=num_steps,
-      warmup_steps=warmup_steps,
-      batch_per_task=batch_per_task,
-      replay_capacity=len(GOALS) * num_steps,
-      eval_every=num_steps,
-      eval_episodes=len(EVAL_STARTS),
-      log_every=1_000,
-      checkpoint_every=num_steps,
-    ),
+  return testing.run_config(
+    agent_name,
+    **SMALL_NETWORK,
+    **FAST_SAC,
+    episode_length=EPISODE_LENGTH,
+    reward_normalization=False,
+    seed=seed,
+    total_steps=num_steps,
+    warmup_steps=warmup_steps,
+    batch_per_task=batch_per_task,
+    replay_capacity=len(GOALS) * num_steps,
+    eval_every=num_steps,
+    eval_episodes=len(EVAL_STARTS),
+    log_every=1_000,
+    checkpoint_every=num_steps,
   )
 
 

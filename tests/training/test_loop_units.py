@@ -1,6 +1,5 @@
 """The training loop's units called one by one, on the injected point tasks (no simulator)."""
 
-import dataclasses
 import os
 
 import jax
@@ -9,8 +8,6 @@ import pytest
 
 from cmta_jax import config as config_lib
 from cmta_jax import testing
-from cmta_jax.agents import registry
-from cmta_jax.envs import EnvConfig
 from cmta_jax.training import keys, loop, metrics_log
 
 WARMUP = 30  # two point-task episodes
@@ -18,9 +15,8 @@ NUM_TASKS = len(testing.GOALS)
 
 
 def _config(carry_mode: str = "frozen_memory") -> config_lib.RunConfig:
-  run_config = registry.agent_defaults(config_lib.RunConfig(agent="cmta"), explicit=set())
-  run_config = config_lib.replace_fields(
-    run_config,
+  return testing.run_config(
+    "cmta",
     hidden_width=16,
     hidden_layers=1,
     num_experts=2,
@@ -30,19 +26,15 @@ def _config(carry_mode: str = "frozen_memory") -> config_lib.RunConfig:
     task_encoder_hidden=(8,),
     carry_mode=carry_mode,
     burn_in_steps=4,
-  )
-  return dataclasses.replace(
-    run_config,
-    env=EnvConfig(episode_length=testing.EPISODE_LENGTH, reward_normalization=False),
-    train=config_lib.TrainConfig(
-      total_steps=60,
-      warmup_steps=WARMUP,
-      batch_per_task=4,
-      replay_capacity=200,
-      eval_every=60,
-      log_every=30,
-      checkpoint_every=30,
-    ),
+    episode_length=testing.EPISODE_LENGTH,
+    reward_normalization=False,
+    total_steps=60,
+    warmup_steps=WARMUP,
+    batch_per_task=4,
+    replay_capacity=200,
+    eval_every=60,
+    log_every=30,
+    checkpoint_every=30,
   )
 
 

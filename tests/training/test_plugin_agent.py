@@ -2,7 +2,6 @@
 an agent"): a FiLM-conditioned encoder, registered here, trains through the unchanged SAC update
 and training loop, checkpoint and exact resume included. Malformed agents fail in one line."""
 
-import dataclasses
 import os
 
 import jax
@@ -64,20 +63,17 @@ def film_agent():
 
 
 def _config(total_steps: int) -> config_lib.RunConfig:
-  run_config = registry.agent_defaults(config_lib.RunConfig(agent="film"), explicit=set())
-  return dataclasses.replace(
-    config_lib.replace_fields(run_config, hidden_width=32),
-    env=dataclasses.replace(run_config.env, episode_length=20),
-    train=dataclasses.replace(
-      run_config.train,
-      total_steps=total_steps,
-      warmup_steps=20,
-      batch_per_task=8,
-      replay_capacity=10_000,
-      eval_every=40,
-      log_every=20,
-      checkpoint_every=20,
-    ),
+  return testing.run_config(
+    "film",
+    hidden_width=32,
+    episode_length=20,
+    total_steps=total_steps,
+    warmup_steps=20,
+    batch_per_task=8,
+    replay_capacity=10_000,
+    eval_every=40,
+    log_every=20,
+    checkpoint_every=20,
   )
 
 
