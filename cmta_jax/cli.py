@@ -8,7 +8,10 @@ this way; anything else is a bug and keeps its traceback.
 
 import errno
 import functools
+import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -48,7 +51,19 @@ def describe(error: BaseException) -> str:
 def fail(error: BaseException | str, status: int = EXIT_ERROR) -> NoReturn:
   message = error if isinstance(error, str) else describe(error)
   print(f"error: {message}", file=sys.stderr)
+  leave_at_once_on_ctrl_c(status)
   sys.exit(status)
+
+
+def leave_at_once_on_ctrl_c(status: int) -> None:
+  """From now on a Ctrl-C exits at once with `status`, printing nothing.
+
+  For the interpreter's teardown (JAX's and orbax's exit handlers take a moment): the command
+  has already said how it ended, and a Ctrl-C there would otherwise print a traceback from
+  inside an exit handler. Outside the main thread (no handlers there) it does nothing.
+  """
+  if threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGINT, lambda signum, frame: os._exit(status))
 
 
 def one_line_errors(main: Callable, expected: tuple[type[BaseException], ...] = ()) -> Callable:
@@ -57,7 +72,9 @@ def one_line_errors(main: Callable, expected: tuple[type[BaseException], ...] = 
   @functools.wraps(main)
   def wrapped(argv):
     try:
-      return main(argv)
+      result = main(argv)
+      leave_at_once_on_ctrl_c(0)
+      return result
     except KeyboardInterrupt:
       fail("interrupted", EXIT_INTERRUPTED)
     except (*USER_ERRORS, *expected) as error:

@@ -131,6 +131,7 @@ def main(argv):
   )
   try:
     loop.train(run_config, run_dir, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+    cli.leave_at_once_on_ctrl_c(0)
   except Preempted as stopped:
     cli.fail(f"{stopped}", cli.EXIT_PREEMPTED)
   except (loop.Interrupted, KeyboardInterrupt) as interrupted:

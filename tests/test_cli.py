@@ -68,3 +68,38 @@ def test_report_and_benchmark_commands_fail_in_one_line(script, args, message):
   assert result.returncode == cli.EXIT_ERROR
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+
+
+_CTRL_C_DURING_TEARDOWN = """
+import atexit, os, signal, sys, time
+from absl import app
+from cmta_jax import cli
+
+def ctrl_c_then_wait():  # a Ctrl-C while an exit handler (JAX's, orbax's) is still working
+  os.kill(os.getpid(), signal.SIGINT)
+  time.sleep(5)
+
+atexit.register(ctrl_c_then_wait)
+
+def main(argv):
+  if sys.argv[-1] == "fail":
+    cli.fail("stopped by SIGINT after writing its checkpoint", cli.EXIT_PREEMPTED)
+
+app.run(cli.one_line_errors(main), flags_parser=cli.parse_flags)
+"""
+
+
+@pytest.mark.parametrize("ending,status", [("fail", cli.EXIT_PREEMPTED), ("succeed", 0)])
+def test_a_ctrl_c_after_the_command_has_ended_exits_at_once_without_a_traceback(ending, status):
+  # The CI failure of session 6: a second Ctrl-C that arrived after the graceful stop had
+  # printed its line landed in JAX's exit handler and printed a KeyboardInterrupt traceback.
+  result = subprocess.run(
+    [sys.executable, "-c", _CTRL_C_DURING_TEARDOWN, ending],
+    capture_output=True,
+    text=True,
+    timeout=60,
+    cwd=REPO,
+  )
+  assert result.returncode == status, result.stderr
+  expected = "error: stopped by SIGINT after writing its checkpoint" if status else ""
+  assert result.stderr.strip() == expected

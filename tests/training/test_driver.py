@@ -817,8 +817,19 @@ def test_sigterm_or_first_ctrl_c_checkpoints_at_the_episode_end_and_resumes_exac
 @pytest.mark.slow
 def test_second_ctrl_c_stops_at_once_in_one_line(tmp_path, compilation_cache_dir):
   run_dir = str(tmp_path / "run")
-  process = _start_cli(run_dir, compilation_cache_dir, total_steps=10 * TOTAL_STEPS)
-  _wait_for_train_record(run_dir, process, SMALL["log_every"])
+  # Long episodes, so that the second Ctrl-C surely comes before the first one's stop at the
+  # episode end; its first signal only after the updates have compiled (two signals during one
+  # long C call would reach Python as one).
+  episode_length = 400
+  process = _start_cli(
+    run_dir,
+    compilation_cache_dir,
+    total_steps=4 * episode_length,
+    episode_length=episode_length,
+    checkpoint_every=episode_length,
+    eval_every=4 * episode_length,
+  )
+  _wait_for_train_record(run_dir, process, 2 * SMALL["log_every"])
   process.send_signal(signal.SIGINT)
   time.sleep(0.5)
   process.send_signal(signal.SIGINT)
