@@ -1,11 +1,25 @@
-"""Success-curve statistics as the paper reports them (docs/algorithm.md §5), plus robust aggregates."""
+"""Success-curve statistics as the paper reports them, and robust aggregates across runs.
 
-from collections.abc import Sequence
+The paper's own metrics (docs/algorithm.md §5): the success curve smoothed with factor
+0.8 (paper App. C), its maximum ("max smoothed"), the raw maximum and the final value.
+Across runs: the interquartile mean (IQM) with a stratified bootstrap confidence
+interval and the probability of improvement, from `rliable`
+(Agarwal et al., 2021), wrapped here only to fix their random numbers and shapes.
+"""
+
+import contextlib
+import warnings
+from collections.abc import Iterator, Sequence
 
 import numpy as np
+from rliable import library as rly
+from rliable import metrics
+
+SMOOTHING_FACTOR = 0.8
+DEFAULT_BOOTSTRAP_REPS = 2000
 
 
-def smooth(points: Sequence[float], factor: float = 0.8) -> np.ndarray:
+def smooth(points: Sequence[float], factor: float = SMOOTHING_FACTOR) -> np.ndarray:
   """Paper App. C: s[0] = p[0]; s[i] = s[i-1] * factor + p[i] * (1 - factor)."""
   points = np.asarray(points, dtype=np.float64)
   out = np.empty_like(points)
@@ -26,27 +40,70 @@ def summarize_curve(success: Sequence[float]) -> dict:
   }
 
 
-def interquartile_mean(values: Sequence[float]) -> float:
-  """Mean of the middle 50% (sorted, trimming a quarter from each end, fractional at the edges)."""
-  values = np.sort(np.asarray(values, dtype=np.float64))
-  n = values.size
-  lo, hi = n / 4.0, 3.0 * n / 4.0
-  weights = np.clip(np.minimum(np.arange(1, n + 1), hi) - np.maximum(np.arange(n), lo), 0.0, 1.0)
-  return float(np.sum(weights * values) / np.sum(weights))
+@contextlib.contextmanager
+def _seeded_global_numpy(seed: int) -> Iterator[None]:
+  # rliable's StratifiedBootstrap draws its resampling indices from numpy's global RNG
+  # (np.random.choice), whatever random_state it is given: seed it for the call, then put
+  # the caller's state back.
+  saved = np.random.get_state()
+  np.random.seed(seed)
+  try:
+    with warnings.catch_warnings():
+      # arch (under rliable) deprecates the random_state argument rliable passes.
+      warnings.filterwarnings(
+        "ignore", message="random_state is deprecated", category=FutureWarning
+      )
+      yield
+  finally:
+    np.random.set_state(saved)
 
 
-def bootstrap_ci(
-  values: Sequence[float],
-  statistic=interquartile_mean,
-  num_resamples: int = 2000,
+def _check_scores(scores: np.ndarray, name: str = "scores") -> np.ndarray:
+  scores = np.asarray(scores, dtype=np.float64)
+  if scores.ndim != 2 or 0 in scores.shape:
+    raise ValueError(f"{name} must be a non-empty [runs, tasks] matrix, got shape {scores.shape}")
+  if not np.all(np.isfinite(scores)):
+    raise ValueError(f"{name} holds non-finite values")
+  return scores
+
+
+def iqm(scores: np.ndarray) -> float:
+  """Interquartile mean of a [runs, tasks] score matrix (the middle 50% of all its entries).
+
+  Raises ValueError for an empty or non-2-D matrix or non-finite scores.
+  """
+  return float(metrics.aggregate_iqm(_check_scores(scores)))
+
+
+def iqm_with_ci(
+  scores: np.ndarray,
+  reps: int = DEFAULT_BOOTSTRAP_REPS,
   confidence: float = 0.95,
   seed: int = 0,
-) -> tuple[float, float]:
-  """Percentile bootstrap confidence interval of `statistic` across seeds."""
-  values = np.asarray(values, dtype=np.float64)
-  rng = np.random.default_rng(seed)
-  stats = [
-    statistic(rng.choice(values, size=values.size, replace=True)) for _ in range(num_resamples)
-  ]
-  alpha = (1.0 - confidence) / 2.0
-  return float(np.quantile(stats, alpha)), float(np.quantile(stats, 1.0 - alpha))
+) -> tuple[float, float, float]:
+  """(IQM, lower, upper) of a [runs, tasks] matrix: a percentile confidence interval from
+  the stratified bootstrap (runs resampled with replacement within each task).
+
+  Deterministic for a given seed. Raises ValueError as `iqm`.
+  """
+  scores = _check_scores(scores)
+  func = lambda x: np.array([metrics.aggregate_iqm(x)])
+  with _seeded_global_numpy(seed):
+    point, interval = rly.get_interval_estimates(
+      {"scores": scores},
+      func,
+      reps=reps,
+      confidence_interval_size=confidence,
+      random_state=np.random.RandomState(seed),
+    )
+  return float(point["scores"][0]), float(interval["scores"][0, 0]), float(interval["scores"][1, 0])
+
+
+def probability_of_improvement(scores_x: np.ndarray, scores_y: np.ndarray) -> float:
+  """P(X > Y): the chance that a run of X beats a run of Y on a random task, ties counting
+  half (Mann-Whitney U statistic averaged over tasks). Both are [runs, tasks] with the same
+  tasks; the run counts may differ."""
+  scores_x, scores_y = _check_scores(scores_x, "scores_x"), _check_scores(scores_y, "scores_y")
+  if scores_x.shape[1] != scores_y.shape[1]:
+    raise ValueError(f"task counts differ: {scores_x.shape[1]} != {scores_y.shape[1]}")
+  return float(metrics.probability_of_improvement(scores_x, scores_y))

@@ -10,6 +10,9 @@ import dataclasses
 import os
 from collections.abc import Iterable, Sequence
 
+import numpy as np
+
+from cmta_jax import analysis
 from cmta_jax.training import metrics_log
 from cmta_jax.training import run_dir as run_dir_lib
 
@@ -39,6 +42,15 @@ class LoadedRun:
   def curve(self) -> dict[int, float]:
     """Mean success over tasks by evaluation step."""
     return {r["step"]: r["mean_success"] for r in self.evals}
+
+  def task_success(self, step: int) -> dict[str, float]:
+    """Success per task at evaluation step `step` (KeyError if it has no evaluation there)."""
+    record = next((r for r in self.evals if r["step"] == step), None)
+    if record is None:
+      raise KeyError(f"{self.run_dir} has no evaluation at step {step}")
+    if "success" not in record:
+      raise ValueError(f"{self.run_dir}: the evaluation of step {step} has no per-task success")
+    return record["success"]
 
 
 def load_run(run_dir: str) -> LoadedRun:
@@ -113,15 +125,60 @@ def group_by_setting(runs: Iterable[LoadedRun]) -> list[list[LoadedRun]]:
   return list(groups.values())
 
 
+def differing_fields(a: dict, b: dict) -> list[str]:
+  """The setting fields (paths) in which two configs differ, sorted."""
+  a, b = _setting(a), _setting(b)
+  return [path for path in sorted(set(a) | set(b)) if a.get(path) != b.get(path)]
+
+
 def setting_differences(a: dict, b: dict) -> list[str]:
   """'path: A != B' for every setting field in which two configs differ."""
-  a, b = _setting(a), _setting(b)
-  return [
-    f"{path}: {a.get(path)!r} != {b.get(path)!r}"
-    for path in sorted(set(a) | set(b))
-    if a.get(path) != b.get(path)
-  ]
+  return [f"{path}: {a.get(path)!r} != {b.get(path)!r}" for path in differing_fields(a, b)]
 
 
 def _hashable(value):
   return tuple(value) if isinstance(value, list) else value
+
+
+def common_eval_steps(runs: Sequence[LoadedRun]) -> list[int]:
+  """The evaluation steps every run reached; ValueError if they share none."""
+  steps = sorted(set.intersection(*(set(run.curve) for run in runs)))
+  if not steps:
+    raise ValueError(f"the runs share no evaluation step ({', '.join(r.run_dir for r in runs)})")
+  return steps
+
+
+def score_matrix(runs: Sequence[LoadedRun], step: int) -> np.ndarray:
+  """Success per run and task at `step`: [runs, tasks], tasks in the first run's order.
+  ValueError if the runs were evaluated on different tasks."""
+  first = runs[0].task_success(step)
+  rows = []
+  for run in runs:
+    success = run.task_success(step)
+    if set(success) != set(first):
+      raise ValueError(f"{run.run_dir} was evaluated on other tasks than {runs[0].run_dir}")
+    rows.append([success[task] for task in first])
+  return np.array(rows, dtype=np.float64)
+
+
+def summarize_setting(
+  runs: Sequence[LoadedRun], bootstrap_reps: int = analysis.DEFAULT_BOOTSTRAP_REPS
+) -> dict:
+  """The seeds of one setting, up to the last evaluation step they all reached.
+
+  Paper metrics of the seed-mean success curve (max smoothed, max, final; docs/algorithm.md
+  §5) and, across runs and tasks at that step, the IQM with its 95% stratified bootstrap
+  interval (`analysis.iqm_with_ci`). Keys: seeds, steps, evaluations, max_smoothed, max,
+  final, final_iqm, final_iqm_ci95.
+  """
+  steps = common_eval_steps(runs)
+  mean_curve = np.mean([[run.curve[s] for s in steps] for run in runs], axis=0)
+  point, low, high = analysis.iqm_with_ci(score_matrix(runs, steps[-1]), reps=bootstrap_reps)
+  return {
+    "seeds": len(runs),
+    "steps": steps[-1],
+    "evaluations": len(steps),
+    **analysis.summarize_curve(mean_curve),
+    "final_iqm": point,
+    "final_iqm_ci95": [low, high],
+  }

@@ -2,6 +2,8 @@
 Meta-World, and a Meta-World environment source that builds its task variations once."""
 
 import functools
+import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +24,32 @@ def run_config(agent: str = "cmta", **fields) -> config_lib.RunConfig:
   explicit = {paths[name] for name in fields if name in paths}
   defaults = registry.agent_defaults(config_lib.RunConfig(agent=agent), explicit=explicit)
   return config_lib.replace_fields(defaults, **fields)
+
+
+def write_synthetic_run(
+  run_dir: str,
+  curve: list,
+  agent: str = "cmta",
+  seed: int = 0,
+  tasks: tuple[str, ...] = ("task-a", "task-b"),
+  eval_every: int = 1000,
+  **fields,
+) -> str:
+  """A run directory as the driver leaves it (config.json, metrics.jsonl with eval and
+  train records), for report and table tests. `curve` holds one entry per evaluation:
+  a success value for every task, or a list with one value per task."""
+  os.makedirs(run_dir)
+  from cmta_jax.training import run_dir as run_dir_lib  # the driver's modules load lazily
+
+  run_dir_lib.write_config(run_dir, run_config(agent, seed=seed, **fields))
+  with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
+    for i, entry in enumerate(curve):
+      per_task = list(entry) if isinstance(entry, (list, tuple)) else [entry] * len(tasks)
+      success = dict(zip(tasks, per_task, strict=True))
+      record = {"step": eval_every * i, "kind": "eval", "mean_success": float(np.mean(per_task))}
+      f.write(json.dumps({**record, "success": success}) + "\n")
+      f.write(json.dumps({"step": eval_every * i, "kind": "train", "updates": 10}) + "\n")
+  return run_dir
 
 
 @functools.cache

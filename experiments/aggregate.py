@@ -4,8 +4,9 @@
   python experiments/aggregate.py runs/table1/cmta_mt10_fixed     # a root: its run dirs
 
 Prints, for the seed-averaged mean-success curve: max smoothed (factor 0.8),
-max and final; and across seeds: the interquartile mean of each seed's final
-success with a 95% bootstrap confidence interval. Only evaluation steps that
+max and final; and across seeds and tasks at the last common step: the
+interquartile mean of success with a 95% stratified bootstrap confidence interval
+(rliable). Only evaluation steps that
 every seed reached are used. The runs must be seeds of one setting (the same
 saved config but for the seed and bookkeeping fields, `cmta_jax/run_set.py`):
 runs of different settings, a directory given twice, two runs with one seed or
@@ -15,9 +16,7 @@ an unreadable run stop it with a one-line error naming the run.
 import json
 import sys
 
-import numpy as np
-
-from cmta_jax import analysis, cli, run_set
+from cmta_jax import cli, run_set
 
 
 def main(paths: list[str]) -> dict:
@@ -32,23 +31,13 @@ def main(paths: list[str]) -> dict:
       f"({'; '.join(run_set.setting_differences(first.config, other.config))}); "
       "aggregate one setting at a time"
     )
-  curves = [run.curve for run in runs]
-  steps = sorted(set.intersection(*(set(c) for c in curves)))
-  if not steps:
-    raise ValueError("the runs share no evaluation step")
-  per_seed = np.array([[curve[s] for s in steps] for curve in curves])
-  mean_curve = per_seed.mean(axis=0)
-  finals = per_seed[:, -1]
-  low, high = analysis.bootstrap_ci(finals)
-  result = {
-    "seeds": len(runs),
-    "steps": steps[-1],
-    **analysis.summarize_curve(mean_curve),
-    "final_iqm": analysis.interquartile_mean(finals),
-    "final_iqm_ci95": [low, high],
-  }
+  result = run_set.summarize_setting(runs)
+  low, high = result["final_iqm_ci95"]
   seeds = ", ".join(str(run.seed) for run in runs)
-  print(f"{len(runs)} seeds ({seeds}), {len(steps)} common evaluation steps up to {steps[-1]}")
+  print(
+    f"{len(runs)} seeds ({seeds}), {result['evaluations']} common evaluation steps up to "
+    f"{result['steps']}"
+  )
   print(
     f"max smoothed {result['max_smoothed']:.4f} | max {result['max']:.4f} | final {result['final']:.4f}"
     f" | final IQM {result['final_iqm']:.4f} [{low:.4f}, {high:.4f}]"

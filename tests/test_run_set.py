@@ -16,15 +16,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AGGREGATE = os.path.join(REPO, "experiments", "aggregate.py")
 
 
-def _write_run(run_dir: str, curve: list[float], agent: str = "cmta", seed: int = 0, **fields):
-  """A run directory as the driver leaves it: config.json and eval records every 1000 steps."""
-  os.makedirs(run_dir)
-  run_dir_lib.write_config(run_dir, testing.run_config(agent, seed=seed, **fields))
-  with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
-    for i, success in enumerate(curve):
-      f.write(json.dumps({"step": 1000 * i, "kind": "eval", "mean_success": success}) + "\n")
-      f.write(json.dumps({"step": 1000 * i, "kind": "train", "updates": 10}) + "\n")
-  return run_dir
+_write_run = testing.write_synthetic_run
 
 
 def _aggregate(*paths):
@@ -113,6 +105,10 @@ def test_aggregate_numbers_equal_hand_computation(tmp_path):
   assert out["seeds"] == 3 and out["steps"] == 2000
   assert out["max_smoothed"] == pytest.approx(max(smoothed))
   assert out["max"] == pytest.approx(mean.max()) and out["final"] == pytest.approx(mean[-1])
-  finals = [0.4, 0.3, 0.3]  # each seed at step 2000; IQM of 3 values: weights 0.25, 1, 0.25
-  assert out["final_iqm"] == pytest.approx((0.25 * 0.3 + 0.3 + 0.25 * 0.4) / 1.5)
-  assert out["final_iqm"] == pytest.approx(analysis.interquartile_mean(finals))
+  # Final scores [runs, tasks] at step 2000: every task of a seed at its curve's value.
+  finals = np.array([[0.4, 0.4], [0.3, 0.3], [0.3, 0.3]])
+  middle_half = np.sort(finals.ravel())[1:-1]  # scipy trims floor(0.25 * 6) = 1 at each end
+  assert out["final_iqm"] == pytest.approx(middle_half.mean())
+  assert out["final_iqm"] == pytest.approx(analysis.iqm(finals))
+  low, high = out["final_iqm_ci95"]
+  assert 0.3 <= low <= out["final_iqm"] <= high <= 0.4
