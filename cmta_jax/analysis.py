@@ -12,8 +12,6 @@ import warnings
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-from rliable import library as rly
-from rliable import metrics
 
 SMOOTHING_FACTOR = 0.8
 DEFAULT_BOOTSTRAP_REPS = 2000
@@ -38,6 +36,14 @@ def summarize_curve(success: Sequence[float]) -> dict:
     "max": float(success.max()),
     "final": float(success[-1]),
   }
+
+
+def _rliable():
+  # Imported on first use: rliable brings arch, statsmodels and pandas (seconds), which the
+  # training loop, importing this module for `summarize_curve`, does not need.
+  from rliable import library, metrics
+
+  return library, metrics
 
 
 @contextlib.contextmanager
@@ -72,6 +78,7 @@ def iqm(scores: np.ndarray) -> float:
 
   Raises ValueError for an empty or non-2-D matrix or non-finite scores.
   """
+  _, metrics = _rliable()
   return float(metrics.aggregate_iqm(_check_scores(scores)))
 
 
@@ -87,9 +94,10 @@ def iqm_with_ci(
   Deterministic for a given seed. Raises ValueError as `iqm`.
   """
   scores = _check_scores(scores)
+  library, metrics = _rliable()
   func = lambda x: np.array([metrics.aggregate_iqm(x)])
   with _seeded_global_numpy(seed):
-    point, interval = rly.get_interval_estimates(
+    point, interval = library.get_interval_estimates(
       {"scores": scores},
       func,
       reps=reps,
@@ -106,4 +114,5 @@ def probability_of_improvement(scores_x: np.ndarray, scores_y: np.ndarray) -> fl
   scores_x, scores_y = _check_scores(scores_x, "scores_x"), _check_scores(scores_y, "scores_y")
   if scores_x.shape[1] != scores_y.shape[1]:
     raise ValueError(f"task counts differ: {scores_x.shape[1]} != {scores_y.shape[1]}")
+  _, metrics = _rliable()
   return float(metrics.probability_of_improvement(scores_x, scores_y))

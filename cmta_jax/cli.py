@@ -83,6 +83,17 @@ def one_line_errors(main: Callable, expected: tuple[type[BaseException], ...] = 
   return wrapped
 
 
+def check_output_file(path: str, extensions: tuple[str, ...] = ()) -> None:
+  """ValueError (one line) unless `path`'s directory exists and, if `extensions` are given,
+  the name ends in one of them (without the dot, lower case)."""
+  extension = os.path.splitext(path)[1].lstrip(".").lower()
+  if extensions and extension not in extensions:
+    raise ValueError(f"{path}: give a file name ending in {', '.join('.' + e for e in extensions)}")
+  directory = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(directory):
+    raise ValueError(f"{directory} is not a directory (for {path})")
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing (use as `app.run(main, flags_parser=parse_flags)`), with an unknown
   or mistyped flag reported as one line instead of absl's FATAL and usage text."""

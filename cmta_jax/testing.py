@@ -52,6 +52,26 @@ def write_synthetic_run(
   return run_dir
 
 
+def png_size(path: str) -> tuple[int, int]:
+  """(width, height) in pixels from a PNG file's header; AssertionError if it is no PNG."""
+  with open(path, "rb") as f:
+    header = f.read(24)
+  assert header[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+  return int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
+
+
+def write_synthetic_tree(root: str) -> str:
+  """Runs for table and figure tests. MT10-Fixed: CMTA (seeds 0 and 1; seed 1 has one
+  evaluation more), CMTA with 2 experts, MT-SAC; MT10-Mixed: CMTA. Tasks task-a, task-b."""
+  fixed = os.path.join(root, "fixed")
+  write_synthetic_run(os.path.join(fixed, "cmta_s0"), [0.0, [0.5, 1.0], [1.0, 0.5]], seed=0)
+  write_synthetic_run(os.path.join(fixed, "cmta_s1"), [0.0, [0.0, 0.5], [0.5, 0.5], 1.0], seed=1)
+  write_synthetic_run(os.path.join(fixed, "cmta_e2_s0"), [0.0, 0.5, 0.0], seed=0, num_experts=2)
+  write_synthetic_run(os.path.join(fixed, "mtsac_s0"), [0.0, 0.0, 0.5], agent="mtsac", seed=0)
+  write_synthetic_run(os.path.join(root, "mixed", "cmta_s0"), [0.0, 1.0, 1.0], seed=0, mode="mixed")
+  return root
+
+
 @functools.cache
 def cached_variations(benchmark: str, seed: int) -> metaworld_env.Variations:
   """make_variations, once per (benchmark, seed) and process: most of MT10's construction

@@ -19,8 +19,6 @@ stops it with a one-line error naming the run; with --skip_bad_runs an unreadabl
 is skipped and named on stderr instead.
 """
 
-import os
-
 from absl import app, flags, logging
 
 from cmta_jax import cli
@@ -42,16 +40,15 @@ def main(argv):
     cli.fail("usage: tables.py RUN_DIR [RUN_DIR ...] | ROOT (see --helpfull)")
   if _BOOTSTRAP_REPS.value < 1:
     cli.fail(f"--bootstrap_reps must be positive, got {_BOOTSTRAP_REPS.value}")
-  out_dir = os.path.dirname(os.path.abspath(_OUT.value)) if _OUT.value else None
-  if out_dir and not os.path.isdir(out_dir):
-    cli.fail(f"--out: {out_dir} is not a directory")
+  if _OUT.value:
+    cli.check_output_file(_OUT.value)
   # Imported only now, so that bad input answers at once (rliable alone takes seconds).
-  from cmta_jax import results_table, run_set
+  from cmta_jax import results, run_set
 
-  runs = results_table.load_runs(paths, _SKIP_BAD_RUNS.value)
-  cells = results_table.make_cells(run_set.group_by_setting(runs), _BOOTSTRAP_REPS.value)
-  output = results_table.markdown if _FORMAT.value == "markdown" else results_table.latex
-  text = output(cells)
+  runs = results.load_runs(paths, _SKIP_BAD_RUNS.value)
+  cells = results.arrange(run_set.group_by_setting(runs))
+  output = results.markdown if _FORMAT.value == "markdown" else results.latex
+  text = output(cells, _BOOTSTRAP_REPS.value)
   if _OUT.value:
     with open(_OUT.value, "w") as f:
       f.write(text)

@@ -1,4 +1,4 @@
-"""cmta_jax/results_table.py and experiments/tables.py on a synthetic tree of runs: cells
+"""cmta_jax/results.py and experiments/tables.py on a synthetic tree of runs: cells
 by saved config, rows and labels, numbers equal to hand computation, and one-line refusals."""
 
 import os
@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from cmta_jax import analysis, results_table, run_set, testing
+from cmta_jax import analysis, results, run_set, testing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TABLES = os.path.join(REPO, "experiments", "tables.py")
@@ -17,9 +17,9 @@ write_run = testing.write_synthetic_run
 
 def _table(paths: list[str], output=None, skip_bad_runs: bool = False) -> str:
   """The table of `paths`, in process (the command line is tested below)."""
-  runs = results_table.load_runs(paths, skip_bad_runs)
-  cells = results_table.make_cells(run_set.group_by_setting(runs), bootstrap_reps=200)
-  return (output or results_table.markdown)(cells)
+  runs = results.load_runs(paths, skip_bad_runs)
+  cells = results.arrange(run_set.group_by_setting(runs))
+  return (output or results.markdown)(cells, bootstrap_reps=200)
 
 
 def _tables(*args):
@@ -40,15 +40,7 @@ def _rows(markdown: str) -> dict[str, list[str]]:
 
 @pytest.fixture
 def tree(tmp_path):
-  """MT10-Fixed: CMTA (2 seeds), CMTA with 2 experts, MT-SAC; MT10-Mixed: CMTA (1 seed)."""
-  root = tmp_path / "runs"
-  fixed = root / "fixed"
-  write_run(str(fixed / "cmta_s0"), [0.0, [0.5, 1.0], [1.0, 0.5]], seed=0)
-  write_run(str(fixed / "cmta_s1"), [0.0, [0.0, 0.5], [0.5, 0.5], 1.0], seed=1)  # one more eval
-  write_run(str(fixed / "cmta_e2_s0"), [0.0, 0.5, 0.0], seed=0, num_experts=2)
-  write_run(str(fixed / "mtsac_s0"), [0.0, 0.0, 0.5], agent="mtsac", seed=0)
-  write_run(str(root / "mixed" / "cmta_s0"), [0.0, 1.0, 1.0], seed=0, mode="mixed")
-  return str(root)
+  return testing.write_synthetic_tree(str(tmp_path / "runs"))
 
 
 def test_cells_follow_the_saved_config_and_equal_hand_computation(tree):
@@ -81,7 +73,7 @@ def test_cells_follow_the_saved_config_and_equal_hand_computation(tree):
 
 
 def test_latex_output_escapes_and_keeps_every_cell(tree):
-  text = _table([tree], results_table.latex)
+  text = _table([tree], results.latex)
   assert "\\multicolumn{5}{c}{MT10-Fixed}" in text and "\\multicolumn{5}{c}{MT10-Mixed}" in text
   assert "CMTA (mixture.num\\_experts=2) & 10.00\\% & 50.00\\%" in text
   assert text.count("\\\\") == 2 + 3  # two header lines, three rows
@@ -126,7 +118,10 @@ def test_the_command_writes_the_table_and_names_a_corrupt_run_in_one_line(tree, 
   "args,message",
   [
     ([], "usage: tables.py RUN_DIR"),
-    (["--out=/nonexistent/dir/t.md", "."], "--out: /nonexistent/dir is not a directory"),
+    (
+      ["--out=/nonexistent/dir/t.md", "."],
+      "/nonexistent/dir is not a directory (for /nonexistent/dir/t.md)",
+    ),
     (["--bootstrap_reps=0", "."], "--bootstrap_reps must be positive"),
   ],
 )

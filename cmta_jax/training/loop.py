@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cmta_jax import analysis
+from cmta_jax import analysis, figures
 from cmta_jax import config as config_lib
 from cmta_jax.agents import carry as carry_lib
 from cmta_jax.agents import registry, sac
@@ -34,6 +34,7 @@ from cmta_jax.training.preemption import Preempted, StopSignals
 from cmta_jax.types import BurnIn
 
 SUMMARY_FILE = "summary.json"
+CURVES_FILE = "curves.png"  # redrawn at every evaluation
 DIVERGENCE_THRESHOLD = 1e8
 # Replay transitions per task for the attention diagnostics at each log step (docs/carry_modes.md).
 DIAGNOSTIC_SAMPLES_PER_TASK = 8
@@ -528,7 +529,17 @@ def evaluate_now(run: Run, state: LoopState) -> LoopState:
     "episodes": episodes,
   }
   run.metrics_file.write(record)
-  return dataclasses.replace(state, eval_obs=eval_obs, eval_history=state.eval_history + (record,))
+  history = state.eval_history + (record,)
+  figures.run_curves(history, _curves_title(run), os.path.join(run.run_dir, CURVES_FILE))
+  return dataclasses.replace(state, eval_obs=eval_obs, eval_history=history)
+
+
+def _curves_title(run: Run) -> str:
+  env = run.config.env
+  return (
+    f"{os.path.basename(os.path.normpath(run.run_dir))}: {run.config.agent}, "
+    f"{env.benchmark}-{env.mode.capitalize()}, seed {run.config.train.seed}"
+  )
 
 
 def write_train_log(run: Run, state: LoopState) -> LoopState:
@@ -680,6 +691,7 @@ def write_summary(run: Run, state: LoopState) -> dict:
     f"mean success: final {summary['final']:.3f} | max {summary['max']:.3f} | "
     f"max smoothed {summary['max_smoothed']:.3f} | run dir {run.run_dir}"
   )
+  run.log(f"success curves: {os.path.join(run.run_dir, CURVES_FILE)}")
   return summary
 
 

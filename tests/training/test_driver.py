@@ -289,6 +289,12 @@ def test_end_to_end_run_writes_metrics_tensorboard_summary_and_checkpoints(basel
   assert list(summary["final_success_per_task"]) == list(MT10)
   assert "mean success: final" in log.text
 
+  # Its own success curves, redrawn at each evaluation and named in the console summary.
+  curves = os.path.join(run_dir, "curves.png")
+  assert f"success curves: {curves}" in log.text
+  assert testing.png_size(curves) == (480, 360)  # one panel of figures.PANEL_INCHES at figures.DPI
+  assert not glob.glob(os.path.join(run_dir, "*.partial"))
+
   assert checkpoint_steps(run_dir) == [40, 80, 120, 160]
   last = restore_checkpoint(run_dir, 160)
   assert last["meta"]["step"] == 160
@@ -975,3 +981,33 @@ def test_a_run_saved_with_the_old_network_section_resumes_without_a_config_chang
   changed = config_lib.replace_fields(run_config, hidden_width=64)
   with pytest.raises(run_dir_lib.ConfigMismatch, match=r"head.hidden_width: saved 32 != now 64"):
     run_dir_lib.check_resume_config(str(tmp_path), saved, changed, False, loop.checkpoint_shapes)
+
+
+# ---------------------------------------------------------------- results commands
+
+
+@pytest.mark.slow
+def test_tables_and_curves_commands_read_a_real_run(baseline_run, tmp_path):
+  run_dir = baseline_run[0]
+  env = subprocess_env(str(tmp_path / "unused_cache"))
+  tables = subprocess.run(
+    [sys.executable, os.path.join(REPO, "experiments", "tables.py"), run_dir],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=CLI_TIMEOUT,
+  )
+  assert tables.returncode == 0, tables.stderr
+  header, _, row = tables.stdout.strip().splitlines()
+  assert header.startswith("| agent | MT10-Fixed max smoothed |")
+  assert row.startswith("| CMTA |") and row.endswith(f"| 1 @ {TOTAL_STEPS} |")
+  out = str(tmp_path / "curves.png")
+  plot = subprocess.run(
+    [sys.executable, os.path.join(REPO, "experiments", "plot_curves.py"), run_dir, f"--out={out}"],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=CLI_TIMEOUT,
+  )
+  assert plot.returncode == 0, plot.stderr
+  assert testing.png_size(out) == (480, 360)

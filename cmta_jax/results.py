@@ -1,4 +1,4 @@
-"""The paper's results tables (Table 1, 2, 8) as Markdown or LaTeX, from loaded runs.
+"""Runs arranged as the paper reports them, and its results tables (Table 1, 2, 8).
 
 Runs are grouped into cells by their saved config (`run_set`), never by directory name:
 a column per benchmark and mode (MT10-Fixed, ...), a row per variant. A row is an agent
@@ -7,13 +7,14 @@ plus the config fields that tell variants apart within a column (e.g.
 Table 2), labelled by where it departs from the agent's defaults. Each cell: the paper's
 max smoothed and max of the seed-mean success curve, its final value, the IQM across
 seeds and tasks at the last evaluation every seed reached with its 95% stratified
-bootstrap interval, and the number of seeds (docs/results.md).
+bootstrap interval, and the number of seeds (docs/results.md). The figures
+(`figures.py`) use the same rows and columns.
 """
 
 import dataclasses
 import sys
 
-from cmta_jax import cli, run_set
+from cmta_jax import analysis, cli, run_set
 from cmta_jax import config as config_lib
 from cmta_jax.agents import registry
 
@@ -23,9 +24,15 @@ METRIC_HEADERS = ("max smoothed", "max", "final", "IQM [95% CI]", "seeds")
 
 @dataclasses.dataclass(frozen=True)
 class Cell:
+  """The seeds of one setting, placed in a table."""
+
   row: tuple  # (agent, ((field, value), ...)): what tells this variant apart in its column
   column: str  # e.g. "MT10-Fixed"
-  summary: dict  # run_set.summarize_setting
+  runs: tuple[run_set.LoadedRun, ...]
+
+  @property
+  def label(self) -> str:
+    return row_label(self.row)
 
 
 def load_runs(paths: list[str], skip_bad_runs: bool) -> list[run_set.LoadedRun]:
@@ -64,15 +71,15 @@ def row_fields(groups: list[list[run_set.LoadedRun]]) -> list[str]:
   return sorted(fields)
 
 
-def make_cells(groups: list[list[run_set.LoadedRun]], bootstrap_reps: int) -> list[Cell]:
-  """One cell per setting (`run_set.group_by_setting`), summarised over its seeds."""
+def arrange(groups: list[list[run_set.LoadedRun]]) -> list[Cell]:
+  """One cell per setting (`run_set.group_by_setting`), in table order (rows, then columns)."""
   fields = row_fields(groups)
   cells = []
   for group in groups:
     config = group[0].config
     row = (config["agent"], tuple((f, config.get(f)) for f in fields))
-    cells.append(Cell(row, column_of(config), run_set.summarize_setting(group, bootstrap_reps)))
-  return cells
+    cells.append(Cell(row, column_of(config), tuple(group)))
+  return sorted(cells, key=lambda c: (_row_order(c.row), _column_order(c.column)))
 
 
 def row_label(row: tuple) -> str:
@@ -120,24 +127,21 @@ def cell_texts(summary: dict | None, percent: bool = True) -> list[str]:
   ]
 
 
-def table_grid(cells: list[Cell]) -> tuple[list[str], list[str], dict]:
+def table_grid(cells: list[Cell], bootstrap_reps: int) -> tuple[list[str], list[str], dict]:
+  """Row labels, columns, and {(row index, column): run_set.summarize_setting or None}."""
   rows = sorted({c.row for c in cells}, key=_row_order)
   columns = sorted({c.column for c in cells}, key=_column_order)
-  by_position = {(c.row, c.column): c.summary for c in cells}
+  summaries = {(c.row, c.column): run_set.summarize_setting(c.runs, bootstrap_reps) for c in cells}
   return (
     [row_label(r) for r in rows],
     columns,
-    {
-      (i, column): by_position.get((row, column))
-      for i, row in enumerate(rows)
-      for column in columns
-    },
+    {(i, column): summaries.get((row, column)) for i, row in enumerate(rows) for column in columns},
   )
 
 
-def markdown(cells: list[Cell]) -> str:
+def markdown(cells: list[Cell], bootstrap_reps: int = analysis.DEFAULT_BOOTSTRAP_REPS) -> str:
   """A Markdown table: a row per variant, five columns per setting ("/" where none ran)."""
-  labels, columns, grid = table_grid(cells)
+  labels, columns, grid = table_grid(cells, bootstrap_reps)
   header = ["agent"] + [f"{c} {m}" for c in columns for m in METRIC_HEADERS]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for i, label in enumerate(labels):
@@ -152,9 +156,9 @@ def _latex_escape(text: str) -> str:
   return text
 
 
-def latex(cells: list[Cell]) -> str:
+def latex(cells: list[Cell], bootstrap_reps: int = analysis.DEFAULT_BOOTSTRAP_REPS) -> str:
   """A LaTeX tabular (booktabs rules) of the same table as `markdown`."""
-  labels, columns, grid = table_grid(cells)
+  labels, columns, grid = table_grid(cells, bootstrap_reps)
   n = len(METRIC_HEADERS)
   lines = [
     "\\begin{tabular}{l" + ("|" + "r" * n) * len(columns) + "}",

@@ -1,0 +1,133 @@
+"""Success curves as pictures (paper Fig. 3, 4 and 6), drawn with matplotlib.
+
+Every function writes one image; the format follows the file's extension (.png, .svg,
+.pdf). Files are written whole or not at all (a temporary file, then a rename), so an
+interrupted write never replaces a good figure with a broken one. Figures use
+matplotlib's object API (`Figure`, no pyplot), so nothing here touches global state.
+"""
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from cmta_jax import analysis, cli, run_set
+from cmta_jax.results import Cell
+
+DPI = 100
+PANEL_INCHES = (4.8, 3.6)  # width, height of one panel
+FORMATS = ("png", "svg", "pdf")
+
+
+def save(figure: Figure, path: str) -> str:
+  """Writes `figure` to `path` atomically; returns the path."""
+  cli.check_output_file(path, FORMATS)
+  extension = os.path.splitext(path)[1].lstrip(".").lower()
+  temporary = f"{path}.partial"
+  try:
+    figure.savefig(temporary, format=extension, dpi=DPI)
+    os.replace(temporary, path)
+  finally:
+    if os.path.exists(temporary):
+      os.remove(temporary)
+  return path
+
+
+def _grid(panels: int, columns: int) -> tuple[Figure, list]:
+  rows = -(-panels // columns)
+  columns = min(columns, panels)
+  figure = Figure(
+    figsize=(PANEL_INCHES[0] * columns, PANEL_INCHES[1] * rows), dpi=DPI, layout="constrained"
+  )
+  axes = figure.subplots(rows, columns, squeeze=False).ravel()
+  for unused in axes[panels:]:
+    unused.set_visible(False)
+  return figure, list(axes[:panels])
+
+
+def _success_axes(ax, title: str) -> None:
+  ax.set_title(title, fontsize=10)
+  ax.set_xlabel("environment steps per task")
+  ax.set_ylabel("success rate")
+  ax.set_ylim(-0.02, 1.02)
+  ax.grid(alpha=0.3)
+
+
+def run_curves(evals: Sequence[dict], title: str, path: str) -> str:
+  """One run: mean success over tasks by evaluation step, smoothed as the paper's App. C,
+  and each task's success as a thin line. `evals` are the run's "eval" records."""
+  steps = [r["step"] for r in evals]
+  mean = [r["mean_success"] for r in evals]
+  figure, (ax,) = _grid(1, 1)
+  for task in evals[-1].get("success", {}):
+    per_task = [r["success"].get(task, np.nan) for r in evals]
+    ax.plot(steps, per_task, lw=0.8, alpha=0.35)
+  ax.plot(steps, mean, color="black", lw=1.0, alpha=0.6, label="mean over tasks")
+  ax.plot(steps, analysis.smooth(mean), color="black", lw=2.0, label="smoothed (0.8)")
+  _success_axes(ax, title)
+  ax.legend(loc="upper left", fontsize=8)
+  return save(figure, path)
+
+
+def _seed_curves(cell: Cell, task: str | None = None) -> tuple[list[int], np.ndarray]:
+  """Steps every seed reached and success per seed there: [seeds, steps] (mean over tasks,
+  or the one task's)."""
+  steps = run_set.common_eval_steps(cell.runs)
+  if task is None:
+    values = [[run.curve[s] for s in steps] for run in cell.runs]
+  else:
+    values = [[run.task_success(s)[task] for s in steps] for run in cell.runs]
+  return steps, np.asarray(values, dtype=np.float64)
+
+
+def _iqm_curve(cell: Cell, steps: list[int]) -> np.ndarray:
+  return np.array([analysis.iqm(run_set.score_matrix(cell.runs, s)) for s in steps])
+
+
+def setting_curves(cells: Sequence[Cell], path: str) -> str:
+  """Paper Fig. 3/4: a panel per setting (benchmark and mode), a line per variant: the
+  seed-mean success with a band of one standard deviation across seeds, and the IQM over
+  seeds and tasks (dashed)."""
+  columns = sorted({c.column for c in cells}, key=lambda c: c.split("-"))
+  figure, axes = _grid(len(columns), columns=2)
+  colours = _colours(cells)
+  for ax, column in zip(axes, columns):
+    for cell in (c for c in cells if c.column == column):
+      steps, per_seed = _seed_curves(cell)
+      mean, std = per_seed.mean(axis=0), per_seed.std(axis=0)
+      colour = colours[cell.label]
+      seeds = f"{len(cell.runs)} seed{'s' if len(cell.runs) > 1 else ''}"
+      ax.plot(steps, mean, color=colour, lw=1.8, label=f"{cell.label} ({seeds})")
+      ax.fill_between(steps, mean - std, mean + std, color=colour, alpha=0.2, lw=0)
+      ax.plot(steps, _iqm_curve(cell, steps), color=colour, lw=1.0, ls="--")
+    _success_axes(ax, f"{column}: mean ± std (solid), IQM (dashed)")
+    ax.legend(loc="upper left", fontsize=7)
+  return save(figure, path)
+
+
+def per_task_curves(cells: Sequence[Cell], column: str, path: str) -> str:
+  """Paper Fig. 6: for one setting, a panel per task, a line per variant (seed mean of that
+  task's success, band of one standard deviation)."""
+  chosen = [c for c in cells if c.column == column]
+  if not chosen:
+    raise ValueError(f"no runs of {column}")
+  tasks = list(chosen[0].runs[0].evals[-1]["success"])
+  figure, axes = _grid(len(tasks), columns=5)
+  colours = _colours(chosen)
+  for ax, task in zip(axes, tasks):
+    for cell in chosen:
+      steps, per_seed = _seed_curves(cell, task)
+      mean, std = per_seed.mean(axis=0), per_seed.std(axis=0)
+      ax.plot(steps, mean, color=colours[cell.label], lw=1.5, label=cell.label)
+      ax.fill_between(steps, mean - std, mean + std, color=colours[cell.label], alpha=0.2, lw=0)
+    _success_axes(ax, task)
+  axes[0].legend(loc="upper left", fontsize=7)
+  figure.suptitle(f"{column}: success per task (seed mean ± std)")
+  return save(figure, path)
+
+
+def _colours(cells: Sequence[Cell]) -> dict[str, str]:
+  """One colour per variant, the same in every panel."""
+  labels = list(dict.fromkeys(c.label for c in cells))
+  return {label: f"C{i % 10}" for i, label in enumerate(labels)}

@@ -1,0 +1,46 @@
+"""Success curves of a tree of runs (paper Fig. 3, 4 and 6).
+
+  python experiments/plot_curves.py runs/table1 --out=curves.png
+  python experiments/plot_curves.py runs/table1 --out=curves.pdf --per_task
+
+Runs are arranged as in experiments/tables.py (cells by saved config): a panel per
+setting (benchmark and mode), a line per variant with the seed-mean success, a band of
+one standard deviation across seeds and the IQM over seeds and tasks. With
+--per_task, one more figure per setting with a panel per task (paper Fig. 6), named
+after --out with the setting appended (curves_MT10-Fixed.png). Each training run also
+keeps its own curves.png in its run directory.
+"""
+
+import os
+
+from absl import app, flags, logging
+
+from cmta_jax import cli
+
+_OUT = flags.DEFINE_string("out", "curves.png", "Image file (.png, .svg or .pdf).")
+_PER_TASK = flags.DEFINE_bool("per_task", False, "Also a figure per setting, a panel per task.")
+_SKIP_BAD_RUNS = flags.DEFINE_bool(
+  "skip_bad_runs", False, "Skip unreadable runs (named on stderr) instead of stopping."
+)
+
+
+def main(argv):
+  paths = argv[1:]
+  logging.set_verbosity(logging.WARNING)
+  if not paths:
+    cli.fail("usage: plot_curves.py RUN_DIR [RUN_DIR ...] | ROOT (see --helpfull)")
+  cli.check_output_file(_OUT.value, ("png", "svg", "pdf"))
+  # Imported only now, so that bad input answers at once.
+  from cmta_jax import figures, results, run_set
+
+  runs = results.load_runs(paths, _SKIP_BAD_RUNS.value)
+  cells = results.arrange(run_set.group_by_setting(runs))
+  print(f"wrote {figures.setting_curves(cells, _OUT.value)}")
+  if _PER_TASK.value:
+    stem, extension = os.path.splitext(_OUT.value)
+    for column in dict.fromkeys(c.column for c in cells):
+      print(f"wrote {figures.per_task_curves(cells, column, f'{stem}_{column}{extension}')}")
+
+
+if __name__ == "__main__":
+  app.run(cli.one_line_errors(main), flags_parser=cli.parse_flags)
