@@ -325,14 +325,18 @@ def replace_fields(config: RunConfig, **values: Any) -> RunConfig:
 
 
 # Config files written by earlier versions: their dotted paths, by today's.
-_RENAMED_PATHS = {"sac.contrastive_weight": "sac.auxiliary_weight"}
+_RENAMED_PATHS = {
+  "sac.contrastive_weight": "sac.auxiliary_weight",
+  "sac.contrastive_temperature": "mixture.contrastive_temperature",
+}
 _SECTIONS_SPLIT_FROM_NETWORK = ("head", "task_encoder", "mixture", "softmodu")
 
 
 def upgrade_flat(flat: dict[str, Any]) -> dict[str, Any]:
   """A flattened config as written by any earlier version, with today's paths: the old
-  `network.X` fields now live in head / task_encoder / mixture / softmodu, and
-  `sac.contrastive_weight` is `sac.auxiliary_weight`. Unknown paths are kept as they are."""
+  `network.X` fields now live in head / task_encoder / mixture / softmodu,
+  `sac.contrastive_weight` is `sac.auxiliary_weight`, and `sac.contrastive_temperature` is
+  `mixture.contrastive_temperature`. Unknown paths are kept as they are."""
   moved = {
     f"network.{path.split('.')[-1]}": path
     for path in flatten(RunConfig())

@@ -1,6 +1,8 @@
 """Named presets: valid, and differing from the paper's settings only where documented."""
 
 import dataclasses
+import json
+import os
 import subprocess
 import sys
 
@@ -118,3 +120,20 @@ def test_config_files_of_earlier_versions_read_with_todays_paths():
   assert run_config.sac.auxiliary_weight == 0.0 and run_config.train.seed == 4
   current = config_lib.flatten(config_lib.RunConfig())
   assert config_lib.upgrade_flat(current) == current
+
+
+def test_every_field_path_an_earlier_version_wrote_has_a_place_today():
+  # The field paths of RunConfig at every earlier commit that changed config.py (listed in
+  # the file); a path missing here would make old run directories unreadable.
+  with open(
+    os.path.join(os.path.dirname(__file__), "data", "config_paths_of_earlier_versions.json")
+  ) as f:
+    earlier = json.load(f)
+  known = set(config_lib.flatten(config_lib.RunConfig()))
+  homeless = [
+    p for p in earlier["paths"] if next(iter(config_lib.upgrade_flat({p: 0}))) not in known
+  ]
+  assert not homeless
+  assert config_lib.upgrade_flat({"sac.contrastive_temperature": 0.5}) == {
+    "mixture.contrastive_temperature": 0.5
+  }

@@ -276,20 +276,24 @@ def make_update_fn(networks: AgentNetworks, config: SACConfig, axis_name: str | 
   return update
 
 
+def _policy_on_groups_of_one(networks: AgentNetworks, params: PolicyParams, obs, task_ids, carry):
+  """Encoder and actor on one row per environment: (mean, log_std [T, 1, A], EncoderOutput)."""
+  chex.assert_shape(obs, (task_ids.shape[0], networks.obs_dim))
+  grouped = lambda x: x[:, None]  # each env is a group of one row: obs [T, 1, obs_dim]
+  out = networks.encoder.apply(params.encoder, grouped(obs), task_ids, jax.tree.map(grouped, carry))
+  mean, log_std = networks.actor.apply(params.actor, out.features, task_ids)
+  return mean, log_std, out
+
+
 def make_select_action_fn(networks: AgentNetworks):
   """Returns select_action(policy_params, obs [T, obs_dim], task_ids [T], carry [T, H], key,
   deterministic) -> (actions [T, A], carry_out [T, H]); one call for all tasks.
   Jit it with `deterministic` static."""
-  encoder, actor = networks.encoder, networks.actor
 
   def select_action(
     params: PolicyParams, obs, task_ids, carry: LSTMCarry, key, deterministic=False
   ):
-    chex.assert_shape(obs, (task_ids.shape[0], networks.obs_dim))
-    # Each env is a group of one row: obs [T, 1, obs_dim].
-    grouped = lambda x: x[:, None]
-    out = encoder.apply(params.encoder, grouped(obs), task_ids, jax.tree.map(grouped, carry))
-    mean, log_std = actor.apply(params.actor, out.features, task_ids)
+    mean, log_std, out = _policy_on_groups_of_one(networks, params, obs, task_ids, carry)
     if deterministic:
       action = distributions.deterministic_action(mean)
     else:
@@ -298,6 +302,22 @@ def make_select_action_fn(networks: AgentNetworks):
     return action[:, 0], jax.tree.map(lambda x: x[:, 0], out.carry)
 
   return select_action
+
+
+def make_trace_fn(networks: AgentNetworks):
+  """Returns trace(policy_params, obs [T, obs_dim], task_ids [T], carry [T, H]) ->
+  (deterministic actions [T, A], carry_out [T, H], attention [T, ...] or None, experts
+  [T, k, expert_dim] or None): the evaluation policy, with what the encoder computed on the
+  way (docs/results.md, "Looking inside a policy")."""
+
+  def trace(params: PolicyParams, obs, task_ids, carry: LSTMCarry):
+    mean, _, out = _policy_on_groups_of_one(networks, params, obs, task_ids, carry)
+    attention = None if out.attention is None else out.attention[:, 0]
+    experts = None if out.experts is None else jnp.moveaxis(out.experts[:, :, 0], 0, 1)
+    action = distributions.deterministic_action(mean)[:, 0]
+    return action, jax.tree.map(lambda x: x[:, 0], out.carry), attention, experts
+
+  return trace
 
 
 def initial_carry(networks: AgentNetworks, num_envs: int) -> LSTMCarry:

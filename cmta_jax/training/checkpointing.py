@@ -189,6 +189,27 @@ class Checkpointer:
         )
     return None
 
+  def restore_state(self, step: int, abstract_state: Any) -> Any:
+    """The state item of checkpoint `step` alone (no replay), changing nothing on disk.
+
+    Raises ValueError (one line, naming the checkpoint) if it cannot be read or holds
+    arrays of other shapes.
+    """
+    path = os.path.join(self.directory, str(step))
+    try:
+      restored = self._manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+      )
+      _check_finite(restored["state"])
+    except Exception as error:  # orbax raises many types; any of them means unreadable
+      if self.fits(step, abstract_state) is False:
+        raise ValueError(
+          f"checkpoint {path} holds arrays of other shapes than its run's config"
+        ) from None
+      reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+      raise ValueError(f"checkpoint {path} is unreadable ({reason[:300]})") from None
+    return restored["state"]
+
   def _move_aside(self, path: str) -> str:
     aside_dir = os.path.join(os.path.dirname(self.directory), "checkpoints_unreadable")
     os.makedirs(aside_dir, exist_ok=True)

@@ -1,0 +1,133 @@
+"""Looking inside a trained policy: load it from a run directory's checkpoint and trace
+evaluation episodes step by step (attention weights, expert encodings, reward, success).
+
+Read-only: nothing in the run directory is written or moved, so it is safe on a run that
+is still training. The episodes are those of the run's own evaluation (its seed's
+variations, the deterministic policy, a zero carry at each episode start; docs/algorithm.md
+§5). Used by experiments/attention_episode.py and experiments/tsne.py (docs/results.md).
+"""
+
+import os
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from cmta_jax import config as config_lib
+from cmta_jax.agents import registry, sac
+from cmta_jax.envs.source import METAWORLD, EnvSource
+from cmta_jax.training import loop
+from cmta_jax.training import run_dir as run_dir_lib
+from cmta_jax.training.checkpointing import Checkpointer
+
+
+class Policy(NamedTuple):
+  run_dir: str
+  run_config: config_lib.RunConfig
+  task_names: tuple[str, ...]
+  networks: Any  # sac.AgentNetworks
+  params: sac.PolicyParams
+  step: int  # of the checkpoint it was read from
+
+
+class EpisodeTrace(NamedTuple):
+  """One evaluation episode of one task, L steps."""
+
+  task: str
+  reward: np.ndarray  # [L] raw reward
+  success: np.ndarray  # [L] info["success"] of each step
+  attention: np.ndarray | None  # [L, ...] the encoder's mixing weights (None: no experts)
+  experts: np.ndarray | None  # [L, k, expert_dim] expert encodings z^j (None: no experts)
+
+
+def checkpoint_steps(run_dir: str) -> list[int]:
+  directory = os.path.join(run_dir, "checkpoints")
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+
+
+def load_policy(run_dir: str, step: int | None = None, envs: EnvSource = METAWORLD) -> Policy:
+  """The policy (encoder and actor parameters) of checkpoint `step`, or of the newest one.
+
+  Raises ValueError (one line) if `run_dir` has no config.json or no checkpoint, `step`
+  has no checkpoint (the message lists those there are), or the checkpoint is unreadable.
+  """
+  flat = run_dir_lib.read_saved_config(run_dir)
+  if flat is None:
+    raise ValueError(f"{run_dir} has no {run_dir_lib.CONFIG_FILE} (is it a run directory?)")
+  steps = checkpoint_steps(run_dir)
+  if not steps:
+    raise ValueError(f"{run_dir} has no checkpoint yet")
+  if step is None:
+    step = steps[-1]
+  elif step not in steps:
+    raise ValueError(f"{run_dir} has no checkpoint of step {step} (it has steps {steps})")
+  run_config = config_lib.from_flat(flat)
+  registry.validate(run_config)
+  networks = loop.build_networks(run_config, envs)
+  learner = jax.eval_shape(
+    lambda key: sac.init_training_state(key, networks, run_config.sac), jax.random.PRNGKey(0)
+  )
+  names = tuple(envs.task_names(run_config.env))
+  spec = loop.batch_spec(
+    len(names),
+    run_config.train.batch_per_task,
+    networks,
+    loop.burn_in_steps(run_config, networks),
+  )
+  totals = jax.eval_shape(lambda: loop.empty_totals(networks, run_config.sac, learner, spec))
+  checkpointer = Checkpointer(run_dir, keep=len(steps))
+  try:
+    state = checkpointer.restore_state(step, {"train_state": learner, "totals": totals})
+  finally:
+    checkpointer.close()
+  params = sac.policy_params(state["train_state"])
+  return Policy(run_dir, run_config, names, networks, params, step)
+
+
+def trace_episodes(policy: Policy, episodes: int, envs: EnvSource = METAWORLD) -> list[list]:
+  """`episodes` evaluation episodes of every task: [episode][task] -> EpisodeTrace."""
+  if episodes < 1:
+    raise ValueError(f"episodes must be positive, got {episodes}")
+  _, eval_env = envs.make_envs(policy.run_config.env, policy.run_config.train.seed)
+  trace = jax.jit(sac.make_trace_fn(policy.networks))
+  task_ids = np.arange(len(policy.task_names), dtype=np.int32)
+  traced = []
+  try:
+    obs = eval_env.reset()
+    for _ in range(episodes):
+      steps, obs = _one_episode(policy, eval_env, obs, trace, task_ids)
+      traced.append(_per_task(policy.task_names, steps))
+  finally:
+    eval_env.close()
+  return traced
+
+
+def _one_episode(policy: Policy, eval_env, obs, trace, task_ids) -> tuple[list, np.ndarray]:
+  carry = sac.initial_carry(policy.networks, len(task_ids))
+  steps = []
+  while True:
+    actions, carry, attention, experts = trace(policy.params, obs, task_ids, carry)
+    result = eval_env.step(np.asarray(actions))
+    steps.append((result.raw_reward, result.success, attention, experts))
+    obs = result.obs
+    if result.episode_start:
+      return steps, obs
+
+
+def _per_task(names: tuple[str, ...], steps: list) -> list[EpisodeTrace]:
+  reward, success, attention, experts = (
+    None if parts[0] is None else np.stack([np.asarray(p) for p in parts], axis=1)
+    for parts in zip(*steps)
+  )  # each [T, L, ...]
+  return [
+    EpisodeTrace(
+      task=name,
+      reward=reward[t],
+      success=success[t],
+      attention=None if attention is None else attention[t],
+      experts=None if experts is None else experts[t],
+    )
+    for t, name in enumerate(names)
+  ]
