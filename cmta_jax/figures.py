@@ -131,3 +131,62 @@ def _colours(cells: Sequence[Cell]) -> dict[str, str]:
   """One colour per variant, the same in every panel."""
   labels = list(dict.fromkeys(c.label for c in cells))
   return {label: f"C{i % 10}" for i, label in enumerate(labels)}
+
+
+def attention_over_episode(traces: Sequence, title: str, path: str) -> str:
+  """For each task, the encoder's attention weights over one evaluation episode as a heat
+  map (experts x time), above the per-step reward and success. `traces` are
+  `inspection.EpisodeTrace`s with attention [L, k]."""
+  columns = min(2, len(traces))
+  rows = -(-len(traces) // columns)
+  figure = Figure(
+    figsize=(PANEL_INCHES[0] * 1.4 * columns, PANEL_INCHES[1] * rows), dpi=DPI, layout="constrained"
+  )
+  panels = figure.subfigures(rows, columns, squeeze=False).ravel()
+  for panel in panels[len(traces) :]:
+    panel.set_visible(False)
+  for panel, trace in zip(panels, traces):
+    weights = trace.attention.reshape(len(trace.attention), -1)
+    top, bottom = panel.subplots(2, 1, sharex=True, height_ratios=(2, 1))
+    image = top.imshow(
+      weights.T,
+      aspect="auto",
+      origin="lower",
+      cmap="viridis",
+      vmin=0.0,
+      vmax=1.0,
+      interpolation="nearest",
+    )
+    panel.colorbar(image, ax=top, label="weight", pad=0.01)
+    top.set_ylabel("expert")
+    top.set_title(
+      f"{trace.task} (success {'yes' if trace.success.max() > 0 else 'no'})", fontsize=9
+    )
+    steps = np.arange(len(trace.reward))
+    bottom.plot(steps, trace.reward, color="C0", lw=1.0)
+    bottom.set_ylabel("reward", color="C0")
+    bottom.set_xlabel("episode step")
+    success_axis = bottom.twinx()
+    success_axis.fill_between(steps, trace.success, step="mid", color="C2", alpha=0.3, lw=0)
+    success_axis.set_ylim(0, 1.05)
+    success_axis.set_yticks([0, 1])
+    success_axis.set_ylabel("success", color="C2")
+  figure.suptitle(title)
+  return save(figure, path)
+
+
+def tsne_panels(
+  panels: Sequence[tuple[str, np.ndarray, np.ndarray, Sequence[str]]], path: str
+) -> str:
+  """Scatter plots of 2-D embeddings, one panel each: (title, points [N, 2], colour index
+  [N] int, names of the colour indices)."""
+  figure, axes = _grid(len(panels), columns=2)
+  for ax, (title, points, colour, names) in zip(axes, panels):
+    for i, name in enumerate(names):
+      chosen = colour == i
+      ax.scatter(points[chosen, 0], points[chosen, 1], s=3, color=f"C{i % 10}", label=name)
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(fontsize=6, markerscale=3, loc="best", ncol=1 + len(names) // 12)
+  return save(figure, path)

@@ -47,15 +47,24 @@ def checkpoint_steps(run_dir: str) -> list[int]:
   return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
 
 
+def saved_run_config(run_dir: str) -> config_lib.RunConfig:
+  """The config a run directory was trained with; ValueError (one line) if it has none or
+  it is not a valid config."""
+  flat = run_dir_lib.read_saved_config(run_dir)
+  if flat is None:
+    raise ValueError(f"{run_dir} has no {run_dir_lib.CONFIG_FILE} (is it a run directory?)")
+  run_config = config_lib.from_flat(flat)
+  registry.validate(run_config)
+  return run_config
+
+
 def load_policy(run_dir: str, step: int | None = None, envs: EnvSource = METAWORLD) -> Policy:
   """The policy (encoder and actor parameters) of checkpoint `step`, or of the newest one.
 
   Raises ValueError (one line) if `run_dir` has no config.json or no checkpoint, `step`
   has no checkpoint (the message lists those there are), or the checkpoint is unreadable.
   """
-  flat = run_dir_lib.read_saved_config(run_dir)
-  if flat is None:
-    raise ValueError(f"{run_dir} has no {run_dir_lib.CONFIG_FILE} (is it a run directory?)")
+  run_config = saved_run_config(run_dir)
   steps = checkpoint_steps(run_dir)
   if not steps:
     raise ValueError(f"{run_dir} has no checkpoint yet")
@@ -63,8 +72,6 @@ def load_policy(run_dir: str, step: int | None = None, envs: EnvSource = METAWOR
     step = steps[-1]
   elif step not in steps:
     raise ValueError(f"{run_dir} has no checkpoint of step {step} (it has steps {steps})")
-  run_config = config_lib.from_flat(flat)
-  registry.validate(run_config)
   networks = loop.build_networks(run_config, envs)
   learner = jax.eval_shape(
     lambda key: sac.init_training_state(key, networks, run_config.sac), jax.random.PRNGKey(0)

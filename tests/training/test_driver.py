@@ -1011,3 +1011,65 @@ def test_tables_and_curves_commands_read_a_real_run(baseline_run, tmp_path):
   )
   assert plot.returncode == 0, plot.stderr
   assert testing.png_size(out) == (480, 360)
+
+
+def _results_command(script: str, *args: str, cache_dir: str) -> subprocess.CompletedProcess:
+  return subprocess.run(
+    [sys.executable, os.path.join(REPO, "experiments", script), *args],
+    capture_output=True,
+    text=True,
+    env=subprocess_env(cache_dir),
+    timeout=CLI_TIMEOUT,
+  )
+
+
+@pytest.mark.slow
+def test_attention_episode_and_tsne_commands_read_a_real_checkpoint(
+  baseline_run, tmp_path, compilation_cache_dir
+):
+  run_dir = baseline_run[0]
+  before = sorted(os.listdir(run_dir)), checkpoint_steps(run_dir)
+  attention = str(tmp_path / "attention.png")
+  result = _results_command(
+    "attention_episode.py",
+    f"--run_dir={run_dir}",
+    "--step=80",
+    "--tasks=reach-v3,push-v3",
+    f"--out={attention}",
+    cache_dir=compilation_cache_dir,
+  )
+  assert result.returncode == 0, result.stderr
+  assert testing.png_size(attention) == (1344, 360)  # two tasks side by side
+  tsne = str(tmp_path / "tsne.png")
+  result = _results_command(
+    "tsne.py",
+    f"--run_dirs={run_dir}",
+    "--episodes=2",
+    "--max_points=300",
+    f"--out={tsne}",
+    cache_dir=compilation_cache_dir,
+  )
+  assert result.returncode == 0, result.stderr
+  assert testing.png_size(tsne) == (960, 360)  # experts and attention of one run
+  assert (sorted(os.listdir(run_dir)), checkpoint_steps(run_dir)) == before  # read-only
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+  "script,args,message",
+  [
+    ("attention_episode.py", ["--step=7"], r"has no checkpoint of step 7 \(it has steps \[40, "),
+    ("attention_episode.py", ["--tasks=reach-v3,fly-v3"], "--tasks: fly-v3 not in MT10"),
+    ("tsne.py", ["--episodes=0"], "--episodes must be positive, got 0"),
+  ],
+)
+def test_inspection_commands_refuse_bad_input_in_one_line(
+  baseline_run, compilation_cache_dir, script, args, message
+):
+  flag = "--run_dir" if script == "attention_episode.py" else "--run_dirs"
+  result = _results_command(
+    script, f"{flag}={baseline_run[0]}", *args, cache_dir=compilation_cache_dir
+  )
+  lines = result.stderr.strip().splitlines()
+  assert result.returncode == 1 and len(lines) == 1, result.stderr
+  assert re.search(message, lines[0]), lines[0]
