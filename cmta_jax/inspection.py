@@ -1,6 +1,8 @@
 """Looking inside a trained policy: load it from a run directory's checkpoint and trace
 evaluation episodes step by step (attention weights, expert encodings, reward, success).
 
+Also renders evaluation episodes frame by frame for videos (`render_episodes`).
+
 Read-only: nothing in the run directory is written or moved, so it is safe on a run that
 is still training. The episodes are those of the run's own evaluation (its seed's
 variations, the deterministic policy, a zero carry at each episode start; docs/algorithm.md
@@ -8,6 +10,7 @@ variations, the deterministic policy, a zero carry at each episode start; docs/a
 """
 
 import os
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -15,6 +18,7 @@ import numpy as np
 
 from cmta_jax import config as config_lib
 from cmta_jax.agents import registry, sac
+from cmta_jax.envs.metaworld_env import RenderSpec
 from cmta_jax.envs.source import METAWORLD, EnvSource
 from cmta_jax.training import loop
 from cmta_jax.training import run_dir as run_dir_lib
@@ -138,3 +142,69 @@ def _per_task(names: tuple[str, ...], steps: list) -> list[EpisodeTrace]:
     )
     for t, name in enumerate(names)
   ]
+
+
+class RenderingUnavailable(RuntimeError):
+  """MuJoCo cannot render offscreen on this machine (one line: what to set or install)."""
+
+
+# (episode index, task name, frame [H, W, 3] uint8, attention weights [...] or None)
+FrameSink = Callable[[int, str, np.ndarray, np.ndarray | None], None]
+
+
+def render_episodes(
+  policy: Policy,
+  episodes: int,
+  tasks: Sequence[str],
+  render: RenderSpec,
+  on_frame: FrameSink,
+  envs: EnvSource = METAWORLD,
+) -> None:
+  """Plays `episodes` evaluation episodes and hands each step's frame of every task in
+  `tasks` (and the attention weights it acted with) to `on_frame`: episode_length frames
+  per episode, the observation each action was chosen on.
+
+  Raises ValueError for an unknown task or environments that cannot render, and
+  RenderingUnavailable if MuJoCo cannot render offscreen.
+  """
+  unknown = [t for t in tasks if t not in policy.task_names]
+  if unknown:
+    raise ValueError(f"unknown tasks {unknown}; the run's tasks are {list(policy.task_names)}")
+  if envs.make_render_env is None:
+    raise ValueError("these environments cannot render")
+  indices = [policy.task_names.index(t) for t in tasks]
+  trace = jax.jit(sac.make_trace_fn(policy.networks))
+  task_ids = np.arange(len(policy.task_names), dtype=np.int32)
+  env = envs.make_render_env(policy.run_config.env, policy.run_config.train.seed, render)
+  try:
+    obs = env.reset()
+    _first_frames(env, indices)
+    for episode in range(episodes):
+      carry = sac.initial_carry(policy.networks, len(task_ids))
+      while True:
+        frames = env.render_frames(indices)
+        actions, carry, attention, _ = trace(policy.params, obs, task_ids, carry)
+        for frame, t in zip(frames, indices):
+          on_frame(
+            episode,
+            policy.task_names[t],
+            frame,
+            None if attention is None else np.asarray(attention[t]),
+          )
+        result = env.step(np.asarray(actions))
+        obs = result.obs
+        if result.episode_start:
+          break
+  finally:
+    env.close()
+
+
+def _first_frames(env, indices: list[int]) -> None:
+  try:
+    env.render_frames(indices)
+  except Exception as error:  # EGL, OSMesa and GLFW fail with many types
+    reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    raise RenderingUnavailable(
+      f"MuJoCo cannot render offscreen here ({reason[:200]}); set MUJOCO_GL=egl (needs "
+      "libEGL, e.g. apt install libegl1) or MUJOCO_GL=osmesa (apt install libosmesa6)"
+    ) from None

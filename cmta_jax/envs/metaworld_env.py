@@ -207,15 +207,34 @@ class _SetVariationOnReset(gym.Wrapper):
     return obs.astype(np.float32), reward, terminated, truncated, info
 
 
+class RenderSpec(NamedTuple):
+  """Offscreen rendering of evaluation episodes (videos): frame size in pixels and the
+  Meta-World camera ("corner", "corner2", "corner3", "topview", "behindGripper", ...)."""
+
+  width: int = 480
+  height: int = 480
+  camera: str = "corner"
+
+
 def _make_task_env(
   env_cls: type,
   tasks: Sequence[metaworld.Task],
   task_index: int,
   episode_length: int,
   env_seed: int,
+  render: RenderSpec | None = None,
 ) -> gym.Env:
   """One sub-env (module-level so async workers can unpickle it)."""
-  env = env_cls(reward_function_version="v2")
+  if render is None:
+    env = env_cls(reward_function_version="v2")
+  else:
+    env = env_cls(
+      reward_function_version="v2",
+      render_mode="rgb_array",
+      camera_name=render.camera,
+      width=render.width,
+      height=render.height,
+    )
   env.seed(env_seed)  # Hygiene only: resets do not use the env RNG once a task is set.
   env = gym.wrappers.TimeLimit(env, episode_length)
   return _SetVariationOnReset(env, task_index, tasks)
@@ -246,11 +265,13 @@ class MultiTaskEnv:
     role: str = "train",
     *,
     variations: Variations | None = None,
+    render: RenderSpec | None = None,
   ) -> None:
     """Validates everything, then builds the sub-envs.
 
     `variations`: optional `make_variations(config.benchmark, seed)` output to
-    share between envs of one run (saves regenerating them).
+    share between envs of one run (saves regenerating them). `render`: build the
+    sub-envs for offscreen rendering (`render_frames`); stepped in this process.
     """
     if not isinstance(config, EnvConfig):
       raise ValueError(f"config must be an EnvConfig, got {type(config).__name__}")
@@ -296,11 +317,13 @@ class MultiTaskEnv:
         task_index=task,
         episode_length=config.episode_length,
         env_seed=self._subenv_seed(task),
+        render=render,
       )
       for task in range(self.num_tasks)
     ]
     autoreset = gym.vector.AutoresetMode.DISABLED
-    if config.vector_strategy == "sync":
+    self._renders = render is not None
+    if config.vector_strategy == "sync" or self._renders:
       self._vector_env = gym.vector.SyncVectorEnv(thunks, autoreset_mode=autoreset)
     else:
       # Workers fork from the server; preloading this module (metaworld, mujoco)
@@ -441,6 +464,13 @@ class MultiTaskEnv:
         "variation choice differs from the saved one (was the variation rule changed?)"
       )
     return obs
+
+  def render_frames(self, tasks: Sequence[int]) -> list[np.ndarray]:
+    """The current frame of each task in `tasks`: [height, width, 3] uint8 each."""
+    if not self._renders:
+      raise RuntimeError("this environment was not built for rendering (pass render=)")
+    # Meta-World v3's cameras render upside down (the table above the robot): flip rows.
+    return [np.ascontiguousarray(self._vector_env.envs[t].render()[::-1]) for t in tasks]
 
   def close(self) -> None:
     self._vector_env.close()

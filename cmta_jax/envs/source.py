@@ -18,6 +18,7 @@ from cmta_jax.envs.metaworld_env import (
   OBS_DIM,
   EnvConfig,
   MultiTaskEnv,
+  RenderSpec,
   Variations,
   make_variations,
   task_names,
@@ -31,6 +32,9 @@ class EnvSource(NamedTuple):
   # (env config, seed) -> (training env, evaluation env); the evaluation env reports raw
   # rewards and draws its own episodes (docs/algorithm.md §5).
   make_envs: Callable[[EnvConfig, int], tuple[Any, Any]]
+  # (env config, seed, RenderSpec) -> the evaluation env, built to render its frames
+  # (`render_frames(tasks)`) for videos; None where the environments cannot render.
+  make_render_env: Callable[[EnvConfig, int, RenderSpec], Any] | None = None
 
 
 def metaworld(variations: Callable[[str, int], Variations] = make_variations) -> EnvSource:
@@ -49,11 +53,18 @@ def metaworld(variations: Callable[[str, int], Variations] = make_variations) ->
       raise
     return train_env, eval_env
 
+  def make_render_env(config: EnvConfig, seed: int, render: RenderSpec) -> MultiTaskEnv:
+    # The evaluation env of `make_envs`, whose episodes rendering does not change.
+    eval_config = dataclasses.replace(config, reward_normalization=False)
+    shared = variations(config.benchmark, seed)
+    return MultiTaskEnv(eval_config, seed, "eval", variations=shared, render=render)
+
   return EnvSource(
     task_names=lambda config: task_names(config.benchmark),
     obs_dim=OBS_DIM,
     action_dim=ACTION_DIM,
     make_envs=make_envs,
+    make_render_env=make_render_env,
   )
 
 

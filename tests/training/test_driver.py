@@ -1073,3 +1073,32 @@ def test_inspection_commands_refuse_bad_input_in_one_line(
   lines = result.stderr.strip().splitlines()
   assert result.returncode == 1 and len(lines) == 1, result.stderr
   assert re.search(message, lines[0]), lines[0]
+
+
+@pytest.mark.slow
+def test_record_video_writes_playable_videos_with_a_frame_per_step(
+  baseline_run, tmp_path, compilation_cache_dir
+):
+  import imageio.v2 as imageio
+
+  out_dir = str(tmp_path / "videos")
+  result = _results_command(
+    "record_video.py",
+    f"--run_dir={baseline_run[0]}",
+    f"--out_dir={out_dir}",
+    "--tasks=reach-v3",
+    "--episodes=2",
+    "--size=64",
+    "--with_attention",
+    cache_dir=compilation_cache_dir,
+  )
+  # Rendering needs MuJoCo's offscreen backend: a failure names what to set or install.
+  assert result.returncode == 0, result.stderr
+  expected = [f"reach-v3_step{TOTAL_STEPS}_ep{k}.mp4" for k in (0, 1)]
+  assert sorted(os.listdir(out_dir)) == expected
+  for name in expected:
+    assert f"wrote {os.path.join(out_dir, name)} ({EPISODE_LENGTH} frames)" in result.stdout
+    reader = imageio.get_reader(os.path.join(out_dir, name))
+    assert reader.count_frames() == EPISODE_LENGTH
+    assert reader.get_meta_data()["size"] == (64 + 6 * 16, 64)  # frame, then 6 attention bars
+    assert reader.get_data(0).std() > 0  # a rendered scene, not a blank frame
