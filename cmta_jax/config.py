@@ -175,10 +175,18 @@ class TrainConfig:
   # A multiple of the episode length (resume is at episode starts).
   checkpoint_every: int = _field(30_000, _positive_int)
   keep_checkpoints: int = _field(3, _positive_int)
+  # Videos of one evaluation episode per task every this many steps (0: none), into
+  # RUN_DIR/videos and TensorBoard (docs/results.md, "Videos"). A multiple of eval_every.
+  video_every: int = _field(0, _non_negative_int)
 
   def validate(self, episode_length: int) -> None:
     validate_fields(self)
     validate_seed(self.seed)
+    if self.video_every % self.eval_every:
+      raise ValueError(
+        f"video_every ({self.video_every}) must be 0 or a multiple of eval_every "
+        f"({self.eval_every}): videos are recorded at evaluations"
+      )
     if self.checkpoint_every % episode_length:
       raise ValueError(
         f"checkpoint_every ({self.checkpoint_every}) must be a multiple of the episode length "

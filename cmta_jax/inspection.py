@@ -20,7 +20,7 @@ from cmta_jax import config as config_lib
 from cmta_jax.agents import registry, sac
 from cmta_jax.envs.metaworld_env import RenderSpec
 from cmta_jax.envs.source import METAWORLD, EnvSource
-from cmta_jax.training import loop
+from cmta_jax.training import evaluation, loop
 from cmta_jax.training import run_dir as run_dir_lib
 from cmta_jax.training.checkpointing import Checkpointer
 
@@ -144,10 +144,6 @@ def _per_task(names: tuple[str, ...], steps: list) -> list[EpisodeTrace]:
   ]
 
 
-class RenderingUnavailable(RuntimeError):
-  """MuJoCo cannot render offscreen on this machine (one line: what to set or install)."""
-
-
 # (episode index, task name, frame [H, W, 3] uint8, attention weights [...] or None)
 FrameSink = Callable[[int, str, np.ndarray, np.ndarray | None], None]
 
@@ -165,46 +161,21 @@ def render_episodes(
   per episode, the observation each action was chosen on.
 
   Raises ValueError for an unknown task or environments that cannot render, and
-  RenderingUnavailable if MuJoCo cannot render offscreen.
+  evaluation.RenderingUnavailable if MuJoCo cannot render offscreen.
   """
   unknown = [t for t in tasks if t not in policy.task_names]
   if unknown:
     raise ValueError(f"unknown tasks {unknown}; the run's tasks are {list(policy.task_names)}")
   if envs.make_render_env is None:
     raise ValueError("these environments cannot render")
-  indices = [policy.task_names.index(t) for t in tasks]
   trace = jax.jit(sac.make_trace_fn(policy.networks))
-  task_ids = np.arange(len(policy.task_names), dtype=np.int32)
   env = envs.make_render_env(policy.run_config.env, policy.run_config.train.seed, render)
   try:
     obs = env.reset()
-    _first_frames(env, indices)
+    evaluation.check_rendering(env)
     for episode in range(episodes):
-      carry = sac.initial_carry(policy.networks, len(task_ids))
-      while True:
-        frames = env.render_frames(indices)
-        actions, carry, attention, _ = trace(policy.params, obs, task_ids, carry)
-        for frame, t in zip(frames, indices):
-          on_frame(
-            episode,
-            policy.task_names[t],
-            frame,
-            None if attention is None else np.asarray(attention[t]),
-          )
-        result = env.step(np.asarray(actions))
-        obs = result.obs
-        if result.episode_start:
-          break
+      obs = evaluation.play_rendered_episode(
+        env, obs, policy.networks, policy.params, trace, tasks, lambda *f: on_frame(episode, *f)
+      )
   finally:
     env.close()
-
-
-def _first_frames(env, indices: list[int]) -> None:
-  try:
-    env.render_frames(indices)
-  except Exception as error:  # EGL, OSMesa and GLFW fail with many types
-    reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-    raise RenderingUnavailable(
-      f"MuJoCo cannot render offscreen here ({reason[:200]}); set MUJOCO_GL=egl (needs "
-      "libEGL, e.g. apt install libegl1) or MUJOCO_GL=osmesa (apt install libosmesa6)"
-    ) from None

@@ -23,6 +23,7 @@ BOOKKEEPING_FIELDS = frozenset(
     "train.log_every",
     "train.checkpoint_every",
     "train.keep_checkpoints",
+    "train.video_every",
     "env.vector_strategy",
   }
 )

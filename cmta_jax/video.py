@@ -44,6 +44,11 @@ _PALETTE = [
 ]
 
 
+def gif_bytes(frames: np.ndarray, fps: int) -> bytes:
+  """An animated GIF (looping) of frames [N, H, W, 3] uint8, as bytes."""
+  return imageio.mimwrite("<bytes>", list(frames), format="GIF", duration=1000 / fps, loop=0)
+
+
 class Writers:
   """A video writer per (task, episode), opened on its first frame; a context manager
   that finishes every file on exit (and removes unfinished ones after an error)."""

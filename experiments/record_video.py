@@ -11,12 +11,12 @@ environment variable says otherwise (about 0.2 s a 480x480 frame on a CPU).
 
 import os
 
-# MuJoCo reads MUJOCO_GL when it is imported: before anything imports it.
+from absl import app, flags, logging
+
+from cmta_jax import cli
+
+# The OpenGL backend of MuJoCo's offscreen renderer (read when a renderer is created).
 os.environ.setdefault("MUJOCO_GL", "egl")
-
-from absl import app, flags, logging  # noqa: E402
-
-from cmta_jax import cli  # noqa: E402
 
 _RUN_DIR = flags.DEFINE_string("run_dir", None, "The run directory.", required=True)
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Directory for the videos.", required=True)
@@ -76,6 +76,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from cmta_jax.inspection import RenderingUnavailable
+  from cmta_jax.training.evaluation import RenderingUnavailable
 
   app.run(cli.one_line_errors(main, (RenderingUnavailable,)), flags_parser=cli.parse_flags)

@@ -17,6 +17,10 @@ from cmta_jax import cli
 from cmta_jax import config as config_lib
 from cmta_jax.agents import registry
 
+# The OpenGL backend of MuJoCo's offscreen renderer, for --video_every (read when a renderer
+# is created, never otherwise).
+os.environ.setdefault("MUJOCO_GL", "egl")
+
 _PRESET = flags.DEFINE_enum(
   "preset",
   None,
@@ -121,6 +125,7 @@ def main(argv):
   # Imported only now, so that --help and bad flags answer without loading the driver.
   from cmta_jax.training import loop
   from cmta_jax.training.checkpointing import CheckpointWriteFailed, NoUsableCheckpoint
+  from cmta_jax.training.evaluation import RenderingUnavailable
   from cmta_jax.training.preemption import Preempted
   from cmta_jax.training.run_dir import RunDirInUse
 
@@ -140,7 +145,13 @@ def main(argv):
     # orbax's worker threads may still be failing: leave without waiting for them.
     print(f"error: {cli.describe(error)}", file=sys.stderr, flush=True)
     os._exit(cli.EXIT_ERROR)
-  except (*cli.USER_ERRORS, NoUsableCheckpoint, loop.TrainingDiverged, RunDirInUse) as error:
+  except (
+    *cli.USER_ERRORS,
+    NoUsableCheckpoint,
+    loop.TrainingDiverged,
+    RunDirInUse,
+    RenderingUnavailable,
+  ) as error:
     cli.fail(error)
 
 

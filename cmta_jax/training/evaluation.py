@@ -1,4 +1,7 @@
-"""Evaluation (docs/algorithm.md §5): deterministic policy, carry reset per episode, E episodes per task."""
+"""Evaluation (docs/algorithm.md §5): deterministic policy, carry reset per episode, E episodes
+per task; and evaluation episodes played in a rendering env, frame by frame, for videos."""
+
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -38,3 +41,37 @@ def evaluate(
       if result.episode_start:
         break
   return {"success": success.mean(axis=0), "return": returns.mean(axis=0)}, obs
+
+
+class RenderingUnavailable(RuntimeError):
+  """MuJoCo cannot render offscreen on this machine (one line: what to set or install)."""
+
+
+def play_rendered_episode(env, obs, networks, params, trace, tasks: Sequence[str], on_frame):
+  """One evaluation episode in a rendering env from `obs` (an episode start); each step's
+  frame of every task in `tasks` goes to on_frame(task, frame, attention or None). `trace`
+  is the jitted `sac.make_trace_fn`. Returns the obs of the next episode start."""
+  indices = [env.task_names.index(t) for t in tasks]
+  task_ids = np.arange(env.num_tasks, dtype=np.int32)
+  carry = sac.initial_carry(networks, env.num_tasks)
+  while True:
+    frames = env.render_frames(indices)
+    actions, carry, attention, _ = trace(params, obs, task_ids, carry)
+    for frame, t in zip(frames, indices):
+      on_frame(env.task_names[t], frame, None if attention is None else np.asarray(attention[t]))
+    result = env.step(np.asarray(actions))
+    if result.episode_start:
+      return result.obs
+    obs = result.obs
+
+
+def check_rendering(env) -> None:
+  """RenderingUnavailable (one line: what to set or install) unless `env` can render."""
+  try:
+    env.render_frames([0])
+  except Exception as error:  # EGL, OSMesa and GLFW fail with many types
+    reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    raise RenderingUnavailable(
+      f"MuJoCo cannot render offscreen here ({reason[:200]}); set MUJOCO_GL=egl (needs "
+      "libEGL, e.g. apt install libegl1) or MUJOCO_GL=osmesa (apt install libosmesa6)"
+    ) from None

@@ -27,6 +27,7 @@ from cmta_jax.envs.source import METAWORLD, EnvSource
 from cmta_jax.replay import ReplayBuffer, check_fits_in_memory, format_bytes
 from cmta_jax.training import keys, metrics_log
 from cmta_jax.training import run_dir as run_dir_lib
+from cmta_jax.training import videos as videos_lib
 from cmta_jax.training.checkpointing import Checkpointer
 from cmta_jax.training.evaluation import evaluate
 from cmta_jax.training.metrics_log import MetricsLog
@@ -173,6 +174,7 @@ class Run:
   burn_in_steps: int
   log: Callable[[str], None]
   task_ids: jax.Array  # [T] int32 on the device, built once: it is an input of every step
+  videos: videos_lib.VideoRecorder | None = None  # with --video_every
 
   @property
   def num_tasks(self) -> int:
@@ -183,6 +185,8 @@ class Run:
     self.checkpointer.close()
     self.env.close()
     self.eval_env.close()
+    if self.videos is not None:
+      self.videos.close()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -309,6 +313,8 @@ def start_run(
     learner,
     batch_spec(len(names), cfg_train.batch_per_task, networks, window),
   )
+  # Before anything is written: a machine that cannot render fails here, in one line.
+  videos = videos_lib.make_recorder(run_config, envs, networks, run_dir)
   checkpointer = Checkpointer(run_dir, cfg_train.keep_checkpoints)
   try:
     restored = _restore_latest(checkpointer, run_dir, cfg_train.total_steps, learner, totals, log)
@@ -317,6 +323,8 @@ def start_run(
     env, eval_env = envs.make_envs(run_config.env, cfg_train.seed)
   except BaseException:
     checkpointer.close()
+    if videos is not None:
+      videos.close()
     raise
   run = Run(
     config=run_config,
@@ -336,6 +344,7 @@ def start_run(
     base_key=base_key,
     burn_in_steps=window,
     log=log,
+    videos=videos,
   )
   try:
     return run, _initial_loop_state(run, learner, totals, restored)
@@ -498,6 +507,10 @@ def after_step(run: Run, state: LoopState) -> LoopState:
     state = write_train_log(run, state)
   if step % cfg_train.eval_every == 0 or last:
     state = evaluate_now(run, state)
+  if run.videos is not None and step % cfg_train.video_every == 0:
+    run.log(
+      f"videos: {run.videos.record(sac.policy_params(state.learner), step, run.metrics_file)}"
+    )
   if step % cfg_train.checkpoint_every == 0 or last:
     save_checkpoint(run, state)
   return state

@@ -14,6 +14,9 @@ from typing import Any
 
 import numpy as np
 from tensorboardX import SummaryWriter
+from tensorboardX.proto.summary_pb2 import Summary
+
+from cmta_jax import video
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -113,6 +116,19 @@ class MetricsLog:
         for task, v in value.items():
           if isinstance(v, (int, float)):
             self._tensorboard.add_scalar(f"{kind}/{name}/{task}", v, step)
+    self._tensorboard.flush()
+
+  def add_video(self, tag: str, frames: np.ndarray, step: int, fps: int) -> None:
+    """An animated image (GIF) in TensorBoard's images tab: frames [N, H, W, 3] uint8.
+    (tensorboardX's add_video would need moviepy; the summary is the same.)"""
+    image = Summary.Image(
+      height=frames.shape[1],
+      width=frames.shape[2],
+      colorspace=3,
+      encoded_image_string=video.gif_bytes(frames, fps),
+    )
+    summary = Summary(value=[Summary.Value(tag=tag, image=image)])
+    self._tensorboard.file_writer.add_summary(summary, step)
     self._tensorboard.flush()
 
   def close(self) -> None:

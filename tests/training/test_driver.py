@@ -201,9 +201,10 @@ def _garble(checkpoint_dir: str) -> None:
       f.write(b"\x5a" * max(size // 2, 1))
 
 
-def _tensorboard_scalars(run_dir: str) -> dict[str, list[int]]:
-  """{tag: [steps]} of every scalar in the run's event files (TFRecord framing, no TensorBoard)."""
-  scalars = {}
+def _tensorboard_values(run_dir: str) -> list[tuple[int, object]]:
+  """(step, Summary.Value) of every summary in the run's event files (TFRecord framing, no
+  TensorBoard)."""
+  values = []
   paths = glob.glob(os.path.join(run_dir, "tensorboard", "events.out.tfevents.*"))
   assert paths
   for path in paths:
@@ -214,8 +215,15 @@ def _tensorboard_scalars(run_dir: str) -> dict[str, list[int]]:
       (length,) = struct.unpack("<Q", data[offset : offset + 8])
       event = event_pb2.Event.FromString(data[offset + 12 : offset + 12 + length])
       offset += 12 + length + 4  # length, its CRC, the record, its CRC
-      for value in event.summary.value:
-        scalars.setdefault(value.tag, []).append(event.step)
+      values.extend((event.step, value) for value in event.summary.value)
+  return values
+
+
+def _tensorboard_scalars(run_dir: str) -> dict[str, list[int]]:
+  """{tag: [steps]} of every summary in the run's event files."""
+  scalars = {}
+  for step, value in _tensorboard_values(run_dir):
+    scalars.setdefault(value.tag, []).append(step)
   return scalars
 
 
@@ -1102,3 +1110,36 @@ def test_record_video_writes_playable_videos_with_a_frame_per_step(
     assert reader.count_frames() == EPISODE_LENGTH
     assert reader.get_meta_data()["size"] == (64 + 6 * 16, 64)  # frame, then 6 attention bars
     assert reader.get_data(0).std() > 0  # a rendered scene, not a blank frame
+
+
+@pytest.mark.slow
+def test_videos_during_training_change_nothing_the_run_learns(baseline_run, tmp_path, monkeypatch):
+  import imageio.v2 as imageio
+
+  monkeypatch.setenv("MUJOCO_GL", "egl")
+  run_dir = str(tmp_path / "run")
+  log = LogCapture()
+  summary = train(make_config(video_every=2 * SMALL["eval_every"]), run_dir, log=log)
+  # Rendering took its own environment: the run is the uninterrupted baseline, bit for bit.
+  assert summary == baseline_run[3]
+  assert_trees_equal(
+    restore_checkpoint(run_dir, TOTAL_STEPS)["state"],
+    restore_checkpoint(baseline_run[0], TOTAL_STEPS)["state"],
+  )
+  videos = os.path.join(run_dir, "videos")
+  assert sorted(os.listdir(videos)) == sorted(f"{task}_step{TOTAL_STEPS}_ep0.mp4" for task in MT10)
+  reader = imageio.get_reader(os.path.join(videos, "push-v3_step160_ep0.mp4"))
+  assert reader.count_frames() == EPISODE_LENGTH
+  assert reader.get_meta_data()["size"] == (256 + 6 * 16, 256)  # frame, 6 attention bars
+  assert f"videos: {videos}/*_step{TOTAL_STEPS}_ep0.mp4" in log.text
+  clips = [(step, v) for step, v in _tensorboard_values(run_dir) if v.tag == "video/push-v3"]
+  assert [step for step, _ in clips] == [TOTAL_STEPS]
+  assert all(v.image.encoded_image_string[:6] == b"GIF89a" for _, v in clips)
+  assert clips[0][1].image.height == 128
+
+
+def test_video_every_must_fall_on_evaluations():
+  with pytest.raises(
+    ValueError, match=r"video_every \(100\) must be 0 or a multiple of eval_every"
+  ):
+    make_config(video_every=100).train.validate(EPISODE_LENGTH)
