@@ -66,23 +66,24 @@ class Writers:
     if self._attention and attention is not None:
       frame = with_attention_bars(frame, attention)
     key = (task, episode)
-    if key not in self._open:
-      final = self.path(task, episode)
-      partial = f"{final}.partial.{self._format}"
-      options = {"fps": self._fps}
-      if self._format == "mp4":
-        options.update(codec="libx264", macro_block_size=16, quality=7)
-      else:
-        options = {"duration": 1000 / self._fps, "loop": 0}
-      with warnings.catch_warnings():
-        # imageio-ffmpeg starts ffmpeg with fork+exec, which JAX warns about; exec follows
-        # at once, so nothing of JAX runs in the child.
-        warnings.filterwarnings("ignore", message="os.fork\\(\\) was called")
-        self._open[key] = (final, imageio.get_writer(partial, **options))
-      self.written[final] = 0
-    final, writer = self._open[key]
-    writer.append_data(frame)
+    with warnings.catch_warnings():
+      # imageio-ffmpeg starts ffmpeg (at the first frame) with fork+exec, which JAX warns
+      # about; exec follows at once, so nothing of JAX runs in the child.
+      warnings.filterwarnings("ignore", message="os.fork\\(\\) was called")
+      if key not in self._open:
+        self._open[key] = (self.path(task, episode), self._new_writer(task, episode))
+        self.written[self._open[key][0]] = 0
+      final, writer = self._open[key]
+      writer.append_data(frame)
     self.written[final] += 1
+
+  def _new_writer(self, task: str, episode: int):
+    partial = f"{self.path(task, episode)}.partial.{self._format}"
+    if self._format == "mp4":
+      return imageio.get_writer(
+        partial, fps=self._fps, codec="libx264", macro_block_size=16, quality=7
+      )
+    return imageio.get_writer(partial, duration=1000 / self._fps, loop=0)
 
   def __enter__(self) -> "Writers":
     return self
