@@ -3,7 +3,7 @@
 The paper's own metrics (docs/algorithm.md §5): the success curve smoothed with factor
 0.8 (paper App. C), its maximum ("max smoothed"), the raw maximum and the final value.
 Across runs: the interquartile mean (IQM) with a stratified bootstrap confidence
-interval and the probability of improvement, from `rliable`
+interval, the probability of improvement and performance profiles, from `rliable`
 (Agarwal et al., 2021), wrapped here only to fix their random numbers and shapes.
 """
 
@@ -116,3 +116,25 @@ def probability_of_improvement(scores_x: np.ndarray, scores_y: np.ndarray) -> fl
     raise ValueError(f"task counts differ: {scores_x.shape[1]} != {scores_y.shape[1]}")
   _, metrics = _rliable()
   return float(metrics.probability_of_improvement(scores_x, scores_y))
+
+
+def performance_profile(
+  scores: np.ndarray,
+  thresholds: np.ndarray,
+  reps: int = DEFAULT_BOOTSTRAP_REPS,
+  confidence: float = 0.95,
+  seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """The score distribution of a [runs, tasks] matrix: for each threshold tau, the fraction
+  of (run, task) scores above tau ([len(thresholds)]), with the lower and upper bounds of
+  its stratified-bootstrap interval. Deterministic for a given seed."""
+  scores = _check_scores(scores)
+  library, _ = _rliable()
+  with _seeded_global_numpy(seed):
+    profiles, intervals = library.create_performance_profile(
+      {"scores": scores},
+      np.asarray(thresholds, np.float64),
+      reps=reps,
+      confidence_interval_size=confidence,
+    )
+  return profiles["scores"], intervals["scores"][0], intervals["scores"][1]

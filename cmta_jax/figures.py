@@ -106,6 +106,31 @@ def setting_curves(cells: Sequence[Cell], path: str) -> str:
   return save(figure, path)
 
 
+def performance_profiles(cells: Sequence[Cell], path: str, bootstrap_reps: int) -> str:
+  """A panel per setting, a line per variant: the fraction of (seed, task) success rates at
+  the last common evaluation above each threshold, with its 95% stratified-bootstrap band
+  (Agarwal et al., 2021)."""
+  columns = sorted({c.column for c in cells}, key=lambda c: c.split("-"))
+  figure, axes = _grid(len(columns), columns=2)
+  colours = _colours(cells)
+  thresholds = np.linspace(0.0, 1.0, 101)
+  for ax, column in zip(axes, columns):
+    for cell in (c for c in cells if c.column == column):
+      steps = run_set.common_eval_steps(cell.runs)
+      scores = run_set.score_matrix(cell.runs, steps[-1])
+      profile, low, high = analysis.performance_profile(scores, thresholds, bootstrap_reps)
+      colour = colours[cell.label]
+      ax.plot(thresholds, profile, color=colour, lw=1.8, label=f"{cell.label} @ {steps[-1]:,}")
+      ax.fill_between(thresholds, low, high, color=colour, alpha=0.2, lw=0)
+    ax.set_title(f"{column}: performance profile", fontsize=10)
+    ax.set_xlabel("success rate threshold tau")
+    ax.set_ylabel("fraction of (seed, task) above tau")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right", fontsize=7)
+  return save(figure, path)
+
+
 def per_task_curves(cells: Sequence[Cell], column: str, path: str) -> str:
   """Paper Fig. 6: for one setting, a panel per task, a line per variant (seed mean of that
   task's success, band of one standard deviation)."""

@@ -1,14 +1,16 @@
 """Success curves of a tree of runs (paper Fig. 3, 4 and 6).
 
   python experiments/plot_curves.py runs/table1 --out=curves.png
-  python experiments/plot_curves.py runs/table1 --out=curves.pdf --per_task
+  python experiments/plot_curves.py runs/table1 --out=curves.pdf --per_task --profile
 
 Runs are arranged as in experiments/tables.py (cells by saved config): a panel per
 setting (benchmark and mode), a line per variant with the seed-mean success, a band of
 one standard deviation across seeds and the IQM over seeds and tasks. With
 --per_task, one more figure per setting with a panel per task (paper Fig. 6), named
-after --out with the setting appended (curves_MT10-Fixed.png). Each training run also
-keeps its own curves.png in its run directory.
+after --out with the setting appended (curves_MT10-Fixed.png). With --profile, the
+performance profiles (rliable): per setting, the fraction of (seed, task) success rates
+above each threshold at the last common evaluation (curves_profile.png). Each training
+run also keeps its own curves.png in its run directory.
 """
 
 import os
@@ -19,6 +21,12 @@ from cmta_jax import cli
 
 _OUT = flags.DEFINE_string("out", "curves.png", "Image file (.png, .svg or .pdf).")
 _PER_TASK = flags.DEFINE_bool("per_task", False, "Also a figure per setting, a panel per task.")
+_PROFILE = flags.DEFINE_bool(
+  "profile",
+  False,
+  "Also the performance profiles at the last common evaluation (rliable), named after --out "
+  "with _profile appended.",
+)
 _SKIP_BAD_RUNS = flags.DEFINE_bool(
   "skip_bad_runs", False, "Skip unreadable runs (named on stderr) instead of stopping."
 )
@@ -36,8 +44,10 @@ def main(argv):
   runs = results.load_runs(paths, _SKIP_BAD_RUNS.value)
   cells = results.arrange(run_set.group_by_setting(runs))
   print(f"wrote {figures.setting_curves(cells, _OUT.value)}")
+  stem, extension = os.path.splitext(_OUT.value)
+  if _PROFILE.value:
+    print(f"wrote {figures.performance_profiles(cells, f'{stem}_profile{extension}', 2000)}")
   if _PER_TASK.value:
-    stem, extension = os.path.splitext(_OUT.value)
     for column in dict.fromkeys(c.column for c in cells):
       print(f"wrote {figures.per_task_curves(cells, column, f'{stem}_{column}{extension}')}")
 

@@ -73,3 +73,16 @@ def test_probability_of_improvement_counts_pairs_of_runs_per_task():
   assert analysis.probability_of_improvement(x, y) == pytest.approx(np.mean(by_task))
   with pytest.raises(ValueError, match="task counts differ: 2 != 3"):
     analysis.probability_of_improvement(x, np.ones((2, 3)))
+
+
+def test_performance_profile_is_the_fraction_of_run_task_scores_above_each_threshold():
+  scores = np.array([[0.0, 0.5, 1.0], [0.2, 0.5, 0.9]])
+  thresholds = np.array([0.0, 0.3, 0.5, 0.95])
+  profile, low, high = analysis.performance_profile(scores, thresholds, reps=200)
+  hand = [np.mean(scores > tau) for tau in thresholds]  # 5/6, 4/6, 2/6, 1/6
+  np.testing.assert_allclose(profile, hand)
+  assert np.all(low <= profile + 1e-12) and np.all(profile <= high + 1e-12)
+  same_per_task = np.tile([[0.2, 0.5, 0.9]], (3, 1))
+  profile, low, high = analysis.performance_profile(same_per_task, thresholds, reps=100)
+  np.testing.assert_allclose(low, profile)
+  np.testing.assert_allclose(high, profile)

@@ -62,14 +62,16 @@ def _plot_curves(*args):
 def test_the_command_writes_the_figures_it_names(tmp_path):
   root = testing.write_synthetic_tree(str(tmp_path / "runs"))
   out = str(tmp_path / "curves.png")
-  result = _plot_curves(root, f"--out={out}", "--per_task")
+  result = _plot_curves(root, f"--out={out}", "--per_task", "--profile")
   assert result.returncode == 0, result.stderr
   written = [line.removeprefix("wrote ") for line in result.stdout.strip().splitlines()]
   assert written == [
     out,
+    str(tmp_path / "curves_profile.png"),
     str(tmp_path / "curves_MT10-Fixed.png"),
     str(tmp_path / "curves_MT10-Mixed.png"),
   ]
+  assert testing.png_size(written[1]) == (2 * PANEL[0], PANEL[1])  # a profile per setting
   assert all(testing.png_size(p)[0] > 0 for p in written)
 
 
