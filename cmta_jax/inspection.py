@@ -101,7 +101,8 @@ def trace_episodes(policy: Policy, episodes: int, envs: EnvSource = METAWORLD) -
   """`episodes` evaluation episodes of every task: [episode][task] -> EpisodeTrace."""
   if episodes < 1:
     raise ValueError(f"episodes must be positive, got {episodes}")
-  _, eval_env = envs.make_envs(policy.run_config.env, policy.run_config.train.seed)
+  train_env, eval_env = envs.make_envs(policy.run_config.env, policy.run_config.train.seed)
+  train_env.close()  # only the evaluation env's episodes are wanted
   trace = jax.jit(sac.make_trace_fn(policy.networks))
   task_ids = np.arange(len(policy.task_names), dtype=np.int32)
   traced = []
