@@ -1,4 +1,6 @@
-"""Success curves as pictures (paper Fig. 3, 4 and 6), drawn with matplotlib.
+"""The project's figures, drawn with matplotlib: success curves (paper Fig. 3, 4, 6; a run's
+own curves.png), performance profiles, attention over an episode and t-SNE panels (Fig. 5,
+7). docs/results.md shows one of each.
 
 Every function writes one image; the format follows the file's extension (.png, .svg,
 .pdf). Files are written whole or not at all (a temporary file, then a rename), so an
