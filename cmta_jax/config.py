@@ -12,7 +12,7 @@ from typing import Any
 
 from cmta_jax.envs import EnvConfig, validate_seed
 
-CARRY_MODES = ("stored", "frozen_memory", "burn_in")
+CARRY_MODES = ("stored", "frozen_memory", "frozen_lstm", "burn_in")
 
 
 # ---------------------------------------------------------------- field checks
@@ -116,7 +116,7 @@ class MixtureConfig:
   lstm_hidden: int = _field(64, _positive_int)
   temporal_attention: bool = True  # False = CMTA w/o TI: attention from z_task only, no LSTM
   # How the LSTM carry the attention reads is kept fresh (docs/carry_modes.md): stored |
-  # frozen_memory | burn_in. burn_in_steps: the window L that mode replays in each update.
+  # frozen_memory | frozen_lstm | burn_in. burn_in_steps: the window L burn_in replays.
   carry_mode: str = _field("frozen_memory", _carry_mode)
   burn_in_steps: int = _field(20, _positive_int)
   attention_temperature: float = _field(1.0, _positive)

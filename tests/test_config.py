@@ -67,7 +67,11 @@ def test_config_module_imports_no_agent_code():
     ("hidden_width", 0, "hidden_width must be a positive integer, got 0"),
     ("task_encoder_hidden", (16, 0), r"task_encoder_hidden widths must be positive integers"),
     ("num_experts", 2.5, "num_experts must be a positive integer, got 2.5"),
-    ("carry_mode", "fresh", "unknown carry_mode 'fresh'; choose one of stored, frozen_memory"),
+    (
+      "carry_mode",
+      "fresh",
+      "unknown carry_mode 'fresh'; choose one of stored, frozen_memory, frozen_lstm",
+    ),
     ("contrastive_temperature", 0.0, "contrastive_temperature must be > 0"),
     ("softmodu_width", -1, "softmodu_width must be a positive integer"),
     ("discount", 1.0, r"discount must be in \[0, 1\)"),

@@ -1,8 +1,8 @@
 """Which LSTM carry the update feeds the encoder, per carry mode (docs/carry_modes.md).
 
 A transition in replay stores the carry the acting encoder held before and
-after it (carry_in, carry_out). In carry modes `stored` and `frozen_memory`
-the update uses those. In `burn_in` (R2D2, Kapturowski et al. 2019) the batch
+after it (carry_in, carry_out). In carry modes `stored`, `frozen_memory` and
+`frozen_lstm` the update uses those. In `burn_in` (R2D2, Kapturowski et al. 2019) the batch
 also holds each transition's burn-in window (`types.BurnIn`) and the update
 recomputes the carry with the CURRENT online recurrence, without gradient. Everything here is jit- and
 pmap-compatible and runs inside the one update.

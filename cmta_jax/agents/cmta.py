@@ -33,10 +33,14 @@ def make_mixture_encoder(
     frozen_memory: h_t = lstm(s_t, carry_in).h with the trained LSTM, while
       carry_out = memory_lstm(s_t, carry_in) from an LSTM that no loss trains
       (its parameters are used under stop_gradient), so stored carries stay exact.
+    frozen_lstm: h_t and carry_out = lstm(s_t, carry_in) with the one LSTM under
+      stop_gradient: a random recurrence that never changes (stored carries exact),
+      read by a trained attention.
   """
   temporal = config.temporal_attention
   carry_dim = config.lstm_hidden if temporal else 0
   frozen_memory = temporal and config.carry_mode == "frozen_memory"
+  frozen_lstm = temporal and config.carry_mode == "frozen_lstm"
   task_init, task_apply = make_task_encoder(task_config, num_tasks, pretrained_task_embeddings)
   attention_in = task_config.task_feature_dim + carry_dim
 
@@ -59,6 +63,8 @@ def make_mixture_encoder(
     """The carry recurrence: what acting stores as carry_out, and what burn-in replays."""
     if frozen_memory:
       return layers.lstm_apply(jax.lax.stop_gradient(params["memory_lstm"]), obs, carry_in)
+    if frozen_lstm:
+      return layers.lstm_apply(jax.lax.stop_gradient(params["lstm"]), obs, carry_in)
     return layers.lstm_apply(params["lstm"], obs, carry_in)
 
   def apply(params, obs, task_ids, carry_in: LSTMCarry) -> EncoderOutput:

@@ -190,6 +190,35 @@ def test_frozen_memory_carries_stay_exact_and_acting_matches_the_update(helpers)
   assert _diagnostics(helpers, setup, trained, buffer, window=0)["attention_staleness"] < 1e-5
 
 
+# ---------------------------------------------------------------- frozen_lstm
+
+
+def test_frozen_lstm_gets_exactly_zero_gradient_and_its_carries_stay_exact(helpers):
+  setup = _setup(helpers, "frozen_lstm")
+  state, _ = setup.update(setup.state, setup.batch, setup.key)
+  grads = helpers.flatten_with_names(helpers.applied_gradients(state.opt_state))
+  lstm = {name: g for name, g in grads.items() if name.startswith("encoder/lstm/")}
+  attention = {name: g for name, g in grads.items() if name.startswith("encoder/attention/")}
+  assert len(lstm) == 3 and "encoder/memory_lstm/w_in" not in grads
+  for name, grad in lstm.items():
+    np.testing.assert_array_equal(grad, np.zeros_like(grad), err_msg=name)
+  assert all(np.any(g != 0) for g in attention.values())  # the attention still learns
+
+  observations = _observations()
+  buffer = _act_and_store(helpers, setup, setup.state, observations)
+  trained = _train(helpers, setup, setup.state, buffer, updates=5)
+  helpers.assert_trees_equal(
+    trained.params["encoder"]["lstm"], setup.state.params["encoder"]["lstm"]
+  )
+  batch = buffer.gather(_every_slot(buffer), burn_in_steps=EPISODE_LENGTH)
+  recomputed = carry_lib.replay_carry(
+    setup.networks.encoder.advance_carry,
+    trained.params["encoder"],
+    jax.tree.map(jnp.asarray, batch.burn_in),
+  )
+  np.testing.assert_allclose(recomputed.h, batch.carry_in.h, atol=1e-6)
+
+
 # ---------------------------------------------------------------- burn_in
 
 
@@ -261,6 +290,7 @@ def test_burn_in_update_equals_stored_update_on_exact_carries(helpers):
   [
     ("stored", 0, True),
     ("frozen_memory", 0, False),
+    ("frozen_lstm", 0, False),
     ("burn_in", EPISODE_LENGTH, False),  # a window of a whole episode: exact
     ("burn_in", 3, True),  # shorter than the episode: fresher than stored, not exact
   ],

@@ -589,7 +589,7 @@ def _assert_one_line_error(result, pattern: str, before_config: bool = True) -> 
     ("unknown_flag", r"Unknown command line flag 'totl_steps'"),
     (
       "unknown_carry_mode",
-      r"unknown carry_mode 'fresh'; choose one of stored, frozen_memory, burn_in",
+      r"unknown carry_mode 'fresh'; choose one of stored, frozen_memory, frozen_lstm, burn_in",
     ),
     ("burn_in_steps_without_burn_in", r"--burn_in_steps only applies to --carry_mode=burn_in"),
     ("carry_mode_without_lstm", r"--carry_mode only applies to agents with an LSTM"),
