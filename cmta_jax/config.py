@@ -117,7 +117,7 @@ class MixtureConfig:
   temporal_attention: bool = True  # False = CMTA w/o TI: attention from z_task only, no LSTM
   # How the LSTM carry the attention reads is kept fresh (docs/carry_modes.md): stored |
   # frozen_memory | frozen_lstm | burn_in. burn_in_steps: the window L burn_in replays.
-  carry_mode: str = _field("frozen_memory", _carry_mode)
+  carry_mode: str = _field("burn_in", _carry_mode)
   burn_in_steps: int = _field(20, _positive_int)
   attention_temperature: float = _field(1.0, _positive)
   contrastive_temperature: float = _field(0.1, _positive)  # of the InfoNCE logits (Eq. 3)

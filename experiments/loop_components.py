@@ -17,7 +17,7 @@ _BENCHMARK = flags.DEFINE_enum("benchmark", "MT10", ["MT10", "MT50"], "Benchmark
 _WIDTH = flags.DEFINE_integer("hidden_width", 256, "Actor/critic width.")
 _BATCH = flags.DEFINE_integer("batch_per_task", 64, "Batch per task.")
 _AGENT = flags.DEFINE_string("agent", "cmta", "Agent.")
-_CARRY_MODE = flags.DEFINE_string("carry_mode", "frozen_memory", "CMTA carry mode.")
+_CARRY_MODE = flags.DEFINE_string("carry_mode", "burn_in", "CMTA carry mode.")
 _BURN_IN = flags.DEFINE_integer("burn_in_steps", 20, "Burn-in window (carry mode burn_in).")
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Quick start command 1: a short CMTA training run on MT10-Fixed with evaluation
-# (about six minutes on 2 CPU cores). Creates ./.venv on first use; re-running
+# (about ten minutes on 2 CPU cores). Creates ./.venv on first use; re-running
 # resumes (or, once finished, re-prints) the run in runs/quickstart.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -31,7 +31,7 @@ def test_paper_presets_hold_the_paper_settings(name):
   assert flat["head.hidden_layers"] == 3
   assert flat["env.reward_normalization"] is True
   # The carry mode chosen from the CPU evidence (docs/carry_modes.md, BUILD_NOTES.md).
-  assert flat["mixture.carry_mode"] == "frozen_memory"
+  assert flat["mixture.carry_mode"] == "burn_in" and flat["mixture.burn_in_steps"] == 20
 
 
 def test_cpu_evidence_differs_from_the_paper_mt10_fixed_preset_only_in_its_budget_fields():

@@ -278,7 +278,8 @@ def test_end_to_end_run_writes_metrics_tensorboard_summary_and_checkpoints(basel
     assert list(record["alpha"]) == list(MT10)
     assert all(v > 0 for v in record["alpha"].values())
     assert "time/steps_per_sec" in record
-  # The carry diagnostics at every log step, warm-up included (frozen_memory: exact carries).
+  # The carry diagnostics at every log step, warm-up included (burn_in with a window of
+  # the whole 20-step episode: exact carries).
   for record in trains:
     assert 0.0 <= record["attention_staleness"] < 1e-4, record["step"]
     assert 0.0 < record["attention_entropy_fresh"] <= np.log(6) + 1e-6
@@ -356,7 +357,7 @@ def _assert_refusals_change_nothing(run_dir: str) -> None:
     # Array shapes differ: never, even with --allow_config_change.
     (dict(hidden_width=64), True, r"other array shapes \(head.hidden_width: saved 32 != now 64"),
     (dict(replay_capacity=20_000), True, r"other array shapes \(train.replay_capacity"),
-    (dict(carry_mode="stored"), True, r"other array shapes \(mixture.carry_mode"),
+    (dict(carry_mode="frozen_memory"), True, r"other array shapes \(mixture.carry_mode"),
     (dict(hidden_width=64), False, r"different config .*--allow_config_change"),
     # Below the step already reached.
     (
@@ -380,13 +381,25 @@ def _assert_refusals_change_nothing(run_dir: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("carry_mode", ["stored", "burn_in"])  # frozen_memory: the baseline run
-def test_every_carry_mode_resumes_exactly(tmp_path, carry_mode):
-  resumed_dir = _assert_half_run_resumes_exactly(
-    make_config(total_steps=80, eval_every=40, carry_mode=carry_mode, burn_in_steps=8), tmp_path
+@pytest.mark.parametrize(
+  "carry_mode,burn_in_steps,goes_stale",
+  [
+    ("stored", 20, True),
+    ("burn_in", 8, True),  # a window shorter than the episode (the baseline run has L = 20)
+    ("frozen_memory", 20, False),  # frozen_lstm: the arrays of stored, the carries of this
+  ],
+)
+def test_every_carry_mode_resumes_exactly(tmp_path, carry_mode, burn_in_steps, goes_stale):
+  config = make_config(
+    total_steps=80, eval_every=40, carry_mode=carry_mode, burn_in_steps=burn_in_steps
   )
+  resumed_dir = _assert_half_run_resumes_exactly(config, tmp_path)
   staleness = [r["attention_staleness"] for r in read_records(resumed_dir) if r["kind"] == "train"]
-  assert staleness[0] < 1e-4 and staleness[-1] > staleness[0]  # the LSTM has moved since acting
+  assert staleness[0] < 1e-4
+  if goes_stale:  # the LSTM has moved since acting
+    assert staleness[-1] > staleness[0]
+  else:
+    assert max(staleness) < 1e-4
 
 
 @pytest.mark.slow
