@@ -83,6 +83,9 @@ def one_line_errors(main: Callable, expected: tuple[type[BaseException], ...] = 
   return wrapped
 
 
+FIGURE_FORMATS = ("png", "svg", "pdf")  # what figures.save writes, by file extension
+
+
 def check_output_file(path: str, extensions: tuple[str, ...] = ()) -> None:
   """ValueError (one line) unless `path`'s directory exists and, if `extensions` are given,
   the name ends in one of them (without the dot, lower case)."""

@@ -19,12 +19,11 @@ from cmta_jax.results import Cell
 
 DPI = 100
 PANEL_INCHES = (4.8, 3.6)  # width, height of one panel
-FORMATS = ("png", "svg", "pdf")
 
 
 def save(figure: Figure, path: str) -> str:
   """Writes `figure` to `path` atomically; returns the path."""
-  cli.check_output_file(path, FORMATS)
+  cli.check_output_file(path, cli.FIGURE_FORMATS)
   extension = os.path.splitext(path)[1].lstrip(".").lower()
   temporary = f"{path}.partial"
   try:

@@ -20,7 +20,7 @@ from cmta_jax import config as config_lib
 from cmta_jax.agents import registry, sac
 from cmta_jax.envs.metaworld_env import RenderSpec
 from cmta_jax.envs.source import METAWORLD, EnvSource
-from cmta_jax.training import evaluation, loop
+from cmta_jax.training import checkpointing, evaluation, loop
 from cmta_jax.training import run_dir as run_dir_lib
 from cmta_jax.training.checkpointing import Checkpointer
 
@@ -44,13 +44,6 @@ class EpisodeTrace(NamedTuple):
   experts: np.ndarray | None  # [L, k, expert_dim] expert encodings z^j (None: no experts)
 
 
-def checkpoint_steps(run_dir: str) -> list[int]:
-  directory = os.path.join(run_dir, "checkpoints")
-  if not os.path.isdir(directory):
-    return []
-  return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
-
-
 def saved_run_config(run_dir: str) -> config_lib.RunConfig:
   """The config a run directory was trained with; ValueError (one line) if it has none or
   it is not a valid config."""
@@ -62,6 +55,18 @@ def saved_run_config(run_dir: str) -> config_lib.RunConfig:
   return run_config
 
 
+def chosen_tasks(run_config: config_lib.RunConfig, tasks: Sequence[str] | None, envs=METAWORLD):
+  """`tasks` (default: all of the run's benchmark), checked before anything is loaded;
+  ValueError (one line) naming tasks that are not in the benchmark."""
+  names = list(envs.task_names(run_config.env))
+  unknown = [t for t in tasks or () if t not in names]
+  if unknown:
+    raise ValueError(
+      f"--tasks: {', '.join(unknown)} not in {run_config.env.benchmark} ({', '.join(names)})"
+    )
+  return list(tasks) if tasks else names
+
+
 def load_policy(run_dir: str, step: int | None = None, envs: EnvSource = METAWORLD) -> Policy:
   """The policy (encoder and actor parameters) of checkpoint `step`, or of the newest one.
 
@@ -69,7 +74,7 @@ def load_policy(run_dir: str, step: int | None = None, envs: EnvSource = METAWOR
   has no checkpoint (the message lists those there are), or the checkpoint is unreadable.
   """
   run_config = saved_run_config(run_dir)
-  steps = checkpoint_steps(run_dir)
+  steps = checkpointing.checkpoint_steps(os.path.join(run_dir, "checkpoints"))
   if not steps:
     raise ValueError(f"{run_dir} has no checkpoint yet")
   if step is None:
@@ -164,9 +169,7 @@ def render_episodes(
   Raises ValueError for an unknown task or environments that cannot render, and
   evaluation.RenderingUnavailable if MuJoCo cannot render offscreen.
   """
-  unknown = [t for t in tasks if t not in policy.task_names]
-  if unknown:
-    raise ValueError(f"unknown tasks {unknown}; the run's tasks are {list(policy.task_names)}")
+  chosen_tasks(policy.run_config, tasks, envs)
   if envs.make_render_env is None:
     raise ValueError("these environments cannot render")
   trace = jax.jit(sac.make_trace_fn(policy.networks))

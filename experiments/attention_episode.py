@@ -26,19 +26,11 @@ def main(argv):
   if len(argv) > 1:
     cli.fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are written --name=value)")
   logging.set_verbosity(logging.WARNING)
-  cli.check_output_file(_OUT.value, ("png", "svg", "pdf"))
+  cli.check_output_file(_OUT.value, cli.FIGURE_FORMATS)
   # Imported only now, so that bad input answers at once.
   from cmta_jax import figures, inspection
-  from cmta_jax.envs.source import METAWORLD
 
-  run_config = inspection.saved_run_config(_RUN_DIR.value)
-  names = METAWORLD.task_names(run_config.env)
-  tasks = _TASKS.value or list(names)
-  unknown = [t for t in tasks if t not in names]
-  if unknown:
-    raise ValueError(
-      f"--tasks: {', '.join(unknown)} not in {run_config.env.benchmark} ({', '.join(names)})"
-    )
+  tasks = inspection.chosen_tasks(inspection.saved_run_config(_RUN_DIR.value), _TASKS.value)
   policy = inspection.load_policy(_RUN_DIR.value, _STEP.value)
   (episode,) = inspection.trace_episodes(policy, episodes=1)
   if episode[0].attention is None:

@@ -37,7 +37,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   if not paths:
     cli.fail("usage: plot_curves.py RUN_DIR [RUN_DIR ...] | ROOT (see --helpfull)")
-  cli.check_output_file(_OUT.value, ("png", "svg", "pdf"))
+  cli.check_output_file(_OUT.value, cli.FIGURE_FORMATS)
   # Imported only now, so that bad input answers at once.
   from cmta_jax import figures, results, run_set
 

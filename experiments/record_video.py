@@ -50,14 +50,8 @@ def main(argv):
   # Imported only now, so that bad input answers at once.
   from cmta_jax import inspection, video
   from cmta_jax.envs.metaworld_env import RenderSpec
-  from cmta_jax.envs.source import METAWORLD
 
-  run_config = inspection.saved_run_config(_RUN_DIR.value)
-  names = METAWORLD.task_names(run_config.env)
-  tasks = _TASKS.value or list(names)
-  unknown = [t for t in tasks if t not in names]
-  if unknown:
-    raise ValueError(f"--tasks: {', '.join(unknown)} not in {run_config.env.benchmark}")
+  tasks = inspection.chosen_tasks(inspection.saved_run_config(_RUN_DIR.value), _TASKS.value)
   policy = inspection.load_policy(_RUN_DIR.value, _STEP.value)
   os.makedirs(_OUT_DIR.value, exist_ok=True)
   writers = video.Writers(

@@ -34,7 +34,7 @@ def main(argv):
       cli.fail(f"--{name} must be positive, got {value}")
   if _PERPLEXITY.value <= 0:
     cli.fail(f"--perplexity must be positive, got {_PERPLEXITY.value}")
-  cli.check_output_file(_OUT.value, ("png", "svg", "pdf"))
+  cli.check_output_file(_OUT.value, cli.FIGURE_FORMATS)
   # Imported only now, so that bad input answers at once.
   from cmta_jax import embedding, figures, inspection
 

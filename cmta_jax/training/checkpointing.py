@@ -40,6 +40,15 @@ class CheckpointWriteFailed(OSError):
   pass
 
 
+def checkpoint_steps(directory: str) -> list[int]:
+  """Steps of the finished checkpoints in `directory` (orbax writes into
+  '<step>.orbax-checkpoint-tmp*' and renames when complete, so only finished saves have a
+  plain step number); [] if there is no such directory."""
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+
+
 class Checkpointer:
   def __init__(self, run_dir: str, keep: int):
     self.directory = os.path.join(os.path.abspath(run_dir), "checkpoints")
@@ -58,11 +67,7 @@ class Checkpointer:
     _silence_orbax_background_errors()
 
   def steps(self) -> list[int]:
-    """Steps of the checkpoints on disk (orbax writes into '<step>.orbax-checkpoint-tmp*' and
-    renames when complete, so only finished saves have a plain step number)."""
-    if not os.path.isdir(self.directory):
-      return []
-    return sorted(int(name) for name in os.listdir(self.directory) if name.isdigit())
+    return checkpoint_steps(self.directory)
 
   def save(self, step: int, state: Any, replay: dict, meta: dict) -> None:
     """Writes the checkpoint of `step`; older ones are deleted only once it is complete.
