@@ -68,15 +68,19 @@ def check_fits_in_memory(
   action_dim: int,
   carry_dim: int,
   available_bytes: int | None = None,
+  num_seeds: int = 1,
 ) -> int:
-  """Returns the bytes a buffer of this shape needs; raises MemoryError if it would not fit.
+  """Returns the bytes `num_seeds` buffers of this shape (one per seed of a batch) need;
+  raises MemoryError if they would not fit.
 
   The arrays are allocated with np.zeros, whose pages are committed lazily, so
   an oversized buffer would otherwise only fail (OOM kill) hours into a run.
   If `available_bytes` is None it is read from the OS; if the OS cannot tell,
   the check is skipped and only the byte count is returned.
   """
-  needed = ReplayBuffer.bytes_needed(num_tasks, capacity, obs_dim, action_dim, carry_dim)
+  needed = num_seeds * ReplayBuffer.bytes_needed(
+    num_tasks, capacity, obs_dim, action_dim, carry_dim
+  )
   if available_bytes is None:
     available_bytes = _available_memory_bytes()
     if available_bytes is None:
@@ -84,11 +88,12 @@ def check_fits_in_memory(
   usable = int(available_bytes * _MEMORY_FRACTION)
   if needed > usable:
     bytes_per_transition = _floats_per_transition(obs_dim, action_dim, carry_dim) * _FLOAT_BYTES
-    largest = (usable // bytes_per_transition) // num_tasks * num_tasks
+    largest = (usable // num_seeds // bytes_per_transition) // num_tasks * num_tasks
+    seeds = f" of {num_seeds} seeds" if num_seeds > 1 else ""
     raise MemoryError(
-      f"replay buffer needs {needed} B ({format_bytes(needed)}) but only {available_bytes} B "
+      f"replay buffer{seeds} needs {needed} B ({format_bytes(needed)}) but only {available_bytes} B "
       f"({format_bytes(available_bytes)}) are available ({_MEMORY_FRACTION:.0%} usable); "
-      f"largest capacity that fits: {largest} ({largest // num_tasks} per task)"
+      f"largest capacity that fits: {largest} ({largest // num_tasks} per task{', per seed' if seeds else ''})"
     )
   return needed
 

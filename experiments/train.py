@@ -1,7 +1,8 @@
-"""Train (or resume) one agent on Meta-World MT10/MT50.
+"""Train (or resume) one agent on Meta-World MT10/MT50, one seed or a batch of seeds.
 
   python experiments/train.py --preset=quickstart --run_dir=runs/quickstart
   python experiments/train.py --preset=paper_mt10_fixed --agent=cmta --seed=3 --run_dir=runs/cmta_s3
+  python experiments/train.py --preset=paper_mt10_fixed --agent=cmta --seeds=0-7 --run_dir=runs/cmta
 
 Every config field is a flag (see --helpfull); flags override the preset.
 Starting on a run directory that holds a checkpoint resumes it exactly.
@@ -33,6 +34,25 @@ _RUN_DIR = flags.DEFINE_string(
   None,
   "Run directory (default runs/<agent>_<benchmark>_"
   "<mode>_seed<seed>). Holding a checkpoint -> resume.",
+)
+_SEEDS = flags.DEFINE_string(
+  "seeds",
+  None,
+  "Train several seeds in one process as independent runs (a range 0-7, a list 0,3,5, or "
+  "both: 0-3,8), each in RUN_DIR/seed<K>; the update is vmapped over the seeds and they "
+  "are spread over the local devices (docs/seeds.md). Excludes --seed.",
+)
+_ENV_WORKERS = flags.DEFINE_integer(
+  "env_workers",
+  None,
+  "With --seeds: processes that step the seeds' environments, each a group of seeds "
+  "(default: one per CPU core, at most one per seed; 0: in the training process).",
+)
+_DATA_PARALLEL = flags.DEFINE_bool(
+  "data_parallel",
+  False,
+  "One run on all local devices: each device updates on a slice of every batch and the "
+  "gradients are averaged (batch_per_task must split evenly; docs/seeds.md).",
 )
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
   "allow_config_change", False, "Resume a run directory even if its saved config differs."
@@ -112,6 +132,52 @@ def _explicit_paths(argv_flags) -> set[str]:
   return {path for name, path in _FIELD_PATHS.items() if argv_flags[name].value is not None}
 
 
+def parse_seeds(text: str) -> tuple[int, ...]:
+  """'0-7' -> (0, ..., 7); '0,3,5' and '0-3,8' likewise. ValueError (one line) otherwise."""
+  seeds = []
+  for part in text.split(","):
+    bounds = part.strip().split("-")
+    try:
+      if len(bounds) == 1:
+        seeds.append(int(bounds[0]))
+        continue
+      if len(bounds) != 2:
+        raise ValueError
+      first, last = int(bounds[0]), int(bounds[1])
+    except ValueError:
+      raise ValueError(
+        f"--seeds must be ranges and integers like 0-7 or 0,3,5, got {text!r}"
+      ) from None
+    if last < first:
+      raise ValueError(f"--seeds: the range {part.strip()} is empty (write first-last)")
+    seeds.extend(range(first, last + 1))
+  if len(set(seeds)) != len(seeds):
+    raise ValueError(f"--seeds repeats a seed: {text!r}")
+  return tuple(seeds)
+
+
+def resolve_seeds(run_config: config_lib.RunConfig) -> tuple[tuple[int, ...], int]:
+  """(seeds, env workers) from --seed/--seeds/--env_workers; ValueError on a bad combination."""
+  if _SEEDS.value is None:
+    if _ENV_WORKERS.value is not None:
+      raise ValueError("--env_workers needs --seeds (one seed steps its own environments)")
+    return (run_config.train.seed,), 0
+  if flags.FLAGS["seed"].value is not None:
+    raise ValueError("give either --seed (one run) or --seeds (a batch), not both")
+  seeds = parse_seeds(_SEEDS.value)
+  workers = _ENV_WORKERS.value
+  if workers is None:
+    workers = min(len(seeds), os.cpu_count() or 1) if len(seeds) > 1 else 0
+  if workers < 0:
+    raise ValueError(f"--env_workers must be >= 0, got {workers}")
+  if workers and run_config.env.vector_strategy == "async":
+    raise ValueError(
+      "--vector_strategy=async starts a process per task; with --seeds the environment "
+      "workers already step them in parallel: drop one (e.g. --env_workers=0)"
+    )
+  return seeds, workers
+
+
 def main(argv):
   if len(argv) > 1:
     cli.fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are written --name=value)")
@@ -120,22 +186,46 @@ def main(argv):
   try:
     run_config = resolve_config()
     registry.validate(run_config)
+    seeds, env_workers = resolve_seeds(run_config)
+    if _DATA_PARALLEL.value and len(seeds) > 1:
+      raise ValueError("--data_parallel trains one run; drop --seeds or --data_parallel")
   except ValueError as error:
     cli.fail(error)
   # Imported only now, so that --help and bad flags answer without loading the driver.
+  from cmta_jax.envs.seed_envs import EnvWorkerFailed
   from cmta_jax.training import loop
   from cmta_jax.training.checkpointing import CheckpointWriteFailed, NoUsableCheckpoint
   from cmta_jax.training.evaluation import RenderingUnavailable
   from cmta_jax.training.preemption import Preempted
   from cmta_jax.training.run_dir import RunDirInUse
 
+  which = f"seed{seeds[0]}" if len(seeds) == 1 else f"seeds{_SEEDS.value}"
   run_dir = _RUN_DIR.value or os.path.join(
-    "runs",
-    f"{run_config.agent}_{run_config.env.benchmark}_{run_config.env.mode}"
-    f"_seed{run_config.train.seed}",
+    "runs", f"{run_config.agent}_{run_config.env.benchmark}_{run_config.env.mode}_{which}"
   )
   try:
-    loop.train(run_config, run_dir, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+    if _SEEDS.value is None:
+      loop.train(
+        run_config,
+        run_dir,
+        allow_config_change=_ALLOW_CONFIG_CHANGE.value,
+        data_parallel=_DATA_PARALLEL.value,
+      )
+      summaries = {}
+    else:
+      summaries = loop.train_seeds(
+        run_config,
+        run_dir,
+        seeds,
+        allow_config_change=_ALLOW_CONFIG_CHANGE.value,
+        env_workers=env_workers,
+      )
+    diverged = [seed for seed, summary in summaries.items() if summary is None]
+    if diverged:
+      cli.fail(
+        f"seed(s) {diverged} diverged and stopped (see {loop.DIVERGED_FILE} in their run "
+        f"directories); the other {len(seeds) - len(diverged)} finished"
+      )
     cli.leave_at_once_on_ctrl_c(0)
   except Preempted as stopped:
     cli.fail(f"{stopped}", cli.EXIT_PREEMPTED)
@@ -151,6 +241,7 @@ def main(argv):
     loop.TrainingDiverged,
     RunDirInUse,
     RenderingUnavailable,
+    EnvWorkerFailed,
   ) as error:
     cli.fail(error)
 

@@ -320,6 +320,8 @@ def make_trace_fn(networks: AgentNetworks):
   return trace
 
 
-def initial_carry(networks: AgentNetworks, num_envs: int) -> LSTMCarry:
-  """The zero carry of an episode start, [num_envs, carry_dim] each (docs/algorithm.md §4)."""
-  return layers.zero_carry((num_envs,), networks.encoder.carry_dim)
+def initial_carry(networks: AgentNetworks, num_envs: int | tuple[int, ...]) -> LSTMCarry:
+  """The zero carry of an episode start, [num_envs, carry_dim] each, or [*num_envs,
+  carry_dim] for a shape such as (seeds, tasks) (docs/algorithm.md §4)."""
+  shape = num_envs if isinstance(num_envs, tuple) else (num_envs,)
+  return layers.zero_carry(shape, networks.encoder.carry_dim)

@@ -153,13 +153,16 @@ class Checkpointer:
     wanted = sorted((tuple(a.shape), str(a.dtype)) for a in jax.tree.leaves(abstract_state))
     return saved == wanted
 
-  def restore_latest(self, abstract_state: Any, log: Callable[[str], None] = print):
-    """(step, state, replay, meta) of the newest readable checkpoint, or None if there is none.
+  def restore_latest(
+    self, abstract_state: Any, log: Callable[[str], None] = print, max_step: int | None = None
+  ):
+    """(step, state, replay, meta) of the newest readable checkpoint (at most `max_step`),
+    or None if there is none.
 
     An unreadable checkpoint is reported by path and moved aside to
     `checkpoints_unreadable/` (kept for inspection), then the previous one is tried.
     """
-    steps = self.steps()
+    steps = [s for s in self.steps() if max_step is None or s <= max_step]
     for i, step in enumerate(reversed(steps)):
       path = os.path.join(self.directory, str(step))
       try:

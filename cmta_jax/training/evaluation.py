@@ -6,35 +6,38 @@ from collections.abc import Sequence
 import numpy as np
 
 from cmta_jax.agents import sac
-from cmta_jax.envs import MultiTaskEnv
 
 
 def evaluate(
-  eval_env: MultiTaskEnv,
+  eval_env,
   obs: np.ndarray,
   act,
   params,
   task_ids,
   networks,
   episodes: int,
-  base_key,
+  base_keys,
   step: int,
+  put=lambda tree: tree,
 ) -> tuple[dict, np.ndarray]:
-  """Runs `episodes` full episodes of every task from `obs` (an episode start).
+  """Runs `episodes` full episodes of every seed's tasks from `obs` [S, T, obs_dim] (an
+  episode start) in `eval_env` (a `SeedEnvs`), acting with `act` (`loop.make_act`, vmapped
+  over seeds); `put` places the observations and carries on the learner's devices.
 
-  Returns ({"success": [T], "return": [T]} averaged over episodes, the obs of
-  the next episode start). Success of an episode: success at any of its steps.
+  Returns ({"success": [S, T], "return": [S, T]} averaged over episodes, the obs of the next
+  episode start). Success of an episode: success at any of its steps.
   """
   if not eval_env.at_episode_start:
     raise RuntimeError("evaluation must start at an episode start")
-  num_tasks = eval_env.num_tasks
-  success = np.zeros((episodes, num_tasks), np.float32)
-  returns = np.zeros((episodes, num_tasks), np.float64)
+  envs_shape = obs.shape[:-1]  # (S, T)
+  success = np.zeros((episodes, *envs_shape), np.float32)
+  returns = np.zeros((episodes, *envs_shape), np.float64)
   for episode in range(episodes):
-    carry = sac.initial_carry(networks, num_tasks)
+    carry = put(sac.initial_carry(networks, envs_shape))
     while True:
-      actions, carry = act(params, obs, task_ids, carry, base_key, step, mode="eval")
-      result = eval_env.step(np.asarray(actions))
+      actions, carry = act(params, put(obs), task_ids, carry, base_keys, step, mode="eval")
+      actions = np.asarray(actions)
+      result = eval_env.step(np.where(np.isfinite(actions), actions, 0.0))  # stopped seeds
       success[episode] = np.maximum(success[episode], result.success)
       returns[episode] += result.raw_reward
       obs = result.obs

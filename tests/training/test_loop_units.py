@@ -42,24 +42,24 @@ def _start(tmp_path, carry_mode: str = "frozen_memory"):
   run_config = _config(carry_mode)
   envs = testing.point_tasks(goal_in_obs=False)
   networks = loop.build_networks(run_config, envs)
-  return loop.start_run(run_config, str(tmp_path), networks, envs, log=lambda line: None)
+  return loop.start_run([run_config], [str(tmp_path)], networks, envs, log=lambda line: None)
 
 
 @pytest.mark.slow
 def test_collect_and_update_stores_transitions_and_resets_carries_at_episode_ends(tmp_path):
   run, state = _start(tmp_path)
   try:
-    assert (state.step, state.episode_step, len(run.buffer)) == (0, 0, 0)
+    assert (state.step, state.episode_step, len(run.seeds[0].buffer)) == (0, 0, 0)
     for expected_step in range(1, WARMUP + 1):
       state = loop.collect_and_update(run, state)
       assert state.step == expected_step
       assert state.episode_step == expected_step % testing.EPISODE_LENGTH
-      assert len(run.buffer) == NUM_TASKS * expected_step
+      assert len(run.seeds[0].buffer) == NUM_TASKS * expected_step
       carry_is_zero = all(not np.any(x) for x in jax.tree.leaves(state.carry_host))
       assert carry_is_zero == (state.episode_step == 0)  # the LSTM moves the carry in-episode
-    assert int(state.totals["count"]) == 0  # warm-up: no updates
+    assert state.totals["count"].tolist() == [0]  # warm-up: no updates
     state = loop.collect_and_update(run, state)
-    assert int(state.totals["count"]) == 1
+    assert state.totals["count"].tolist() == [1]
   finally:
     run.close()
 
@@ -76,7 +76,7 @@ def test_write_train_log_records_every_update_metric_and_resets_the_sums(tmp_pat
     assert record["kind"] == "train" and record["step"] == WARMUP + 3 and record["updates"] == 3
     assert metric_names <= set(record)  # every metric the update returns, e.g. td_target_mean
     assert {"td_target_mean", "attention_staleness", "attention_entropy_fresh"} <= set(record)
-    assert int(state.totals["count"]) == 0
+    assert state.totals["count"].tolist() == [0]
     assert all(not np.any(x) for x in jax.tree.leaves(state.totals["sums"]))
   finally:
     run.close()
@@ -87,21 +87,21 @@ def test_evaluate_then_checkpoint_then_restart_resumes_the_loop_state(tmp_path):
   run, state = _start(tmp_path)
   try:
     state = loop.evaluate_now(run, state)
-    assert [r["step"] for r in state.eval_history] == [0]
+    assert [r["step"] for r in state.eval_history[0]] == [0]
     for _ in range(WARMUP):  # two whole episodes: the checkpoint is at an episode start
       state = loop.collect_and_update(run, state)
     loop.save_checkpoint(run, state)
-    assert run.checkpointer.steps() == [WARMUP]
-    saved_obs, saved_buffer = state.obs, run.buffer.state_dict()
+    assert run.seeds[0].checkpointer.steps() == [WARMUP]
+    saved_obs, saved_buffer = state.obs, run.seeds[0].buffer.state_dict()
   finally:
     run.close()
   run, resumed = _start(tmp_path)
   try:
     assert (resumed.step, resumed.episode_step) == (WARMUP, 0)
     np.testing.assert_array_equal(resumed.obs, saved_obs)
-    for name, value in run.buffer.state_dict().items():
+    for name, value in run.seeds[0].buffer.state_dict().items():
       np.testing.assert_array_equal(value, saved_buffer[name])
-    assert [r["step"] for r in resumed.eval_history] == [0]
+    assert [r["step"] for r in resumed.eval_history[0]] == [0]
     for a, b in zip(jax.tree.leaves(resumed.learner), jax.tree.leaves(state.learner)):
       np.testing.assert_array_equal(a, b)
   finally:
