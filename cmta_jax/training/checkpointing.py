@@ -218,6 +218,14 @@ class Checkpointer:
       raise ValueError(f"checkpoint {path} is unreadable ({reason[:300]})") from None
     return restored["state"]
 
+  def delete_after(self, step: int) -> list[int]:
+    """Deletes the checkpoints of steps after `step` (a batch resuming at the last step all
+    its seeds completed re-creates them exactly); returns their steps."""
+    newer = [s for s in self.steps() if s > step]
+    for newer_step in newer:
+      self._manager.delete(newer_step)
+    return newer
+
   def _move_aside(self, path: str) -> str:
     aside_dir = os.path.join(os.path.dirname(self.directory), "checkpoints_unreadable")
     os.makedirs(aside_dir, exist_ok=True)

@@ -287,13 +287,15 @@ def train(
   log: Callable[[str], None] = print,
   envs: EnvSource = METAWORLD,
   data_parallel: bool = False,
+  devices: Sequence[jax.Device] | None = None,
 ) -> dict:
   """Trains (or resumes) the run in `run_dir`; returns the summary it also writes to
   summary.json. `envs` builds the environments (Meta-World unless a test injects others);
-  `data_parallel` splits every batch over all local devices (docs/seeds.md, "Devices")."""
+  `data_parallel` splits every batch over `devices` (default: all local devices;
+  docs/seeds.md, "Devices")."""
   seed = run_config.train.seed
   summaries = _train_batch(
-    run_config, {seed: run_dir}, allow_config_change, log, envs, 0, data_parallel
+    run_config, {seed: run_dir}, allow_config_change, log, envs, 0, data_parallel, devices
   )
   return summaries[seed]
 
@@ -306,11 +308,12 @@ def train_seeds(
   log: Callable[[str], None] = print,
   envs: EnvSource = METAWORLD,
   env_workers: int = 0,
+  devices: Sequence[jax.Device] | None = None,
 ) -> dict[int, dict | None]:
   """Trains (or resumes) `seeds` as one batch, each seed in `run_dir/seed<K>` as a normal run
   directory: the update vmapped over a seed axis, the seeds' environments stepped by
-  `env_workers` processes (0: this process), the seeds spread over the local devices
-  (docs/seeds.md). Returns {seed: summary, or None for a seed that diverged and was
+  `env_workers` processes (0: this process), the seeds spread over `devices` (default: all
+  local devices; docs/seeds.md). Returns {seed: summary, or None for a seed that diverged and was
   stopped}; raises TrainingDiverged if every seed diverged."""
   seeds = check_seeds(seeds)
   if run_dir_lib.read_saved_config(run_dir) is not None:
@@ -319,7 +322,9 @@ def train_seeds(
       "seeds trains in RUN_DIR/seed<K>)"
     )
   seed_dirs = {seed: seed_run_dir(run_dir, seed) for seed in seeds}
-  return _train_batch(run_config, seed_dirs, allow_config_change, log, envs, env_workers, False)
+  return _train_batch(
+    run_config, seed_dirs, allow_config_change, log, envs, env_workers, False, devices
+  )
 
 
 def _train_batch(
@@ -330,10 +335,13 @@ def _train_batch(
   envs: EnvSource,
   env_workers: int,
   data_parallel: bool,
+  devices: Sequence[jax.Device] | None,
 ) -> dict[int, dict | None]:
   registry.validate(run_config)
   _check_schedule(run_config, log)
-  placement = devices_lib.choose(len(seed_dirs), run_config.train.batch_per_task, data_parallel)
+  placement = devices_lib.choose(
+    len(seed_dirs), run_config.train.batch_per_task, data_parallel, devices
+  )
   networks = build_networks(run_config, envs)
   _log_replay_memory(run_config, networks, envs, len(seed_dirs), log)
   # Everything below happens under the run directories' locks, and nothing in them is
@@ -594,6 +602,13 @@ def _restore_batch(checkpointers, run_dirs, total_steps: int, learner, totals, l
       raise ValueError("a seed of the batch has no usable checkpoint left; see the warnings above")
     steps = {r[0] for r in restored}
     if steps == {common}:
+      for directory, checkpointer in zip(run_dirs, checkpointers):
+        newer = checkpointer.delete_after(common)
+        if newer:
+          log(
+            f"{directory}: checkpoint(s) {newer} are past the last step every seed of the "
+            f"batch completed ({common}), so removed; the batch re-creates them exactly"
+          )
       return restored
     common = min(steps)  # a seed fell back past an unreadable checkpoint: all follow it
 

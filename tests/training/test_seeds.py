@@ -1,0 +1,216 @@
+"""Several seeds in one process (docs/seeds.md), on the injected point tasks (no simulator):
+a seed in a batch reproduces its solo run, per-seed run directories, exact resume of a
+batch (also one killed between its seeds' saves), and a diverging seed stopped alone."""
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from cmta_jax import config as config_lib
+from cmta_jax import testing
+from cmta_jax.training import loop, metrics_log
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+WARMUP = 30  # two point-task episodes
+UPDATES = 5
+NUM_TASKS = len(testing.GOALS)
+# Vmapping turns each matmul into a batched one, whose XLA kernel may sum in another
+# order than the unbatched one: a batched seed matches its solo run to float32 rounding,
+# not bit for bit. After 5 Adam updates the largest gap seen was ~1e-7 (relative).
+RTOL, ATOL = 1e-4, 1e-6
+
+
+def _config(**fields):
+  small = dict(
+    hidden_width=16,
+    hidden_layers=1,
+    num_experts=2,
+    expert_hidden=8,
+    expert_dim=8,
+    lstm_hidden=8,
+    task_encoder_hidden=(8,),
+    carry_mode="burn_in",
+    burn_in_steps=4,
+    episode_length=testing.EPISODE_LENGTH,
+    reward_normalization=False,
+    total_steps=60,
+    warmup_steps=WARMUP,
+    batch_per_task=4,
+    replay_capacity=200,
+    eval_every=30,
+    log_every=30,
+    checkpoint_every=30,
+    eval_episodes=1,
+    keep_checkpoints=1,
+  )
+  return testing.run_config("cmta", **{**small, **fields})
+
+
+ENVS = testing.point_tasks(goal_in_obs=False)
+
+
+def _start(directory, seeds):
+  configs = [config_lib.replace_fields(_config(), seed=seed) for seed in seeds]
+  networks = loop.build_networks(configs[0], ENVS)
+  dirs = [os.path.join(directory, f"seed{seed}") for seed in seeds]
+  return loop.start_run(configs, dirs, networks, ENVS, log=lambda line: None)
+
+
+def _replay(run, index: int) -> dict:
+  return {k: np.asarray(v) for k, v in run.seeds[index].buffer.state_dict().items()}
+
+
+@pytest.mark.slow
+def test_a_seed_in_a_batch_of_three_reproduces_its_solo_run(tmp_path):
+  solo, solo_state = _start(str(tmp_path / "solo"), [1])
+  batch, batch_state = _start(str(tmp_path / "batch"), [0, 1, 2])
+  try:
+    for _ in range(WARMUP):
+      solo_state = loop.collect_and_update(solo, solo_state)
+      batch_state = loop.collect_and_update(batch, batch_state)
+    # Warm-up: the same transitions and actions, bit for bit (uniform actions from the same
+    # keys, the same episodes); the carries the LSTM computed, to rounding.
+    alone, batched = _replay(solo, 0), _replay(batch, 1)
+    for name in ("obs", "action", "reward", "next_obs", "terminated", "episode_step"):
+      np.testing.assert_array_equal(batched[name], alone[name], err_msg=name)
+    for name in ("h_in", "c_in"):
+      np.testing.assert_allclose(batched[name], alone[name], rtol=RTOL, atol=ATOL)
+    assert not np.array_equal(_replay(batch, 0)["action"], alone["action"])  # seeds differ
+    for _ in range(UPDATES):
+      solo_state = loop.collect_and_update(solo, solo_state)
+      batch_state = loop.collect_and_update(batch, batch_state)
+    solo_params = jax.device_get(loop.seed_slice(solo_state.learner.params, 0))
+    batch_params = jax.device_get(loop.seed_slice(batch_state.learner.params, 1))
+    moved = 0
+    for a, b, before in zip(
+      jax.tree.leaves(batch_params),
+      jax.tree.leaves(solo_params),
+      jax.tree.leaves(jax.device_get(loop.seed_slice(loop.stack_seeds(_initial(solo)), 0))),
+    ):
+      np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL)
+      moved += not np.array_equal(b, before)
+    assert moved > 0  # the updates did change the parameters
+  finally:
+    solo.close()
+    batch.close()
+
+
+def _initial(run):
+  """The solo run's initial parameters (init is a pure function of the seed)."""
+  from cmta_jax.agents import sac
+  from cmta_jax.training import keys
+
+  key = keys.stream_key(keys.run_key(run.seeds[0].seed), keys.Stream.INIT)
+  return [sac.init_training_state(key, run.networks, run.config.sac).params]
+
+
+def _train(run_dir, seeds=(0, 1), envs=ENVS, **fields):
+  log = []
+  summaries = loop.train_seeds(_config(**fields), run_dir, seeds, log=log.append, envs=envs)
+  return summaries, "\n".join(log)
+
+
+def _final_params(seed_dir: str, step: int):
+  manager = ocp.CheckpointManager(os.path.join(os.path.abspath(seed_dir), "checkpoints"))
+  try:
+    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    return jax.device_get(state["state"]["train_state"]["params"])
+  finally:
+    manager.close()
+
+
+def _records(seed_dir: str) -> list[dict]:
+  return [
+    {k: v for k, v in r.items() if not k.startswith("time/")}
+    for r in metrics_log.read_records(seed_dir)
+  ]
+
+
+@pytest.mark.slow
+def test_a_batch_writes_a_run_directory_per_seed_and_resumes_exactly(tmp_path):
+  whole = str(tmp_path / "whole")
+  summaries, log = _train(whole)
+  assert sorted(summaries) == [0, 1] and all(s["steps"] == 60 for s in summaries.values())
+  for seed in (0, 1):
+    seed_dir = os.path.join(whole, f"seed{seed}")
+    for name in ("config.json", "metrics.jsonl", "summary.json", "curves.png"):
+      assert os.path.exists(os.path.join(seed_dir, name)), name
+    assert glob.glob(os.path.join(seed_dir, "tensorboard", "events.*"))
+    with open(os.path.join(seed_dir, "config.json")) as f:
+      assert json.load(f)["train.seed"] == seed
+    # One extra checkpoint per seed in a batch (keep_checkpoints=1 here): see below.
+    assert sorted(os.listdir(os.path.join(seed_dir, "checkpoints"))) == ["30", "60"]
+  # Stopped after step 30, then resumed by the same call with the longer schedule.
+  halves = str(tmp_path / "halves")
+  _train(halves, total_steps=30)
+  _, log = _train(halves)
+  assert "from the checkpoint at step 30" in log
+  # Killed between its seeds' saves: seed 1 never wrote step 60; the batch resumes at 30.
+  killed = str(tmp_path / "killed")
+  shutil.copytree(whole, killed)
+  shutil.rmtree(os.path.join(killed, "seed1", "checkpoints", "60"))
+  _, log = _train(killed)
+  assert "from the checkpoint at step 30" in log
+  for seed in (0, 1):
+    expected = _final_params(os.path.join(whole, f"seed{seed}"), 60)
+    expected_records = _records(os.path.join(whole, f"seed{seed}"))
+    for other in (halves, killed):
+      seed_dir = os.path.join(other, f"seed{seed}")
+      for a, b in zip(jax.tree.leaves(_final_params(seed_dir, 60)), jax.tree.leaves(expected)):
+        np.testing.assert_array_equal(a, b)
+      assert _records(seed_dir) == expected_records
+  # Every report command reads the seeds' directories as it reads single runs.
+  report = subprocess.run(
+    [
+      sys.executable,
+      os.path.join(REPO, "experiments", "run_report.py"),
+      whole + "/seed0",
+      whole + "/seed1",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=120,
+    check=False,
+  )
+  assert report.returncode == 0, report.stderr
+  assert "seed1" in report.stdout
+
+
+class _Exploding:
+  """Point tasks whose rewards are huge for one seed, so that its critic loss explodes."""
+
+  def __init__(self, diverging_seed: int):
+    self.diverging_seed = diverging_seed
+
+  def __call__(self, config, seed: int):
+    train_env, eval_env = ENVS.make_envs(config, seed)
+    if seed == self.diverging_seed:
+      step = train_env.step
+      train_env.step = lambda actions: step(actions)._replace(reward=np.full(NUM_TASKS, 1e30))
+    return train_env, eval_env
+
+
+@pytest.mark.slow
+def test_a_diverging_seed_stops_alone_with_a_clear_message(tmp_path):
+  envs = ENVS._replace(make_envs=_Exploding(diverging_seed=1))
+  run_dir = str(tmp_path / "batch")
+  summaries, log = _train(run_dir, envs=envs)
+  assert summaries[1] is None and summaries[0]["steps"] == 60
+  marker = os.path.join(run_dir, "seed1", loop.DIVERGED_FILE)
+  with open(marker) as f:
+    message = f.read().strip()
+  assert message.startswith("training diverged before step")
+  assert f"seed 1: {message}; 1 other seed(s) go on" in log
+  assert not os.path.exists(os.path.join(run_dir, "seed1", "summary.json"))
+  # Resuming the batch leaves the diverged seed out and says so.
+  summaries, log = _train(run_dir, envs=envs, total_steps=90)
+  assert summaries[1] is None and summaries[0]["steps"] == 90
+  assert f"seed 1 diverged earlier ({marker}); left out of this batch" in log
