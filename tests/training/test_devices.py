@@ -1,0 +1,91 @@
+"""The loop on two devices (docs/seeds.md, "Devices"): seeds sharded over them give the
+one-device results to float rounding; the data-parallel single run trains, checkpoints and
+resumes, and matches the one-device run to float rounding.
+
+Two CPU devices exist only if XLA_FLAGS is set before jax is imported, so the runs happen in
+a fresh Python subprocess, on the point tasks (no simulator). It raises on any mismatch."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+_CODE = textwrap.dedent("""
+    import json, os, sys
+    import jax
+    import numpy as np
+    import orbax.checkpoint as ocp
+    from cmta_jax import testing
+    from cmta_jax.training import loop
+
+    assert jax.local_device_count() == 2, jax.devices()
+    root = sys.argv[1]
+    envs = testing.point_tasks(goal_in_obs=False)
+    config = testing.run_config(
+        "cmta", hidden_width=16, hidden_layers=1, num_experts=2, expert_hidden=8, expert_dim=8,
+        lstm_hidden=8, task_encoder_hidden=(8,), carry_mode="burn_in", burn_in_steps=4,
+        episode_length=testing.EPISODE_LENGTH, reward_normalization=False, total_steps=45,
+        warmup_steps=30, batch_per_task=4, replay_capacity=200, eval_every=45, log_every=15,
+        checkpoint_every=15, eval_episodes=1)
+    quiet = lambda line: None
+
+    def params(run_dir, step=45):
+        manager = ocp.CheckpointManager(os.path.join(run_dir, "checkpoints"))
+        try:
+            state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+            return jax.device_get(state["state"]["train_state"]["params"])
+        finally:
+            manager.close()
+
+    def max_gap(a, b):
+        gaps = [np.max(np.abs(x - y) / (np.abs(y) + 1e-6))
+                for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))]
+        return float(max(gaps))
+
+    first = jax.local_devices()[:1]
+    # The seed axis of the learner state is split over the two devices.
+    from cmta_jax import config as config_lib
+    from cmta_jax.training import devices
+    configs = [config_lib.replace_fields(config, seed=s) for s in (0, 1)]
+    run, state = loop.start_run(configs, [root + "/look/0", root + "/look/1"],
+                                loop.build_networks(config, envs), envs, quiet,
+                                placement=devices.choose(2, 4))
+    leaf = jax.tree.leaves(state.learner.params)[0]
+    assert leaf.sharding.spec == jax.sharding.PartitionSpec("seed"), leaf.sharding
+    assert {s.device for s in leaf.addressable_shards} == set(jax.local_devices())
+    run.close()
+    two = loop.train_seeds(config, root + "/two", (0, 1), log=quiet, envs=envs)
+    one = loop.train_seeds(config, root + "/one", (0, 1), log=quiet, envs=envs, devices=first)
+    seed_gap = max(max_gap(params(f"{root}/two/seed{s}"), params(f"{root}/one/seed{s}"))
+                   for s in (0, 1))
+    assert seed_gap < 1e-3, seed_gap
+    assert [two[s]["final"] for s in (0, 1)] == [one[s]["final"] for s in (0, 1)]
+
+    lines = []
+    loop.train(config_lib.replace_fields(config, total_steps=30), root + "/dp", log=quiet,
+               envs=envs, data_parallel=True)
+    loop.train(config, root + "/dp", log=lines.append, envs=envs, data_parallel=True)
+    assert any("from the checkpoint at step 30" in line for line in lines), lines
+    data_gap = max_gap(params(root + "/dp"), params(root + "/one/seed0"))
+    assert data_gap < 1e-3, data_gap
+    print(json.dumps({"seed_gap": seed_gap, "data_parallel_gap": data_gap}))
+""")
+
+
+@pytest.mark.slow
+def test_seeds_sharded_and_data_parallel_on_two_devices(tmp_path):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+  result = subprocess.run(
+    [sys.executable, "-c", _CODE, str(tmp_path)],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  gaps = json.loads(result.stdout.strip().splitlines()[-1])
+  assert gaps["seed_gap"] < 1e-3 and gaps["data_parallel_gap"] < 1e-3
