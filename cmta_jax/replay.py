@@ -4,6 +4,12 @@ Every environment step adds one transition per task (a vector step), so all
 tasks always hold the same number of transitions and share one write position.
 Sampling draws `batch_per_task` transitions from each task and lays them out
 [T, B, ...] so row t is task t (see `cmta_jax.types.Transition`).
+
+Each slot stores ONE LSTM carry, the carry after its step (carry_out). Inside an episode
+a transition's carry_in is the previous transition's carry_out, and at an episode's first
+step it is the zero carry, so storing both would hold the same numbers twice
+(docs/seeds.md, "Replay memory"). The one carry_in that no slot holds, that of the oldest
+surviving transition once the ring has overwritten its predecessor, is kept aside.
 """
 
 import os
@@ -19,9 +25,9 @@ _MEMORY_FRACTION = 0.8
 
 
 def _floats_per_transition(obs_dim: int, action_dim: int, carry_dim: int) -> int:
-  # obs + next_obs + action + reward + terminated + (h, c) for carry_in and carry_out
+  # obs + next_obs + action + reward + terminated + (h, c) of carry_out
   # + the step within the episode (int32, the same size as a float32).
-  return 2 * obs_dim + action_dim + 3 + 4 * carry_dim
+  return 2 * obs_dim + action_dim + 3 + 2 * carry_dim
 
 
 def _capacity_per_task(num_tasks: int, capacity: int) -> int:
@@ -88,7 +94,8 @@ def check_fits_in_memory(
   usable = int(available_bytes * _MEMORY_FRACTION)
   if needed > usable:
     bytes_per_transition = _floats_per_transition(obs_dim, action_dim, carry_dim) * _FLOAT_BYTES
-    largest = (usable // num_seeds // bytes_per_transition) // num_tasks * num_tasks
+    aside = 2 * num_tasks * carry_dim * _FLOAT_BYTES  # the oldest slot's carry_in
+    largest = ((usable // num_seeds - aside) // bytes_per_transition) // num_tasks * num_tasks
     seeds = f" of {num_seeds} seeds" if num_seeds > 1 else ""
     raise MemoryError(
       f"replay buffer{seeds} needs {needed} B ({format_bytes(needed)}) but only {available_bytes} B "
@@ -98,17 +105,7 @@ def check_fits_in_memory(
   return needed
 
 
-_TRANSITION_FIELDS = (
-  "obs",
-  "action",
-  "reward",
-  "next_obs",
-  "terminated",
-  "h_in",
-  "c_in",
-  "h_out",
-  "c_out",
-)
+_TRANSITION_FIELDS = ("obs", "action", "reward", "next_obs", "terminated", "h_out", "c_out")
 
 
 class ReplayBuffer:
@@ -134,8 +131,6 @@ class ReplayBuffer:
       "reward": (),
       "next_obs": (obs_dim,),
       "terminated": (),
-      "h_in": (carry_dim,),
-      "c_in": (carry_dim,),
       "h_out": (carry_dim,),
       "c_out": (carry_dim,),
       "episode_step": (),
@@ -149,6 +144,9 @@ class ReplayBuffer:
       )
       for name, shape in self._trailing.items()
     }
+    # carry_in (h, c) of the oldest surviving slot, which no other slot holds once the ring
+    # has overwritten the slot before it.
+    self._oldest_in = np.zeros((2, num_tasks, carry_dim), np.float32)
     self._size = 0  # filled slots per task (same for every task: adds are vector steps)
     self._pos = 0  # next slot to write
     # PCG64 explicitly, so state_dict can encode its state as fixed-size uint64s.
@@ -161,7 +159,7 @@ class ReplayBuffer:
     """Exact total nbytes of the storage arrays for this shape."""
     per_task = _capacity_per_task(num_tasks, capacity)
     floats = _floats_per_transition(obs_dim, action_dim, carry_dim)
-    return num_tasks * per_task * floats * _FLOAT_BYTES
+    return (num_tasks * per_task * floats + 2 * num_tasks * carry_dim) * _FLOAT_BYTES
 
   @property
   def num_tasks(self) -> int:
@@ -180,7 +178,7 @@ class ReplayBuffer:
 
   @property
   def nbytes(self) -> int:
-    return sum(a.nbytes for a in self._storage.values())
+    return sum(a.nbytes for a in self._storage.values()) + self._oldest_in.nbytes
 
   def add(
     self,
@@ -198,7 +196,9 @@ class ReplayBuffer:
     `next_obs` must be the true s_{t+1} (the final observation on truncation), and
     `terminated` 1 only on true termination, never on truncation. `episode_step` is
     t's index within its episode ([T] ints, 0 at the first step); the burn-in
-    window of `sample` never reaches back past step 0 of an episode.
+    window of `sample` never reaches back past step 0 of an episode. `carry_in` must be
+    the zero carry at step 0 and the previous transition's `carry_out` after it (only
+    carry_out is stored); ValueError otherwise, with the buffer untouched.
     """
     values = {
       "obs": obs,
@@ -206,23 +206,62 @@ class ReplayBuffer:
       "reward": reward,
       "next_obs": next_obs,
       "terminated": terminated,
-      "h_in": carry_in.h,
-      "c_in": carry_in.c,
       "h_out": carry_out.h,
       "c_out": carry_out.c,
       "episode_step": episode_step,
     }
     # Validate every shape before writing anything, so a bad call leaves the buffer untouched.
-    for name, value in values.items():
-      expected = (self._num_tasks,) + self._trailing[name]
+    for name, value in {**values, "h_in": carry_in.h, "c_in": carry_in.c}.items():
+      expected = (self._num_tasks,) + self._trailing[name.replace("_in", "_out")]
       if np.shape(value) != expected:
         raise ValueError(f"add: {name} has shape {np.shape(value)}, expected {expected}")
     if np.any(np.asarray(episode_step) < 0) or not np.all(np.mod(episode_step, 1) == 0):
       raise ValueError(f"add: episode_step must be non-negative integers, got {episode_step}")
+    carry_in = np.stack([np.asarray(carry_in.h), np.asarray(carry_in.c)]).astype(np.float32)
+    self._check_carry_in(carry_in, np.asarray(episode_step))
+    if self._size == self._capacity_per_task and self._capacity_per_task > 1:
+      # The slot after the one overwritten now is the oldest; its carry_in is the
+      # overwritten slot's carry_out.
+      self._oldest_in = np.stack(
+        [self._storage["h_out"][:, self._pos], self._storage["c_out"][:, self._pos]]
+      )
+    elif self._size == 0 or self._capacity_per_task == 1:
+      self._oldest_in = carry_in
     for name, value in values.items():
       self._storage[name][:, self._pos] = value  # casts to float32 (bools -> 0/1)
     self._pos = (self._pos + 1) % self._capacity_per_task
     self._size = min(self._size + 1, self._capacity_per_task)
+
+  def _check_carry_in(self, carry_in: np.ndarray, episode_step: np.ndarray) -> None:
+    """carry_in [2, T, H] must be zero at episode starts and the previous carry_out after."""
+    starts = episode_step == 0
+    if np.any(carry_in[:, starts]):
+      raise ValueError("add: carry_in must be the zero carry at an episode's first step")
+    if self._size == 0 or np.all(starts):
+      return
+    previous = (self._pos - 1) % self._capacity_per_task
+    if np.any(self._storage["episode_step"][:, previous] != episode_step - 1):
+      raise ValueError(
+        "add: episode_step must follow the previous transition's (or be 0 at an episode start)"
+      )
+    carry_out = np.stack([self._storage["h_out"][:, previous], self._storage["c_out"][:, previous]])
+    if not np.array_equal(carry_in, carry_out, equal_nan=True):
+      raise ValueError("add: carry_in must be the previous transition's carry_out")
+
+  def _carry_in(self, tasks: np.ndarray, slots: np.ndarray) -> LSTMCarry:
+    """carry_in of the transitions at `slots` [T, B]: zero at episode starts, the previous
+    slot's carry_out inside an episode, the kept-aside one for the oldest slot."""
+    cap = self._capacity_per_task
+    previous = (slots - 1) % cap
+    oldest = (self._pos - self._size) % cap
+    start = (self._storage["episode_step"][tasks, slots] == 0)[..., None]
+    is_oldest = (slots == oldest)[..., None]
+
+    def one(name: str, kept: np.ndarray) -> np.ndarray:
+      inside = np.where(is_oldest, kept[:, None], self._storage[name][tasks, previous])
+      return np.where(start, 0.0, inside).astype(np.float32)
+
+    return LSTMCarry(one("h_out", self._oldest_in[0]), one("c_out", self._oldest_in[1]))
 
   def sample(self, batch_per_task: int, burn_in_steps: int = 0) -> Transition:
     """Task-balanced sample [T, B, ...] (see `draw_slots` and `gather`)."""
@@ -272,7 +311,7 @@ class ReplayBuffer:
       reward=out["reward"],
       next_obs=out["next_obs"],
       terminated=out["terminated"],
-      carry_in=LSTMCarry(out["h_in"], out["c_in"]),
+      carry_in=self._carry_in(tasks, slots),
       carry_out=LSTMCarry(out["h_out"], out["c_out"]),
       burn_in=burn_in,
     )
@@ -286,8 +325,7 @@ class ReplayBuffer:
     window = (slots[..., None] + offsets) % cap  # [T, B, L]
     mask = offsets >= -replayed[..., None]
     obs = np.where(mask[..., None], self._storage["obs"][tasks[..., None], window], 0.0)
-    first = (slots - replayed) % cap
-    carry = LSTMCarry(self._storage["h_in"][tasks, first], self._storage["c_in"][tasks, first])
+    carry = self._carry_in(tasks, (slots - replayed) % cap)
     return BurnIn(obs=obs.astype(np.float32), mask=mask.astype(np.float32), carry=carry)
 
   def _shape_info(self) -> dict:
@@ -324,6 +362,8 @@ class ReplayBuffer:
     state.update(size=self._size, pos=self._pos, rng_state=rng_words)
     for name in self._saved_fields():
       state[name] = self._storage[name][:, : self._size]
+    if self._carry_dim:
+      state["oldest_h_in"], state["oldest_c_in"] = self._oldest_in
     return state
 
   def _saved_fields(self) -> list[str]:
@@ -331,7 +371,9 @@ class ReplayBuffer:
     return [name for name, array in self._storage.items() if array.size]
 
   def load_state_dict(self, state: dict) -> None:
-    """Exact restore of `state_dict()` output into a buffer of the same shape."""
+    """Exact restore of `state_dict()` output into a buffer of the same shape (also of the
+    format before one carry per slot, which stored carry_in and carry_out)."""
+    state = _with_oldest_carry_in(state)
     for key, value in self._shape_info().items():
       if int(state[key]) != value:
         raise ValueError(
@@ -343,8 +385,15 @@ class ReplayBuffer:
         f"load_state_dict: size {size} / pos {pos} out of range for "
         f"capacity_per_task {self._capacity_per_task}"
       )
-    for name in self._saved_fields():
-      expected = (self._num_tasks, size) + self._trailing[name]
+    expected_fields = {
+      name: (self._num_tasks, size) + self._trailing[name] for name in self._saved_fields()
+    }
+    if self._carry_dim:
+      expected_fields.update(
+        oldest_h_in=(self._num_tasks, self._carry_dim),
+        oldest_c_in=(self._num_tasks, self._carry_dim),
+      )
+    for name, expected in expected_fields.items():
       if name not in state:
         raise ValueError(f"load_state_dict: the state has no field {name!r}")
       if np.shape(state[name]) != expected:
@@ -359,9 +408,26 @@ class ReplayBuffer:
       # [size, old size) needs clearing; touching the whole tail would commit its lazy pages.
       array[:, size : self._size] = 0.0
     self._size, self._pos = size, pos
+    if self._carry_dim:
+      self._oldest_in = np.stack([state["oldest_h_in"], state["oldest_c_in"]]).astype(np.float32)
     self._rng.bit_generator.state = {
       "bit_generator": "PCG64",
       "state": {"state": (words[0] << 64) | words[1], "inc": (words[2] << 64) | words[3]},
       "has_uint32": words[4],
       "uinteger": words[5],
     }
+
+
+def _with_oldest_carry_in(state: dict) -> dict:
+  """A replay state of the earlier format (carry_in stored per slot) in today's: the oldest
+  slot's carry_in kept aside, the per-slot carry_in dropped."""
+  if "h_in" not in state:
+    return state
+  state = dict(state)
+  size, pos = int(state["size"]), int(state["pos"])
+  oldest = 0 if size < int(state["capacity_per_task"]) else pos
+  h_in, c_in = np.asarray(state.pop("h_in")), np.asarray(state.pop("c_in"))
+  if size == 0:
+    h_in, c_in = (np.zeros((a.shape[0], 1, a.shape[2]), a.dtype) for a in (h_in, c_in))
+  state["oldest_h_in"], state["oldest_c_in"] = h_in[:, oldest], c_in[:, oldest]
+  return state

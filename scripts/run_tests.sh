@@ -8,4 +8,6 @@ cd "$root"
 # Lint and format first (seconds): configured in pyproject.toml, [tool.ruff].
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-exec .venv/bin/python -m pytest -q "$@"
+# Two workers by default (CI's 2 cores; PYTEST_WORKERS=0 runs in this process); the tests
+# sharing the driver's baseline run stay together (tests/conftest.py).
+exec .venv/bin/python -m pytest -q -n "${PYTEST_WORKERS:-2}" --dist loadgroup "$@"

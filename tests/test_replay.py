@@ -20,15 +20,24 @@ def make_step(
     [tasks, np.full(num_tasks, step, np.float32)] + [ident + 0.1 * k for k in range(OBS_DIM - 2)],
     axis=1,
   )
-  carry = lambda offset: (ident[:, None] + offset + 0.01 * np.arange(carry_dim)).astype(np.float32)
+
+  def carry(ident, offset):
+    return (ident[:, None] + offset + 0.01 * np.arange(carry_dim)).astype(np.float32)
+
+  # Only carry_out is stored: carry_in is the previous step's carry_out, zero at step 0.
+  carry_out = LSTMCarry(carry(ident, 0.3), carry(ident, 0.4))
+  if step % episode_length == 0:
+    carry_in = LSTMCarry(np.zeros_like(carry_out.h), np.zeros_like(carry_out.c))
+  else:
+    carry_in = LSTMCarry(carry(ident - 1, 0.3), carry(ident - 1, 0.4))
   return dict(
     obs=obs,
     action=np.stack([-ident - 0.5 * k for k in range(ACTION_DIM)], axis=1),
     reward=ident + 0.25,
     next_obs=obs + 0.5,
     terminated=(np.arange(num_tasks) + step) % 2 == 0,  # bools must be stored as 0/1
-    carry_in=LSTMCarry(carry(0.1), carry(0.2)),
-    carry_out=LSTMCarry(carry(0.3), carry(0.4)),
+    carry_in=carry_in,
+    carry_out=carry_out,
     episode_step=np.full(num_tasks, step % episode_length),
   )
 
@@ -66,6 +75,7 @@ def assert_same_contents(a: ReplayBuffer, b: ReplayBuffer) -> None:
   """Whole storage, unwritten tail included, plus size, write position and RNG state."""
   for name, array in a._storage.items():
     np.testing.assert_array_equal(b._storage[name], array, err_msg=name)
+  np.testing.assert_array_equal(b._oldest_in, a._oldest_in, err_msg="oldest carry_in")
   state_a, state_b = a.state_dict(), b.state_dict()
   assert (state_a["size"], state_a["pos"]) == (state_b["size"], state_b["pos"])
   np.testing.assert_array_equal(state_a["rng_state"], state_b["rng_state"])
@@ -159,8 +169,8 @@ def test_state_dict_round_trip(num_steps):
     for name in a:
       np.testing.assert_array_equal(a[name], b[name])
   # Subsequent adds land in the same slot (write position restored).
-  fill(original, [100])
-  fill(restored, [100])
+  fill(original, [num_steps])
+  fill(restored, [num_steps])
   assert_same_contents(original, restored)
 
 
@@ -169,7 +179,7 @@ def test_state_dict_without_carries_leaves_out_the_empty_carry_fields():
   original = ReplayBuffer(3, 60, OBS_DIM, ACTION_DIM, 0, seed=3)
   fill(original, range(7), carry_dim=0)
   state = original.state_dict()
-  assert not {"h_in", "c_in", "h_out", "c_out"} & set(state)
+  assert not {"h_out", "c_out", "oldest_h_in", "oldest_c_in"} & set(state)
   assert all(np.asarray(value).size for value in state.values())
   restored = ReplayBuffer(3, 60, OBS_DIM, ACTION_DIM, 0, seed=99)
   restored.load_state_dict(state)
@@ -219,14 +229,17 @@ def test_load_state_dict_rejects_corrupt_array():
 def test_bytes_needed_matches_allocation(carry_dim):
   buffer = ReplayBuffer(3, 100, OBS_DIM, ACTION_DIM, carry_dim, seed=0)  # 33 per task
   assert ReplayBuffer.bytes_needed(3, 100, OBS_DIM, ACTION_DIM, carry_dim) == buffer.nbytes
-  assert buffer.nbytes == sum(a.nbytes for a in buffer._storage.values())
-  assert buffer.nbytes == 3 * 33 * (2 * OBS_DIM + ACTION_DIM + 3 + 4 * carry_dim) * 4
+  assert buffer.nbytes == sum(a.nbytes for a in buffer._storage.values()) + 2 * 3 * carry_dim * 4
+  assert (
+    buffer.nbytes == (3 * 33 * (2 * OBS_DIM + ACTION_DIM + 3 + 2 * carry_dim) + 6 * carry_dim) * 4
+  )
 
 
 def test_memory_check_names_a_capacity_that_fits():
   args = (10, 5_000_000, 39, 4, 64)
   needed = ReplayBuffer.bytes_needed(*args)
-  assert needed == 10 * 500_000 * 341 * 4  # the paper-default 6.8 GB buffer
+  # The paper-default buffer: 213 floats per transition (one carry of 2 x 64), 4.26 GB.
+  assert needed == (10 * 500_000 * 213 + 2 * 10 * 64) * 4
   assert check_fits_in_memory(*args, available_bytes=2 * needed) == needed
   with pytest.raises(MemoryError) as info:
     check_fits_in_memory(*args, available_bytes=needed)  # fits, but not with the 20% headroom
@@ -237,6 +250,12 @@ def test_memory_check_names_a_capacity_that_fits():
   assert check_fits_in_memory(10, largest, 39, 4, 64, available_bytes=needed) <= 0.8 * needed
   with pytest.raises(MemoryError):
     check_fits_in_memory(10, largest + 10, 39, 4, 64, available_bytes=needed)
+  # A batch of seeds needs one buffer per seed, and the largest capacity is per seed.
+  assert check_fits_in_memory(*args, available_bytes=20 * needed, num_seeds=8) == 8 * needed
+  with pytest.raises(MemoryError, match="replay buffer of 8 seeds needs") as info:
+    check_fits_in_memory(*args, available_bytes=8 * needed, num_seeds=8)
+  largest = int(str(info.value).split("largest capacity that fits: ")[1].split()[0])
+  assert 8 * ReplayBuffer.bytes_needed(10, largest, 39, 4, 64) <= 0.8 * 8 * needed
 
 
 def test_memory_check_reads_the_os():
@@ -344,3 +363,33 @@ def test_draw_slots_with_another_rng_leaves_the_sampler_stream_alone():
     fill(buffer, range(15))
   buffers[0].draw_slots(8, np.random.default_rng(1))
   np.testing.assert_array_equal(buffers[0].sample(16).obs, buffers[1].sample(16).obs)
+
+
+def test_only_carry_out_is_stored_and_carry_in_must_chain():
+  buffer = ReplayBuffer(2, 2 * 10, OBS_DIM, ACTION_DIM, CARRY_DIM, seed=0)
+  fill(buffer, range(3))
+  assert not {"h_in", "c_in"} & set(buffer._storage)
+  before = {name: array.copy() for name, array in buffer._storage.items()}
+  step = make_step(2, 3)
+  wrong = step["carry_in"]._replace(h=step["carry_in"].h + 1.0)
+  with pytest.raises(ValueError, match="carry_in must be the previous transition's carry_out"):
+    buffer.add(**{**step, "carry_in": wrong})
+  step0 = make_step(2, 6)  # an episode start
+  with pytest.raises(ValueError, match="zero carry at an episode's first step"):
+    buffer.add(**{**step0, "carry_in": step["carry_in"]})
+  with pytest.raises(ValueError, match="episode_step must follow"):
+    buffer.add(**make_step(2, 5))
+  for name, array in buffer._storage.items():
+    np.testing.assert_array_equal(array, before[name])  # untouched
+
+
+def test_a_replay_state_of_the_format_with_carry_in_per_slot_loads_exactly():
+  # Checkpoints written before one carry per slot hold h_in and c_in for every slot.
+  original = ReplayBuffer(2, 2 * 10, OBS_DIM, ACTION_DIM, CARRY_DIM, seed=0)
+  fill(original, range(23), episode_length=8)  # wrapped; the oldest slot is mid-episode
+  old = {k: v for k, v in original.state_dict().items() if not k.startswith("oldest_")}
+  carry_in = original.gather(np.tile(np.arange(10), (2, 1))).carry_in
+  old["h_in"], old["c_in"] = carry_in.h, carry_in.c
+  restored = ReplayBuffer(2, 2 * 10, OBS_DIM, ACTION_DIM, CARRY_DIM, seed=9)
+  restored.load_state_dict(old)
+  assert_same_contents(original, restored)

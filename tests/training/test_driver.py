@@ -70,7 +70,8 @@ def cli_args(run_dir: str, **overrides) -> list[str]:
   """The train.py command line of make_config(**overrides)."""
   args = [sys.executable, TRAIN_SCRIPT, f"--run_dir={run_dir}"]
   for name, value in {**SMALL, **overrides}.items():
-    args.append(f"--{name}={value}")
+    if value is not None:  # None: leave the flag out
+      args.append(f"--{name}={value}")
   return args
 
 
@@ -527,12 +528,18 @@ def cli_failures(baseline_run, tmp_path_factory, compilation_cache_dir):
     "run_dir_under_a_file": {},
     "empty_config": {},
     "locked": {},
+    "seeds_range_backwards": {"seeds": "3-1", "seed": None},
+    "seeds_not_numbers": {"seeds": "a-b", "seed": None},
+    "seeds_and_seed": {"seeds": "0-1"},
+    "env_workers_without_seeds": {"env_workers": 2},
+    "data_parallel_with_seeds": {"seeds": "0-1", "seed": None, "data_parallel": True},
+    "seeds_into_a_single_run": {"seeds": "0-1", "seed": None},
   }
   run_dirs = {name: str(root / name) for name in cases}
   run_dirs["run_dir_under_a_file"] = str(root / "run_dir_is_a_file" / "run")
   with open(run_dirs["run_dir_is_a_file"], "w") as f:
     f.write("a file, not a run directory\n")
-  for name in ("reshaping_change", "past_total_steps"):
+  for name in ("reshaping_change", "past_total_steps", "seeds_into_a_single_run"):
     shutil.copytree(baseline_run[0], run_dirs[name])
   os.makedirs(run_dirs["empty_config"])
   open(os.path.join(run_dirs["empty_config"], "config.json"), "w").close()
@@ -545,7 +552,8 @@ def cli_failures(baseline_run, tmp_path_factory, compilation_cache_dir):
   _garble(os.path.join(run_dirs["only_checkpoint_corrupt"], "checkpoints", str(TOTAL_STEPS)))
 
   before = {
-    name: _run_dir_contents(run_dirs[name]) for name in ("reshaping_change", "past_total_steps")
+    name: _run_dir_contents(run_dirs[name])
+    for name in ("reshaping_change", "past_total_steps", "seeds_into_a_single_run")
   }
 
   env = subprocess_env(compilation_cache_dir)
@@ -611,6 +619,14 @@ def _assert_one_line_error(result, pattern: str, before_config: bool = True) -> 
       "contrastive_without_auxiliary_loss",
       r"agent 'mtsac' has no auxiliary \(contrastive\) loss, so --contrastive_weight must be 0",
     ),
+    ("seeds_range_backwards", r"--seeds: the range 3-1 is empty \(write first-last\)"),
+    ("seeds_not_numbers", r"--seeds must be ranges and integers like 0-7 or 0,3,5, got 'a-b'"),
+    ("seeds_and_seed", r"give either --seed \(one run\) or --seeds \(a batch\), not both"),
+    ("env_workers_without_seeds", r"--env_workers needs --seeds"),
+    (
+      "data_parallel_with_seeds",
+      r"--data_parallel trains one run; drop --seeds or --data_parallel",
+    ),
   ],
 )
 def test_bad_flags_fail_with_one_line_before_building_anything(cli_failures, name, pattern):
@@ -660,6 +676,10 @@ def test_config_mismatch_is_refused_listing_fields(cli_failures):
       r"column 1 \(char 0\)\); restore it, or delete it",
     ),
     ("locked", rf"locked is in use by process {os.getpid()} on "),
+    (
+      "seeds_into_a_single_run",
+      r"seeds_into_a_single_run holds a single-seed run; give the batch another --run_dir",
+    ),
   ],
 )
 def test_run_directory_problems_are_one_line_and_change_nothing(cli_failures, name, pattern):
