@@ -13,7 +13,7 @@ from cmta_jax import config as config_lib
 from cmta_jax.agents import registry
 from cmta_jax.envs import EnvConfig, StepResult, metaworld_env
 from cmta_jax.envs.source import EnvSource, metaworld
-from cmta_jax.types import LSTMCarry, Transition
+from cmta_jax.types import BurnIn, LSTMCarry, Transition
 
 
 def run_config(agent: str = "cmta", **fields) -> config_lib.RunConfig:
@@ -116,6 +116,21 @@ def random_batch(
     carry_out=carry(),
   )
   return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), batch)
+
+
+def with_burn_in(batch: Transition, window: int, seed: int) -> Transition:
+  """`batch` with a random, fully replayed burn-in window of `window` steps (none for 0),
+  starting from its carry_in, as `ReplayBuffer.gather` lays one out."""
+  if not window:
+    return batch
+  rng = np.random.default_rng(seed)
+  num_tasks, batch_per_task, obs_dim = batch.obs.shape
+  burn_in = BurnIn(
+    obs=jnp.asarray(rng.normal(size=(num_tasks, batch_per_task, window, obs_dim)), jnp.float32),
+    mask=jnp.ones((num_tasks, batch_per_task, window), jnp.float32),
+    carry=batch.carry_in,
+  )
+  return batch._replace(burn_in=burn_in)
 
 
 # ---------------------------------------------------------------- two 1-D point-reaching tasks

@@ -1,7 +1,9 @@
-"""Speed of the learner: the SAC update and action selection, against this machine's matmul peak.
+"""Speed of the learner: the SAC update and action selection, against this machine's matmul peak;
+and seeds in one process: the update vmapped over S seeds, and the loop's seed-steps/s.
 
   python experiments/benchmark.py                      # CMTA at the paper's MT10 and MT50 settings
   python experiments/benchmark.py --agents=all         # + every agent at the MT10 setting
+  python experiments/benchmark.py --seed_counts=1,2,4,8 --loop_seeds=1,4   # + the seeds axis
 
 For each function: ms per call (median of --calls timed calls after warm-up),
 the FLOPs per call that XLA reports for the compiled function, and achieved
@@ -16,7 +18,7 @@ import json
 import platform
 import time
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from cmta_jax import cli
 
@@ -28,7 +30,29 @@ _WIDTH = flags.DEFINE_integer("hidden_width", 512, "Actor/critic width.")
 _BATCH = flags.DEFINE_integer("batch_per_task", 128, "Batch per task.")
 _SKIP_MT50 = flags.DEFINE_bool("skip_mt50", False, "Skip the MT50 (T=50) setting.")
 _ROUNDS = flags.DEFINE_integer("rounds", 5, "Alternating blocks of update and peak-matmul calls.")
+_SEED_COUNTS = flags.DEFINE_list(
+  "seed_counts",
+  [],
+  "Seeds axis: time THE update vmapped over S seeds (CMTA, MT10, --hidden_width, "
+  "--batch_per_task) for each S given, e.g. 1,2,4,8.",
+)
+_LOOP_SEEDS = flags.DEFINE_list(
+  "loop_seeds",
+  [],
+  "Seeds axis: the training loop's seed-steps/s on Meta-World MT10 (CMTA) for each S given, "
+  "e.g. 1,4; a short run of --loop_episode_length warm-up steps then 3 x that many updates.",
+)
+_LOOP_EPISODE = flags.DEFINE_integer(
+  "loop_episode_length", 50, "Episode length (and warm-up, and log interval) of the loop runs."
+)
+_ENV_WORKERS = flags.DEFINE_integer(
+  "env_workers", None, "Environment workers of the loop runs (default: one per core, <= S)."
+)
+_SKIP_AGENTS = flags.DEFINE_bool(
+  "skip_agents", False, "Skip the per-agent update table (only the seeds axis)."
+)
 PEAK_SIZE, PEAK_CALLS = 2048, 20
+LOOP_REPLAY = 100_000  # transitions per seed: the loop runs measure speed, not memory
 
 
 def _median_seconds(fn, calls: int) -> float:
@@ -144,9 +168,160 @@ def time_agent(
   }
 
 
+def _cmta_mt10(width: int, batch_per_task: int):
+  """(run config, networks) of CMTA on MT10 at `width`, as train.py builds them."""
+  from cmta_jax import config as config_lib
+  from cmta_jax.agents import registry
+  from cmta_jax.envs import MultiTaskEnv, task_names
+
+  run_config = registry.agent_defaults(
+    config_lib.replace_fields(
+      config_lib.PRESETS["paper_mt10_fixed"],
+      hidden_width=width,
+      batch_per_task=batch_per_task,
+    ),
+    explicit=set(),
+  )
+  networks = registry.make_agent_networks(
+    run_config, task_names("MT10"), MultiTaskEnv.obs_dim, MultiTaskEnv.action_dim
+  )
+  return run_config, networks
+
+
+def time_seed_batch(num_seeds: int, width: int, batch_per_task: int, calls: int) -> dict:
+  """The loop's train step (THE update vmapped over `num_seeds` stacked seeds, one jitted
+  call) on random batches: ms per call, per seed, and seed-updates per second."""
+  import jax
+
+  from cmta_jax import testing
+  from cmta_jax.agents import sac
+  from cmta_jax.training import keys, loop
+
+  run_config, networks = _cmta_mt10(width, batch_per_task)
+  t, b = 10, batch_per_task
+  base_keys = jax.numpy.stack([keys.run_key(seed) for seed in range(num_seeds)])
+  states = [
+    sac.init_training_state(keys.stream_key(key, keys.Stream.INIT), networks, run_config.sac)
+    for key in base_keys
+  ]
+  batches = [
+    testing.random_batch(
+      seed, t, b, networks.obs_dim, networks.action_dim, networks.encoder.carry_dim, 0.0
+    )
+    for seed in range(num_seeds)
+  ]
+  window = loop.burn_in_steps(run_config, networks)  # CMTA's default: burn-in, L = 20
+  spec = loop.batch_spec(t, b, networks, window)
+  batch = loop.stack_seeds(
+    [testing.with_burn_in(one, window, seed) for seed, one in enumerate(batches)]
+  )
+  totals = loop.empty_totals(networks, run_config.sac, states[0], spec)
+  holder = {"state": loop.stack_seeds(states), "totals": loop.stack_seeds([totals] * num_seeds)}
+  train_step = loop.make_train_step(networks, run_config.sac)
+  counter = iter(range(10**9))
+
+  def one_call():
+    holder["state"], holder["totals"] = train_step(
+      holder["state"], holder["totals"], batch, base_keys, next(counter)
+    )
+    jax.block_until_ready(holder["state"])
+
+  for _ in range(3):
+    one_call()
+  seconds = _median_seconds(one_call, calls)
+  return {
+    "seeds": num_seeds,
+    "update_ms": seconds * 1e3,
+    "update_ms_per_seed": seconds * 1e3 / num_seeds,
+    "seed_updates_per_sec": num_seeds / seconds,
+  }
+
+
+def time_loop(num_seeds: int, width: int, batch_per_task: int, episode_length: int, workers):
+  """Seed-steps per second of the training loop (Meta-World MT10, CMTA) after compilation: a
+  run of one warm-up episode then three episodes of updates; the rate over the last two."""
+  import os
+  import tempfile
+
+  from cmta_jax import config as config_lib
+  from cmta_jax.training import loop, metrics_log
+
+  run_config, _ = _cmta_mt10(width, batch_per_task)
+  e = episode_length
+  run_config = config_lib.replace_fields(
+    run_config,
+    episode_length=e,
+    warmup_steps=e,
+    total_steps=4 * e,
+    log_every=e,
+    eval_every=4 * e,
+    eval_episodes=1,
+    checkpoint_every=4 * e,
+    replay_capacity=LOOP_REPLAY,
+  )
+  if workers is None:
+    workers = min(num_seeds, os.cpu_count() or 1) if num_seeds > 1 else 0
+  with tempfile.TemporaryDirectory() as root:
+    loop.train_seeds(
+      run_config, root, tuple(range(num_seeds)), log=lambda line: None, env_workers=workers
+    )
+    records = [
+      r for r in metrics_log.read_records(os.path.join(root, "seed0")) if r["kind"] == "train"
+    ]
+  elapsed = {r["step"]: r["time/elapsed_sec"] for r in records}
+  steps_per_sec = 2 * e / (elapsed[4 * e] - elapsed[2 * e])
+  return {
+    "seeds": num_seeds,
+    "env_workers": workers,
+    "steps_per_sec": steps_per_sec,
+    "seed_steps_per_sec": num_seeds * steps_per_sec,
+  }
+
+
+def seeds_axis(counts, loop_counts, width, batch_per_task, calls, episode_length, workers):
+  """Prints the seeds-axis tables; returns their rows."""
+  rows = {"update": [], "loop": []}
+  if counts:
+    print(f"THE update vmapped over S seeds (CMTA, MT10, width {width}, batch {batch_per_task})")
+    print(f"{'S':>3} {'ms/call':>9} {'ms/seed':>9} {'seed-updates/s':>15}")
+  for count in counts:
+    row = time_seed_batch(count, width, batch_per_task, calls)
+    rows["update"].append(row)
+    print(
+      f"{count:>3} {row['update_ms']:9.1f} {row['update_ms_per_seed']:9.1f} "
+      f"{row['seed_updates_per_sec']:15.1f}",
+      flush=True,
+    )
+  if loop_counts:
+    print(f"the training loop, Meta-World MT10 (CMTA, width {width}, episodes of {episode_length})")
+    print(f"{'S':>3} {'workers':>7} {'steps/s':>8} {'seed-steps/s':>13}")
+  for count in loop_counts:
+    row = time_loop(count, width, batch_per_task, episode_length, workers)
+    rows["loop"].append(row)
+    print(
+      f"{count:>3} {row['env_workers']:>7} {row['steps_per_sec']:8.2f} "
+      f"{row['seed_steps_per_sec']:13.2f}",
+      flush=True,
+    )
+  return rows
+
+
+def _counts(values: list[str], flag: str) -> list[int]:
+  try:
+    counts = [int(v) for v in values]
+  except ValueError:
+    raise ValueError(f"--{flag} must be positive integers, got {','.join(values)!r}") from None
+  if any(c < 1 for c in counts):
+    raise ValueError(f"--{flag} must be positive integers, got {','.join(values)!r}")
+  return counts
+
+
 def main(argv):
   del argv
   import jax
+
+  # Orbax reports every file the loop runs write at INFO; keep the console for the figures.
+  logging.set_verbosity(logging.WARNING)
 
   from cmta_jax.agents import registry
 
@@ -155,6 +330,26 @@ def main(argv):
     registry.check_agent(agent)
   if _CALLS.value < 1 or _ROUNDS.value < 1:
     cli.fail("--calls and --rounds must be positive")
+  counts = _counts(_SEED_COUNTS.value, "seed_counts")
+  loop_counts = _counts(_LOOP_SEEDS.value, "loop_seeds")
+  if not 1 <= _LOOP_EPISODE.value <= 500:
+    cli.fail(f"--loop_episode_length must be in 1..500, got {_LOOP_EPISODE.value}")
+  if _SKIP_AGENTS.value:
+    print(
+      f"machine: {platform.processor() or platform.machine()}, {jax.device_count()} x "
+      f"{jax.devices()[0].platform}, jax {jax.__version__}"
+    )
+    rows = seeds_axis(
+      counts,
+      loop_counts,
+      _WIDTH.value,
+      _BATCH.value,
+      _CALLS.value,
+      _LOOP_EPISODE.value,
+      _ENV_WORKERS.value,
+    )
+    print(json.dumps({"seeds_axis": rows}))
+    return
   peak_call, peak_flops = make_peak_matmul()
   print(
     f"machine: {platform.processor() or platform.machine()}, {jax.device_count()} x "
@@ -189,12 +384,22 @@ def main(argv):
       flush=True,
     )
   mt10 = next(r for r in rows if r["agent"] == "cmta" and r["benchmark"] == "MT10")
+  seed_rows = seeds_axis(
+    counts,
+    loop_counts,
+    _WIDTH.value,
+    _BATCH.value,
+    _CALLS.value,
+    _LOOP_EPISODE.value,
+    _ENV_WORKERS.value,
+  )
   print(
     json.dumps(
       {
         "matmul_peak_gflops_per_sec": mt10["peak_gflops_per_sec"],
         "update_fraction_of_matmul_peak": mt10["update_fraction_of_peak"],
         "results": rows,
+        "seeds_axis": seed_rows,
       }
     )
   )

@@ -37,6 +37,7 @@ def main(argv):
     empty_totals,
     make_act,
     make_train_step,
+    stack_seeds,
   )
 
   names = task_names(_BENCHMARK.value)
@@ -60,7 +61,9 @@ def main(argv):
   batch = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), spec)
   train_step = make_train_step(networks, sac_config)
   totals = empty_totals(networks, sac_config, state, spec)
-  key = jax.random.PRNGKey(0)
+  # One seed: the loop's functions take a leading seed axis (docs/seeds.md).
+  state, totals, batch = (stack_seeds([x]) for x in (state, totals, batch))
+  key = stack_seeds([jax.random.PRNGKey(0)])
 
   def median_ms(fn, calls):
     times = []
@@ -81,8 +84,8 @@ def main(argv):
   update_ms = median_ms(one_update, 50)
 
   act = make_act(networks)
-  obs = rng.normal(size=(t, 39)).astype(np.float32)
-  carry, task_ids = sac.initial_carry(networks, t), jnp.arange(t, dtype=jnp.int32)
+  obs = rng.normal(size=(1, t, 39)).astype(np.float32)
+  carry, task_ids = sac.initial_carry(networks, (1, t)), jnp.arange(t, dtype=jnp.int32)
 
   def one_act(i):
     actions, carry_out = act(

@@ -675,7 +675,7 @@ def test_config_mismatch_is_refused_listing_fields(cli_failures):
       r"empty_config/config.json is not valid JSON \(Expecting value: line 1 "
       r"column 1 \(char 0\)\); restore it, or delete it",
     ),
-    ("locked", rf"locked is in use by process {os.getpid()} on "),
+    ("locked", r"locked is in use by process PID on "),  # (PID: pytest-xdist needs stable ids)
     (
       "seeds_into_a_single_run",
       r"seeds_into_a_single_run holds a single-seed run; give the batch another --run_dir",
@@ -683,7 +683,9 @@ def test_config_mismatch_is_refused_listing_fields(cli_failures):
   ],
 )
 def test_run_directory_problems_are_one_line_and_change_nothing(cli_failures, name, pattern):
-  _assert_one_line_error(cli_failures[name], pattern)  # (the fixture checks "nothing changed")
+  _assert_one_line_error(
+    cli_failures[name], pattern.replace("PID", str(os.getpid()))
+  )  # (the fixture checks "nothing changed")
   assert "Traceback" not in cli_failures[name][3]
   if name in ("empty_config", "locked"):
     assert sorted(os.listdir(cli_failures[name][0])) in ([".lock"], [".lock", "config.json"])
@@ -1176,3 +1178,53 @@ def test_video_every_must_fall_on_evaluations():
     ValueError, match=r"video_every \(100\) must be 0 or a multiple of eval_every"
   ):
     make_config(video_every=100).train.validate(EPISODE_LENGTH)
+
+
+@pytest.mark.slow
+def test_seeds_from_the_cli_stop_on_sigterm_resume_and_report(tmp_path, compilation_cache_dir):
+  # Two seeds of Meta-World in one process, their environments in two worker processes.
+  run_dir = str(tmp_path / "batch")
+  overrides = dict(seed=None, seeds="0-1", env_workers=2, total_steps=80, eval_every=80)
+  process = _start_cli(run_dir, compilation_cache_dir, **overrides)
+  _wait_for_train_record(os.path.join(run_dir, "seed1"), process, SMALL["log_every"])
+  process.send_signal(signal.SIGTERM)
+  stdout, stderr = process.communicate(timeout=CLI_TIMEOUT)
+  assert process.returncode == cli.EXIT_PREEMPTED, stderr
+  assert "seed<K>/checkpoints; run the same command to resume" in stderr
+  stopped = [checkpoint_steps(os.path.join(run_dir, f"seed{s}"))[-1] for s in (0, 1)]
+  assert stopped[0] == stopped[1] < 80
+  process = _start_cli(run_dir, compilation_cache_dir, **overrides)
+  stdout, stderr = process.communicate(timeout=CLI_TIMEOUT)
+  assert process.returncode == 0, stderr
+  assert f"from the checkpoint at step {stopped[0]}" in stdout
+  summaries = []
+  for seed in (0, 1):
+    with open(os.path.join(run_dir, f"seed{seed}", "summary.json")) as f:
+      summaries.append(json.load(f))
+  assert [s["seed"] for s in summaries] == [0, 1] and {s["steps"] for s in summaries} == {80}
+  # The seeds differ (their own variations and streams), and the report reads both.
+  assert summaries[0]["final_return_per_task"] != summaries[1]["final_return_per_task"]
+  report = subprocess.run(
+    [
+      sys.executable,
+      os.path.join(REPO, "experiments", "run_report.py"),
+      f"{run_dir}/seed0",
+      f"{run_dir}/seed1",
+    ],
+    env=subprocess_env(compilation_cache_dir),
+    capture_output=True,
+    text=True,
+    timeout=120,
+    check=False,
+  )
+  assert report.returncode == 0 and "seed1" in report.stdout, report.stderr
+  table = subprocess.run(
+    [sys.executable, os.path.join(REPO, "experiments", "tables.py"), run_dir],
+    env=subprocess_env(compilation_cache_dir),
+    capture_output=True,
+    text=True,
+    timeout=120,
+    check=False,
+  )
+  assert table.returncode == 0, table.stderr
+  assert "2 @ 80" in table.stdout, table.stdout  # one row: 2 seeds at step 80
