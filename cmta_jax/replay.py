@@ -13,6 +13,7 @@ surviving transition once the ring has overwritten its predecessor, is kept asid
 """
 
 import os
+from typing import Any
 
 import numpy as np
 
@@ -416,6 +417,26 @@ class ReplayBuffer:
       "has_uint32": words[4],
       "uinteger": words[5],
     }
+
+
+def sample_seeds(
+  buffers: "list[ReplayBuffer]", batch_per_task: int, burn_in_steps: int = 0
+) -> Transition:
+  """One batch [S, T, B, ...] from the buffers of a batch's S seeds, each drawn by its own
+  buffer's sampler (as its solo run draws it), stacked on the host for one transfer."""
+  samples = [buffer.sample(batch_per_task, burn_in_steps) for buffer in buffers]
+  return stack_transitions(samples)
+
+
+def stack_transitions(trees: list) -> Any:
+  """Transitions (or any NamedTuples of arrays, None fields allowed) stacked leaf by leaf on a
+  new leading axis, in numpy: [S, ...] from S trees of [...]."""
+  first = trees[0]
+  if first is None:
+    return None
+  if isinstance(first, tuple):
+    return type(first)(*(stack_transitions([t[i] for t in trees]) for i in range(len(first))))
+  return np.stack(trees)
 
 
 def _with_oldest_carry_in(state: dict) -> dict:

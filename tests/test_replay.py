@@ -1,9 +1,10 @@
 """Tests for the task-balanced replay buffer."""
 
+import jax
 import numpy as np
 import pytest
 
-from cmta_jax.replay import ReplayBuffer, check_fits_in_memory, format_bytes
+from cmta_jax.replay import ReplayBuffer, check_fits_in_memory, format_bytes, sample_seeds
 from cmta_jax.types import LSTMCarry
 
 OBS_DIM, ACTION_DIM, CARRY_DIM = 5, 3, 4
@@ -393,3 +394,17 @@ def test_a_replay_state_of_the_format_with_carry_in_per_slot_loads_exactly():
   restored = ReplayBuffer(2, 2 * 10, OBS_DIM, ACTION_DIM, CARRY_DIM, seed=9)
   restored.load_state_dict(old)
   assert_same_contents(original, restored)
+
+
+def test_sample_seeds_stacks_each_seeds_own_draw():
+  def filled(seed):
+    buffer = ReplayBuffer(2, 40, OBS_DIM, ACTION_DIM, CARRY_DIM, seed=seed)
+    fill(buffer, range(15))
+    return buffer
+
+  batch = sample_seeds([filled(0), filled(1)], 8, burn_in_steps=3)
+  for index, seed in enumerate((0, 1)):
+    alone = filled(seed).sample(8, burn_in_steps=3)  # what its solo run would draw
+    for stacked, own in zip(jax.tree.leaves(batch), jax.tree.leaves(alone)):
+      np.testing.assert_array_equal(stacked[index], own)
+  assert batch.obs.shape == (2, 2, 8, OBS_DIM) and isinstance(batch.obs, np.ndarray)

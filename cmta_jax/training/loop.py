@@ -30,7 +30,13 @@ from cmta_jax.agents import registry, sac
 from cmta_jax.envs.metaworld_env import validate_seed
 from cmta_jax.envs.seed_envs import EnvPool, SeedEnvs
 from cmta_jax.envs.source import METAWORLD, EnvSource
-from cmta_jax.replay import ReplayBuffer, check_fits_in_memory, format_bytes
+from cmta_jax.replay import (
+  ReplayBuffer,
+  check_fits_in_memory,
+  format_bytes,
+  sample_seeds,
+  stack_transitions,
+)
 from cmta_jax.training import devices as devices_lib
 from cmta_jax.training import keys, metrics_log
 from cmta_jax.training import run_dir as run_dir_lib
@@ -694,9 +700,7 @@ def collect_and_update(run: Run, state: LoopState) -> LoopState:
     actions = np.where(np.isfinite(actions), actions, 0.0)  # stopped seeds: ignored
   learner, totals = state.learner, state.totals
   if state.step >= cfg_train.warmup_steps and state.step > 0:  # (warm-up 0: from the 2nd step)
-    batch = stack_seeds(
-      [s.buffer.sample(cfg_train.batch_per_task, run.burn_in_steps) for s in run.seeds]
-    )
+    batch = sample_seeds([s.buffer for s in run.seeds], cfg_train.batch_per_task, run.burn_in_steps)
     learner, totals = run.train_step(
       learner, totals, run.placement.put_batch(batch), run.base_keys, state.step
     )
@@ -1032,7 +1036,7 @@ def attention_batches(
     slots = buffer.draw_slots(samples_per_task, rng)
     used.append(buffer.gather(slots, window))
     exact.append(buffer.gather(slots, episode_length))
-  return stack_seeds(used), stack_seeds(exact)
+  return stack_transitions(used), stack_transitions(exact)
 
 
 def measure_attention(
