@@ -493,7 +493,6 @@ def start_run(
   """Builds the batch of `configs` (one per seed, differing only in the seed), then restores
   the latest checkpoint every seed completed, or starts at step 0. Writes each config.json
   only once the run really starts or resumes; on an error closes what it built."""
-  cfg_train = configs[0].train
   base_keys = jnp.stack([keys.run_key(c.train.seed) for c in configs])
   learners = [
     sac.init_training_state(keys.stream_key(key, keys.Stream.INIT), networks, configs[0].sac)
@@ -505,43 +504,17 @@ def start_run(
     networks,
     configs[0].sac,
     learners[0],
-    batch_spec(len(names), cfg_train.batch_per_task, networks, window),
+    batch_spec(len(names), configs[0].train.batch_per_task, networks, window),
   )
   with contextlib.ExitStack() as on_error:
-    seed_runs, restored = [], []
-    for config, directory in zip(configs, run_dirs):
-      # Before anything is written: a machine that cannot render fails here, in one line.
-      videos = videos_lib.make_recorder(config, envs, networks, directory)
-      if videos is not None:
-        on_error.callback(videos.close)
-      checkpointer = Checkpointer(directory, cfg_train.keep_checkpoints + (len(configs) > 1))
-      on_error.callback(checkpointer.close)
-      seed_runs.append((config, directory, checkpointer, videos))
-    restored = _restore_batch(
-      [s[2] for s in seed_runs], run_dirs, cfg_train.total_steps, learners, totals, log
+    seeds, restored = _open_seeds(
+      configs, run_dirs, networks, envs, learners, totals, log, on_error
     )
-    for config, directory, _, _ in seed_runs:
-      run_dir_lib.write_config(directory, config)
-    log("config:\n" + json.dumps(config_lib.flatten(configs[0]), indent=1, sort_keys=True))
-    if len(configs) > 1:
-      log(f"seeds: {[c.train.seed for c in configs]} in {os.path.dirname(run_dirs[0])}/seed<K>")
     pool = EnvPool(envs.make_envs, configs[0].env, [c.train.seed for c in configs], env_workers)
     on_error.pop_all()
-  step = None if restored is None else restored[0][0]
   run = Run(
     config=configs[0],
-    seeds=tuple(
-      SeedRun(
-        config=config,
-        run_dir=directory,
-        buffer=_new_replay(config.train, networks, len(names)),
-        episode_stats=_EpisodeStats(len(names)),
-        checkpointer=checkpointer,
-        metrics_file=MetricsLog(directory, resume_step=step),
-        videos=videos,
-      )
-      for config, directory, checkpointer, videos in seed_runs
-    ),
+    seeds=seeds,
     task_names=names,
     task_ids=jnp.arange(len(names), dtype=jnp.int32),
     networks=networks,
@@ -559,6 +532,46 @@ def start_run(
   except BaseException:
     run.close()
     raise
+
+
+def _open_seeds(configs, run_dirs, networks, envs, learners, totals, log, on_error):
+  """(one SeedRun per seed, the restored checkpoints or None): checkpointers and video
+  recorders first (a machine that cannot render fails before anything is written), then
+  the restore, then config.json and the metrics logs. Registers every close in `on_error`."""
+  opened = []
+  for config, directory in zip(configs, run_dirs):
+    videos = videos_lib.make_recorder(config, envs, networks, directory)
+    if videos is not None:
+      on_error.callback(videos.close)
+    # A batch keeps one checkpoint more: see _restore_batch.
+    checkpointer = Checkpointer(directory, config.train.keep_checkpoints + (len(configs) > 1))
+    on_error.callback(checkpointer.close)
+    opened.append((config, directory, checkpointer, videos))
+  restored = _restore_batch(
+    [o[2] for o in opened], run_dirs, configs[0].train.total_steps, learners, totals, log
+  )
+  for config, directory in zip(configs, run_dirs):
+    run_dir_lib.write_config(directory, config)
+  log("config:\n" + json.dumps(config_lib.flatten(configs[0]), indent=1, sort_keys=True))
+  if len(configs) > 1:
+    log(f"seeds: {[c.train.seed for c in configs]} in {os.path.dirname(run_dirs[0])}/seed<K>")
+  num_tasks = len(envs.task_names(configs[0].env))
+  seeds = []
+  for config, directory, checkpointer, videos in opened:
+    metrics_file = MetricsLog(directory, resume_step=None if restored is None else restored[0][0])
+    on_error.callback(metrics_file.close)
+    seeds.append(
+      SeedRun(
+        config=config,
+        run_dir=directory,
+        buffer=_new_replay(config.train, networks, num_tasks),
+        episode_stats=_EpisodeStats(num_tasks),
+        checkpointer=checkpointer,
+        metrics_file=metrics_file,
+        videos=videos,
+      )
+    )
+  return tuple(seeds), restored
 
 
 def _new_replay(cfg_train: config_lib.TrainConfig, networks, num_tasks: int) -> ReplayBuffer:

@@ -164,6 +164,15 @@ def test_a_batch_writes_a_run_directory_per_seed_and_resumes_exactly(tmp_path):
       for a, b in zip(jax.tree.leaves(_final_params(seed_dir, 60)), jax.tree.leaves(expected)):
         np.testing.assert_array_equal(a, b)
       assert _records(seed_dir) == expected_records
+  # A seed's checkpoint is a solo run's: the seed goes on alone from the batch's step 60.
+  log = []
+  summary = loop.train(
+    config_lib.replace_fields(_config(), seed=1, total_steps=90),
+    os.path.join(whole, "seed1"),
+    log=log.append,
+    envs=ENVS,
+  )
+  assert summary["steps"] == 90 and "from the checkpoint at step 60" in "\n".join(log)
 
 
 class _Exploding:
