@@ -1,6 +1,7 @@
 """The loop on two devices (docs/seeds.md, "Devices"): seeds sharded over them give the
 one-device results to float rounding; the data-parallel single run trains, checkpoints and
-resumes, and matches the one-device run to float rounding.
+resumes, and matches the one-device run to float rounding; seeds or a batch that do not
+split evenly over the devices are refused in one line before anything is written.
 
 Two CPU devices exist only if XLA_FLAGS is set before jax is imported, so the runs happen in
 a fresh Python subprocess, on the point tasks (no simulator). It raises on any mismatch."""
@@ -18,6 +19,7 @@ _CODE = textwrap.dedent("""
     import jax
     import numpy as np
     import orbax.checkpoint as ocp
+    from cmta_jax import config as config_lib
     from cmta_jax import testing
     from cmta_jax.training import loop
 
@@ -46,8 +48,22 @@ _CODE = textwrap.dedent("""
         return float(max(gaps))
 
     first = jax.local_devices()[:1]
+    # Seeds that do not split evenly over the devices, and a data-parallel batch that does not:
+    # one-line errors before anything is written.
+    try:
+        loop.train_seeds(config, root + "/odd", (0, 1, 2), log=quiet, envs=envs)
+        raise AssertionError("3 seeds on 2 devices were accepted")
+    except ValueError as error:
+        assert str(error).startswith("3 seed(s) cannot be split evenly over 2 devices"), error
+    assert not os.path.exists(root + "/odd")
+    try:
+        loop.train(config_lib.replace_fields(config, batch_per_task=3), root + "/odd", log=quiet,
+                   envs=envs, data_parallel=True)
+        raise AssertionError("a batch of 3 per task split over 2 devices was accepted")
+    except ValueError as error:
+        assert "batch_per_task (3) must be a multiple of the 2 devices" in str(error), error
+    assert not os.path.exists(root + "/odd")
     # The seed axis of the learner state is split over the two devices.
-    from cmta_jax import config as config_lib
     from cmta_jax.training import devices
     configs = [config_lib.replace_fields(config, seed=s) for s in (0, 1)]
     run, state = loop.start_run(configs, [root + "/look/0", root + "/look/1"],
