@@ -76,18 +76,19 @@ def check_fits_in_memory(
   carry_dim: int,
   available_bytes: int | None = None,
   num_seeds: int = 1,
+  resuming: bool = False,
 ) -> int:
-  """Returns the bytes `num_seeds` buffers of this shape (one per seed of a batch) need;
-  raises MemoryError if they would not fit.
+  """Returns the bytes `num_seeds` buffers of this shape (one per seed of a batch) need, plus
+  one more while `resuming` (a seed's restored replay is held while it is loaded); raises
+  MemoryError if they would not fit.
 
   The arrays are allocated with np.zeros, whose pages are committed lazily, so
   an oversized buffer would otherwise only fail (OOM kill) hours into a run.
   If `available_bytes` is None it is read from the OS; if the OS cannot tell,
   the check is skipped and only the byte count is returned.
   """
-  needed = num_seeds * ReplayBuffer.bytes_needed(
-    num_tasks, capacity, obs_dim, action_dim, carry_dim
-  )
+  buffers = num_seeds + bool(resuming)
+  needed = buffers * ReplayBuffer.bytes_needed(num_tasks, capacity, obs_dim, action_dim, carry_dim)
   if available_bytes is None:
     available_bytes = _available_memory_bytes()
     if available_bytes is None:
@@ -96,12 +97,16 @@ def check_fits_in_memory(
   if needed > usable:
     bytes_per_transition = _floats_per_transition(obs_dim, action_dim, carry_dim) * _FLOAT_BYTES
     aside = 2 * num_tasks * carry_dim * _FLOAT_BYTES  # the oldest slot's carry_in
-    largest = ((usable // num_seeds - aside) // bytes_per_transition) // num_tasks * num_tasks
-    seeds = f" of {num_seeds} seeds" if num_seeds > 1 else ""
+    largest = ((usable // buffers - aside) // bytes_per_transition) // num_tasks * num_tasks
+    what = f"replay buffer{'s of ' + str(num_seeds) + ' seeds' if num_seeds > 1 else ''}"
+    if resuming:
+      what += " and one restored replay (resuming)"
+    per = ", per seed" if num_seeds > 1 else ""
+    verb = "need" if buffers > 1 else "needs"
     raise MemoryError(
-      f"replay buffer{seeds} needs {needed} B ({format_bytes(needed)}) but only {available_bytes} B "
+      f"{what} {verb} {needed} B ({format_bytes(needed)}) but only {available_bytes} B "
       f"({format_bytes(available_bytes)}) are available ({_MEMORY_FRACTION:.0%} usable); "
-      f"largest capacity that fits: {largest} ({largest // num_tasks} per task{', per seed' if seeds else ''})"
+      f"largest capacity that fits: {largest} ({largest // num_tasks} per task{per})"
     )
   return needed
 

@@ -187,7 +187,7 @@ def main(argv):
     run_config = resolve_config()
     registry.validate(run_config)
     seeds, env_workers = resolve_seeds(run_config)
-    if _DATA_PARALLEL.value and len(seeds) > 1:
+    if _DATA_PARALLEL.value and _SEEDS.value is not None:
       raise ValueError("--data_parallel trains one run; drop --seeds or --data_parallel")
   except ValueError as error:
     cli.fail(error)

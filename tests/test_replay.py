@@ -253,10 +253,12 @@ def test_memory_check_names_a_capacity_that_fits():
     check_fits_in_memory(10, largest + 10, 39, 4, 64, available_bytes=needed)
   # A batch of seeds needs one buffer per seed, and the largest capacity is per seed.
   assert check_fits_in_memory(*args, available_bytes=20 * needed, num_seeds=8) == 8 * needed
-  with pytest.raises(MemoryError, match="replay buffer of 8 seeds needs") as info:
+  with pytest.raises(MemoryError, match="replay buffers of 8 seeds need") as info:
     check_fits_in_memory(*args, available_bytes=8 * needed, num_seeds=8)
   largest = int(str(info.value).split("largest capacity that fits: ")[1].split()[0])
   assert 8 * ReplayBuffer.bytes_needed(10, largest, 39, 4, 64) <= 0.8 * 8 * needed
+  # A resume holds one restored replay besides the buffers.
+  assert check_fits_in_memory(*args, available_bytes=20 * needed, resuming=True) == 2 * needed
 
 
 def test_memory_check_reads_the_os():

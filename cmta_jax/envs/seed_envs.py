@@ -16,6 +16,7 @@ dict]`, `restore([per-seed dict]) -> obs` and `at_episode_start`.
 """
 
 import multiprocessing
+import signal
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -59,6 +60,10 @@ class _SeedGroup:
 
 
 def _worker(connection, make_envs_pickled: bytes, config: EnvConfig, seeds: list[int]) -> None:
+  # A Ctrl-C in the terminal, or a scheduler's SIGTERM to the whole job, reaches the workers
+  # too; the trainer stops gracefully (a checkpoint at the episode end) and ends them itself.
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  signal.signal(signal.SIGTERM, signal.SIG_IGN)
   try:
     group = _SeedGroup(cloudpickle.loads(make_envs_pickled), config, seeds)
   except BaseException as error:  # reported to the trainer, which raises it in one line
@@ -133,27 +138,43 @@ class EnvPool:
 
   def _receive(self, index: int) -> Any:
     connection, _ = self._workers[index]
-    first, count = self._groups[index]
     try:
       status, value = connection.recv()
-    except (EOFError, ConnectionError):
+    except (EOFError, OSError):
       status, value = "error", "the worker process died"
     if status != "ok":
-      raise EnvWorkerFailed(
-        f"environment worker of seeds {list(self.seeds[first : first + count])}: {value}"
-      )
+      raise self._failure(index, value)
     return value
 
+  def _failure(self, index: int, reason: str) -> EnvWorkerFailed:
+    first, count = self._groups[index]
+    return EnvWorkerFailed(
+      f"environment worker of seeds {list(self.seeds[first : first + count])}: {reason}"
+    )
+
   def call(self, role: str, method: str, per_seed_args: Sequence[tuple] | None = None) -> list:
-    """`method` of every seed's `role` environment, in seed order (all groups at once)."""
+    """`method` of every seed's `role` environment, in seed order (all groups at once).
+    Raises EnvWorkerFailed (naming the seeds) after every worker has answered."""
     if self._local is not None:
       return self._local.call(role, method, per_seed_args)
-    for (connection, _), (first, count) in zip(self._workers, self._groups):
+    sent = []
+    for index, ((connection, _), (first, count)) in enumerate(zip(self._workers, self._groups)):
       args = None if per_seed_args is None else list(per_seed_args[first : first + count])
-      connection.send((role, method, args))
-    results = []
+      try:
+        connection.send((role, method, args))
+        sent.append(index)
+      except OSError:  # a broken pipe: the worker is gone
+        pass
+    results, failure = [], None
     for index in range(len(self._workers)):
-      results.extend(self._receive(index))
+      try:
+        if index not in sent:
+          raise self._failure(index, "the worker process died")
+        results.extend(self._receive(index))
+      except EnvWorkerFailed as error:
+        failure = failure or error
+    if failure is not None:
+      raise failure
     return results
 
   def close(self) -> None:

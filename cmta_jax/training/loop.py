@@ -12,6 +12,7 @@ uninterrupted run would have (docs/seeds.md).
 import contextlib
 import dataclasses
 import functools
+import glob
 import json
 import os
 import time
@@ -41,7 +42,7 @@ from cmta_jax.training import devices as devices_lib
 from cmta_jax.training import keys, metrics_log
 from cmta_jax.training import run_dir as run_dir_lib
 from cmta_jax.training import videos as videos_lib
-from cmta_jax.training.checkpointing import Checkpointer
+from cmta_jax.training.checkpointing import Checkpointer, checkpoint_steps
 from cmta_jax.training.evaluation import evaluate
 from cmta_jax.training.metrics_log import MetricsLog
 from cmta_jax.training.preemption import Preempted, StopSignals
@@ -216,10 +217,12 @@ class SeedRun:
     return self.config.train.seed
 
   def close(self) -> None:
-    self.metrics_file.close()
-    self.checkpointer.close()
-    if self.videos is not None:
-      self.videos.close()
+    """Closes everything, even past a close that fails (the failure is raised at the end)."""
+    with contextlib.ExitStack() as closing:
+      if self.videos is not None:
+        closing.callback(self.videos.close)
+      closing.callback(self.checkpointer.close)
+      closing.callback(self.metrics_file.close)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,6 +243,7 @@ class Run:
   burn_in_steps: int
   log: Callable[[str], None]
   task_ids: jax.Array  # [T] int32 on the device, built once: it is an input of every step
+  is_batch: bool = False  # seeds in RUN_DIR/seed<K>: one that diverges stops alone
 
   @property
   def num_tasks(self) -> int:
@@ -258,9 +262,11 @@ class Run:
     return self.envs.eval
 
   def close(self) -> None:
-    for seed_run in self.seeds:
-      seed_run.close()
-    self.envs.close()
+    """Closes everything, even past a close that fails (the failure is raised at the end)."""
+    with contextlib.ExitStack() as closing:
+      closing.callback(self.envs.close)
+      for seed_run in reversed(self.seeds):
+        closing.callback(seed_run.close)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -300,6 +306,13 @@ def train(
   `data_parallel` splits every batch over `devices` (default: all local devices;
   docs/seeds.md, "Devices")."""
   seed = run_config.train.seed
+  if run_dir_lib.read_saved_config(run_dir) is None and glob.glob(
+    os.path.join(run_dir, "seed*", run_dir_lib.CONFIG_FILE)
+  ):
+    raise ValueError(
+      f"{run_dir} holds a batch of seeds (seed<K>/); resume it with --seeds, train one of its "
+      "seeds alone with --run_dir=RUN_DIR/seed<K>, or give another --run_dir"
+    )
   summaries = _train_batch(
     run_config, {seed: run_dir}, allow_config_change, log, envs, 0, data_parallel, devices
   )
@@ -329,7 +342,7 @@ def train_seeds(
     )
   seed_dirs = {seed: seed_run_dir(run_dir, seed) for seed in seeds}
   return _train_batch(
-    run_config, seed_dirs, allow_config_change, log, envs, env_workers, False, devices
+    run_config, seed_dirs, allow_config_change, log, envs, env_workers, False, devices, True
   )
 
 
@@ -342,14 +355,16 @@ def _train_batch(
   env_workers: int,
   data_parallel: bool,
   devices: Sequence[jax.Device] | None,
+  is_batch: bool = False,
 ) -> dict[int, dict | None]:
+  """The seeds of `seed_dirs` as one batch (docs/seeds.md); `is_batch`: a batch of seeds
+  (one that diverges stops alone), not a single run."""
   registry.validate(run_config)
   _check_schedule(run_config, log)
-  placement = devices_lib.choose(
-    len(seed_dirs), run_config.train.batch_per_task, data_parallel, devices
-  )
+  bpt = run_config.train.batch_per_task
+  devices_lib.choose(len(seed_dirs), bpt, data_parallel, devices)  # before anything is written
   networks = build_networks(run_config, envs)
-  _log_replay_memory(run_config, networks, envs, len(seed_dirs), log)
+  _log_replay_memory(run_config, networks, envs, list(seed_dirs.values()), log)
   # Everything below happens under the run directories' locks, and nothing in them is
   # written before each config is known to fit its checkpoints.
   with contextlib.ExitStack() as locks:
@@ -374,7 +389,8 @@ def _train_batch(
       envs,
       log,
       env_workers=env_workers,
-      placement=placement,
+      placement=devices_lib.choose(len(configs), bpt, data_parallel, devices),
+      is_batch=is_batch,
     )
     try:
       state = run_to_completion(run, state)
@@ -404,19 +420,25 @@ def seed_run_dir(run_dir: str, seed: int) -> str:
   return os.path.join(run_dir, f"seed{seed}")
 
 
-def _log_replay_memory(run_config, networks, envs: EnvSource, num_seeds: int, log) -> None:
+def _log_replay_memory(run_config, networks, envs: EnvSource, run_dirs: list[str], log) -> None:
+  """Checks that the seeds' replay buffers fit in memory, and says what they take. A resume
+  also holds one seed's restored replay at a time besides the buffers."""
   cfg_train = run_config.train
+  resuming = any(checkpoint_steps(os.path.join(d, "checkpoints")) for d in run_dirs)
   needed = check_fits_in_memory(
     len(envs.task_names(run_config.env)),
     cfg_train.replay_capacity,
     networks.obs_dim,
     networks.action_dim,
     replay_carry_dim(networks),
-    num_seeds=num_seeds,
+    num_seeds=len(run_dirs),
+    resuming=resuming,
   )
-  per_seed = f" ({num_seeds} seeds)" if num_seeds > 1 else ""
+  per_seed = f" ({len(run_dirs)} seeds)" if len(run_dirs) > 1 else ""
+  restoring = ", one more while resuming" if resuming else ""
   log(
-    f"replay buffer: {cfg_train.replay_capacity} transitions{per_seed} need {format_bytes(needed)}"
+    f"replay buffer: {cfg_train.replay_capacity} transitions{per_seed}{restoring} need "
+    f"{format_bytes(needed)}"
   )
 
 
@@ -489,6 +511,7 @@ def start_run(
   log: Callable[[str], None],
   env_workers: int = 0,
   placement: devices_lib.Placement = SINGLE_DEVICE,
+  is_batch: bool = False,
 ) -> tuple[Run, LoopState]:
   """Builds the batch of `configs` (one per seed, differing only in the seed), then restores
   the latest checkpoint every seed completed, or starts at step 0. Writes each config.json
@@ -511,34 +534,35 @@ def start_run(
       configs, run_dirs, networks, envs, learners, totals, log, on_error
     )
     pool = EnvPool(envs.make_envs, configs[0].env, [c.train.seed for c in configs], env_workers)
+    on_error.callback(pool.close)
+    run = Run(
+      config=configs[0],
+      seeds=seeds,
+      task_names=names,
+      task_ids=jnp.arange(len(names), dtype=jnp.int32),
+      networks=networks,
+      envs=pool,
+      act=make_act(networks),
+      train_step=make_train_step(networks, configs[0].sac, placement),
+      diagnostics=_attention_diagnostics(networks),
+      base_keys=placement.put(base_keys),
+      placement=placement,
+      burn_in_steps=window,
+      log=log,
+      is_batch=is_batch,
+    )
+    state = _initial_loop_state(run, learners, totals, restored)
     on_error.pop_all()
-  run = Run(
-    config=configs[0],
-    seeds=seeds,
-    task_names=names,
-    task_ids=jnp.arange(len(names), dtype=jnp.int32),
-    networks=networks,
-    envs=pool,
-    act=make_act(networks),
-    train_step=make_train_step(networks, configs[0].sac, placement),
-    diagnostics=_attention_diagnostics(networks),
-    base_keys=placement.put(base_keys),
-    placement=placement,
-    burn_in_steps=window,
-    log=log,
-  )
-  try:
-    return run, _initial_loop_state(run, learners, totals, restored)
-  except BaseException:
-    run.close()
-    raise
+  return run, state
 
 
 def _open_seeds(configs, run_dirs, networks, envs, learners, totals, log, on_error):
-  """(one SeedRun per seed, the restored checkpoints or None): checkpointers and video
-  recorders first (a machine that cannot render fails before anything is written), then
-  the restore, then config.json and the metrics logs. Registers every close in `on_error`."""
+  """(one SeedRun per seed, the restored checkpoints or None): video recorders and
+  checkpointers first (a machine that cannot render fails before anything is written), then
+  the restore (each seed's replay straight into its buffer), then config.json and the
+  metrics logs. Registers every close in `on_error`."""
   opened = []
+  num_tasks = len(envs.task_names(configs[0].env))
   for config, directory in zip(configs, run_dirs):
     videos = videos_lib.make_recorder(config, envs, networks, directory)
     if videos is not None:
@@ -546,25 +570,31 @@ def _open_seeds(configs, run_dirs, networks, envs, learners, totals, log, on_err
     # A batch keeps one checkpoint more: see _restore_batch.
     checkpointer = Checkpointer(directory, config.train.keep_checkpoints + (len(configs) > 1))
     on_error.callback(checkpointer.close)
-    opened.append((config, directory, checkpointer, videos))
+    buffer = _new_replay(config.train, networks, num_tasks)
+    opened.append((config, directory, checkpointer, videos, buffer))
   restored = _restore_batch(
-    [o[2] for o in opened], run_dirs, configs[0].train.total_steps, learners, totals, log
+    [o[2] for o in opened],
+    [o[4] for o in opened],
+    run_dirs,
+    configs[0].train.total_steps,
+    learners,
+    totals,
+    log,
   )
   for config, directory in zip(configs, run_dirs):
     run_dir_lib.write_config(directory, config)
   log("config:\n" + json.dumps(config_lib.flatten(configs[0]), indent=1, sort_keys=True))
   if len(configs) > 1:
     log(f"seeds: {[c.train.seed for c in configs]} in {os.path.dirname(run_dirs[0])}/seed<K>")
-  num_tasks = len(envs.task_names(configs[0].env))
   seeds = []
-  for config, directory, checkpointer, videos in opened:
+  for config, directory, checkpointer, videos, buffer in opened:
     metrics_file = MetricsLog(directory, resume_step=None if restored is None else restored[0][0])
     on_error.callback(metrics_file.close)
     seeds.append(
       SeedRun(
         config=config,
         run_dir=directory,
-        buffer=_new_replay(config.train, networks, num_tasks),
+        buffer=buffer,
         episode_stats=_EpisodeStats(num_tasks),
         checkpointer=checkpointer,
         metrics_file=metrics_file,
@@ -593,9 +623,12 @@ def _attention_diagnostics(networks) -> Callable | None:
   return jax.jit(jax.vmap(carry_lib.make_attention_diagnostics(networks.encoder)))
 
 
-def _restore_batch(checkpointers, run_dirs, total_steps: int, learner, totals, log):
-  """[(step, state, replay, meta)] per seed at the newest step every seed completed (a batch
-  killed between its seeds' saves resumes at the step before), or None for a new batch."""
+def _restore_batch(checkpointers, buffers, run_dirs, total_steps: int, learners, totals, log):
+  """[(step, state, meta)] per seed at the newest step every seed completed, each seed's
+  replay loaded into its buffer at once (one restored replay in memory at a time); or None
+  for a new batch. A batch killed between its seeds' saves resumes at the step before, or
+  from the start if it was the first round of saves; the newer checkpoints are removed
+  (the batch writes them again, identically)."""
   latest = [c.steps()[-1] if c.steps() else None for c in checkpointers]
   for directory, step in zip(run_dirs, latest):
     if step is not None and step > total_steps:
@@ -603,33 +636,44 @@ def _restore_batch(checkpointers, run_dirs, total_steps: int, learner, totals, l
         f"{directory} is already at step {step}, past --total_steps={total_steps}; nothing "
         f"changed (give --total_steps >= {step} to resume or extend it)"
       )
-  if all(step is None for step in latest):
-    return None
-  if any(step is None for step in latest):
+  with_saves = [c.steps() for c in checkpointers if c.steps()]
+  first_round_cut = len({tuple(steps) for steps in with_saves}) == 1 and len(with_saves[0]) == 1
+  if None in latest and with_saves and not first_round_cut:
     missing = [d for d, s in zip(run_dirs, latest) if s is None]
     raise ValueError(
-      f"{', '.join(missing)} hold(s) no checkpoint while the batch's other seeds do; move "
-      "them aside or give the batch another --run_dir"
+      f"{', '.join(missing)} hold(s) no checkpoint while the batch's other seeds are at step "
+      f"{max(s for s in latest if s is not None)}; a batch's seeds train together: give new "
+      "seeds their own --run_dir"
     )
-  common = min(latest)
-  while True:
-    restored = [
-      c.restore_latest({"train_state": seed_state, "totals": totals}, log, max_step=common)
-      for c, seed_state in zip(checkpointers, learner)
-    ]
-    if any(r is None for r in restored):
-      raise ValueError("a seed of the batch has no usable checkpoint left; see the warnings above")
+  # Seeds without a checkpoint beside ones with the first round's only: that round was cut
+  # short, and the batch starts again.
+  common = None if None in latest else min(latest)
+  while common is not None:
+    restored = []
+    for checkpointer, buffer, learner in zip(checkpointers, buffers, learners):
+      one = checkpointer.restore_latest(
+        {"train_state": learner, "totals": totals}, log, max_step=common
+      )
+      if one is None:
+        break
+      step, state, replay, meta = one
+      buffer.load_state_dict(replay)
+      del replay
+      restored.append((step, state, meta))
     steps = {r[0] for r in restored}
-    if steps == {common}:
-      for directory, checkpointer in zip(run_dirs, checkpointers):
-        newer = checkpointer.delete_after(common)
-        if newer:
-          log(
-            f"{directory}: checkpoint(s) {newer} are past the last step every seed of the "
-            f"batch completed ({common}), so removed; the batch re-creates them exactly"
-          )
-      return restored
-    common = min(steps)  # a seed fell back past an unreadable checkpoint: all follow it
+    if len(restored) == len(checkpointers) and steps == {common}:
+      break
+    # A seed fell back past an unreadable checkpoint (or had none left): all follow it.
+    common = min(steps) if len(restored) == len(checkpointers) else None
+  for directory, checkpointer in zip(run_dirs, checkpointers):
+    newer = checkpointer.delete_after(-1 if common is None else common)
+    if newer:
+      log(
+        f"{directory}: checkpoint(s) {newer} are past the last step every seed of the batch "
+        f"completed ({common or 'none: the batch starts again'}), so removed; the batch "
+        "writes them again, identically"
+      )
+  return None if common is None else restored
 
 
 def _initial_loop_state(run: Run, learners, totals, restored) -> LoopState:
@@ -641,11 +685,10 @@ def _initial_loop_state(run: Run, learners, totals, restored) -> LoopState:
     step = restored[0][0]
     learners = [r[1]["train_state"] for r in restored]
     totals = [r[1]["totals"] for r in restored]
-    for seed_run, (_, _, replay_state, meta) in zip(run.seeds, restored):
-      seed_run.buffer.load_state_dict(replay_state)
+    for seed_run, (_, _, meta) in zip(run.seeds, restored):
       seed_run.episode_stats.load(meta["episode_stats"])
-    obs = run.env.restore([r[3]["env"] for r in restored])
-    eval_obs = run.eval_env.restore([r[3]["eval_env"] for r in restored])
+    obs = run.env.restore([r[2]["env"] for r in restored])
+    eval_obs = run.eval_env.restore([r[2]["eval_env"] for r in restored])
     where = run.seeds[0].run_dir if num_seeds == 1 else os.path.dirname(run.seeds[0].run_dir)
     run.log(f"resumed {where} from the checkpoint at step {step}")
   carry = sac.initial_carry(run.networks, (num_seeds, run.num_tasks))  # episode starts
@@ -688,7 +731,8 @@ def run_to_completion(run: Run, state: LoopState) -> LoopState:
   except KeyboardInterrupt:
     raise Interrupted(
       f"interrupted at step {state.step} of {total_steps}; last checkpoint: "
-      f"{_last_checkpoint(run)} in {_checkpoint_dirs(run)}; run the same command to resume"
+      f"{_last_checkpoint(run, state)} in {_checkpoint_dirs(run)}; run the same command to "
+      "resume"
     ) from None
   return state
 
@@ -708,9 +752,10 @@ def collect_and_update(run: Run, state: LoopState) -> LoopState:
     mode=mode,
   )
   actions = np.asarray(actions)
-  if not np.all(np.isfinite(actions)):
+  if not np.all(np.isfinite(actions[np.array(state.active)])):
     state = check_divergence(run, state, actions)
-    actions = np.where(np.isfinite(actions), actions, 0.0)  # stopped seeds: ignored
+  if not all(state.active):  # a stopped seed's lanes still compute; its actions are ignored
+    actions = np.where(np.isfinite(actions), actions, 0.0)
   learner, totals = state.learner, state.totals
   if state.step >= cfg_train.warmup_steps and state.step > 0:  # (warm-up 0: from the 2nd step)
     batch = sample_seeds([s.buffer for s in run.seeds], cfg_train.batch_per_task, run.burn_in_steps)
@@ -764,7 +809,7 @@ def after_step(run: Run, state: LoopState) -> LoopState:
       pattern = seed_run.videos.record(seed_slice(params, index), step, seed_run.metrics_file)
       run.log(f"videos: {pattern}")
   if step % cfg_train.checkpoint_every == 0 or last:
-    save_checkpoint(run, state)
+    state = save_checkpoint(run, state)
   return state
 
 
@@ -901,14 +946,17 @@ def _progress_line(run: Run, state: LoopState, records: list[tuple[int, dict]]) 
   return line
 
 
-def save_checkpoint(run: Run, state: LoopState) -> None:
-  """Checkpoints every active seed in its own run directory: the learner, the replay, the
-  environments' episode streams and the episode statistics (at an episode start, so carries
-  need no saving). A seed's checkpoint is that of a solo run of the seed."""
+def save_checkpoint(run: Run, state: LoopState) -> LoopState:
+  """Checkpoints every active seed (that has no checkpoint of this step yet) in its own run
+  directory: the learner, the replay, the environments' episode streams and the episode
+  statistics (at an episode start, so carries need no saving). A seed's checkpoint is that
+  of a solo run of the seed. Returns the state with any seed found diverged stopped."""
   state = check_divergence(run, state)
   learner, totals = jax.device_get((state.learner, state.totals))
   env_states, eval_states = run.env.get_state(), run.eval_env.get_state()
   for index, seed_run in _active_seeds(run, state):
+    if state.step in seed_run.checkpointer.steps():
+      continue
     meta = {
       "step": state.step,
       "env": env_states[index],
@@ -921,6 +969,7 @@ def save_checkpoint(run: Run, state: LoopState) -> None:
       seed_run.buffer.state_dict(),
       json.loads(json.dumps(meta, default=_json_default)),
     )
+  return state
 
 
 def check_divergence(run: Run, state: LoopState, actions: np.ndarray | None = None) -> LoopState:
@@ -955,7 +1004,7 @@ def check_divergence(run: Run, state: LoopState, actions: np.ndarray | None = No
       f"{seed_run.checkpointer.steps()})"
     )
     active[index] = False
-    if run.num_seeds == 1:
+    if not run.is_batch:
       raise TrainingDiverged(message)
     with open(os.path.join(seed_run.run_dir, DIVERGED_FILE), "w") as f:
       f.write(message + "\n")
@@ -967,8 +1016,7 @@ def check_divergence(run: Run, state: LoopState, actions: np.ndarray | None = No
 
 
 def _stop_at_episode_end(run: Run, state: LoopState, signal_name: str) -> None:
-  if any(state.step not in s.checkpointer.steps() for _, s in _active_seeds(run, state)):
-    save_checkpoint(run, state)
+  state = save_checkpoint(run, state)  # (seeds that saved this step already are skipped)
   raise Preempted(
     f"stopped by {signal_name} at step {state.step} of "
     f"{run.config.train.total_steps} after writing its checkpoint in "
@@ -982,9 +1030,11 @@ def _checkpoint_dirs(run: Run) -> str:
   return os.path.join(os.path.dirname(run.seeds[0].run_dir), "seed<K>", "checkpoints")
 
 
-def _last_checkpoint(run: Run) -> str:
-  steps = run.seeds[0].checkpointer.steps()
-  return f"step {steps[-1]}" if steps else "none yet"
+def _last_checkpoint(run: Run, state: LoopState) -> str:
+  """The last step every active seed has a checkpoint of."""
+  active = [s for _, s in _active_seeds(run, state)] or list(run.seeds)
+  steps = set.intersection(*(set(s.checkpointer.steps()) for s in active))
+  return f"step {max(steps)}" if steps else "none yet"
 
 
 def write_summary(run: Run, state: LoopState, index: int = 0) -> dict:

@@ -79,6 +79,12 @@ _CODE = textwrap.dedent("""
                    for s in (0, 1))
     assert seed_gap < 1e-3, seed_gap
     assert [two[s]["final"] for s in (0, 1)] == [one[s]["final"] for s in (0, 1)]
+    # Resumed with one seed marked diverged, the one seed left runs on the first device.
+    with open(root + "/two/seed1/" + loop.DIVERGED_FILE, "w") as f:
+        f.write("diverged (marked by the test)")
+    left = loop.train_seeds(config_lib.replace_fields(config, total_steps=60), root + "/two",
+                            (0, 1), log=quiet, envs=envs)
+    assert left[1] is None and left[0]["steps"] == 60, left
 
     lines = []
     loop.train(config_lib.replace_fields(config, total_steps=30), root + "/dp", log=quiet,

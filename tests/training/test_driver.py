@@ -532,7 +532,7 @@ def cli_failures(baseline_run, tmp_path_factory, compilation_cache_dir):
     "seeds_not_numbers": {"seeds": "a-b", "seed": None},
     "seeds_and_seed": {"seeds": "0-1"},
     "env_workers_without_seeds": {"env_workers": 2},
-    "data_parallel_with_seeds": {"seeds": "0-1", "seed": None, "data_parallel": True},
+    "data_parallel_with_seeds": {"seeds": "0", "seed": None, "data_parallel": True},
     "seeds_into_a_single_run": {"seeds": "0-1", "seed": None},
   }
   run_dirs = {name: str(root / name) for name in cases}
@@ -636,7 +636,7 @@ def test_bad_flags_fail_with_one_line_before_building_anything(cli_failures, nam
 
 @pytest.mark.slow
 def test_absurd_replay_capacity_names_one_that_fits(cli_failures):
-  line = _assert_one_line_error(cli_failures["absurd_replay"], r"replay buffer needs")
+  line = _assert_one_line_error(cli_failures["absurd_replay"], r"replay buffer needs ")
   fits = int(re.search(r"largest capacity that fits: (\d+)", line).group(1))
   assert 0 < fits < 10**12 and fits % len(MT10) == 0
   assert not os.path.exists(cli_failures["absurd_replay"][0])
@@ -688,7 +688,8 @@ def test_run_directory_problems_are_one_line_and_change_nothing(cli_failures, na
   )  # (the fixture checks "nothing changed")
   assert "Traceback" not in cli_failures[name][3]
   if name in ("empty_config", "locked"):
-    assert sorted(os.listdir(cli_failures[name][0])) in ([".lock"], [".lock", "config.json"])
+    contents = sorted(os.listdir(cli_failures[name][0]))
+    assert contents in ([".lock"], [".lock", "config.json"], ["config.json"])
 
 
 @pytest.mark.slow
@@ -1185,9 +1186,10 @@ def test_seeds_from_the_cli_stop_on_sigterm_resume_and_report(tmp_path, compilat
   # Two seeds of Meta-World in one process, their environments in two worker processes.
   run_dir = str(tmp_path / "batch")
   overrides = dict(seed=None, seeds="0-1", env_workers=2, total_steps=80, eval_every=80)
-  process = _start_cli(run_dir, compilation_cache_dir, **overrides)
+  process = _start_cli(run_dir, compilation_cache_dir, preexec_fn=os.setsid, **overrides)
   _wait_for_train_record(os.path.join(run_dir, "seed1"), process, SMALL["log_every"])
-  process.send_signal(signal.SIGTERM)
+  # As a scheduler preempts a job: SIGTERM to every process of it, the workers included.
+  os.killpg(process.pid, signal.SIGTERM)
   stdout, stderr = process.communicate(timeout=CLI_TIMEOUT)
   assert process.returncode == cli.EXIT_PREEMPTED, stderr
   assert "seed<K>/checkpoints; run the same command to resume" in stderr

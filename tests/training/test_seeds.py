@@ -14,6 +14,7 @@ import pytest
 
 from cmta_jax import config as config_lib
 from cmta_jax import testing
+from cmta_jax.envs.seed_envs import EnvWorkerFailed
 from cmta_jax.training import loop, metrics_log
 
 WARMUP = 30  # two point-task episodes
@@ -109,9 +110,11 @@ def _initial(run):
   return [sac.init_training_state(key, run.networks, run.config.sac).params]
 
 
-def _train(run_dir, seeds=(0, 1), envs=ENVS, **fields):
+def _train(run_dir, seeds=(0, 1), envs=ENVS, env_workers=0, **fields):
   log = []
-  summaries = loop.train_seeds(_config(**fields), run_dir, seeds, log=log.append, envs=envs)
+  summaries = loop.train_seeds(
+    _config(**fields), run_dir, seeds, log=log.append, envs=envs, env_workers=env_workers
+  )
   return summaries, "\n".join(log)
 
 
@@ -156,14 +159,27 @@ def test_a_batch_writes_a_run_directory_per_seed_and_resumes_exactly(tmp_path):
   shutil.rmtree(os.path.join(killed, "seed1", "checkpoints", "60"))
   _, log = _train(killed)
   assert "from the checkpoint at step 30" in log
+  # Killed in its first round of saves (seed 1 wrote none): the batch starts again.
+  first = str(tmp_path / "first")
+  _train(first, total_steps=30)
+  shutil.rmtree(os.path.join(first, "seed1", "checkpoints"))
+  _, log = _train(first)
+  assert "none: the batch starts again" in log
   for seed in (0, 1):
     expected = _final_params(os.path.join(whole, f"seed{seed}"), 60)
     expected_records = _records(os.path.join(whole, f"seed{seed}"))
-    for other in (halves, killed):
+    for other in (halves, killed, first):
       seed_dir = os.path.join(other, f"seed{seed}")
       for a, b in zip(jax.tree.leaves(_final_params(seed_dir, 60)), jax.tree.leaves(expected)):
         np.testing.assert_array_equal(a, b)
       assert _records(seed_dir) == expected_records
+  # A seed added to a batch that has trained on, and a solo run on a batch's directory: one
+  # line each, before anything of the batch's seeds is changed.
+  with pytest.raises(ValueError, match=r"seed2 hold\(s\) no checkpoint while the batch's other"):
+    _train(whole, seeds=(0, 1, 2), total_steps=90)
+  with pytest.raises(ValueError, match="holds a batch of seeds"):
+    loop.train(_config(), whole, envs=ENVS, log=lambda line: None)
+  assert _records(os.path.join(whole, "seed0")) == _records(os.path.join(halves, "seed0"))
   # A seed's checkpoint is a solo run's: the seed goes on alone from the batch's step 60.
   log = []
   summary = loop.train(
@@ -205,3 +221,22 @@ def test_a_diverging_seed_stops_alone_with_a_clear_message(tmp_path):
   summaries, log = _train(run_dir, envs=envs, total_steps=90)
   assert summaries[1] is None and summaries[0]["steps"] == 90
   assert f"seed 1 diverged earlier ({marker}); left out of this batch" in log
+  # A batch of that seed alone: stopped, and marked the same way.
+  alone = str(tmp_path / "alone")
+  with pytest.raises(loop.TrainingDiverged, match="every seed of the batch diverged"):
+    _train(alone, seeds=(1,), envs=envs)
+  assert os.path.exists(os.path.join(alone, "seed1", loop.DIVERGED_FILE))
+
+
+@pytest.mark.slow
+def test_an_environment_worker_that_fails_is_named_in_one_line(tmp_path):
+  def make_envs(config, seed):
+    if seed == 1:
+      raise RuntimeError("no simulator for seed 1")
+    return ENVS.make_envs(config, seed)
+
+  with pytest.raises(EnvWorkerFailed) as info:
+    _train(str(tmp_path / "batch"), envs=ENVS._replace(make_envs=make_envs), env_workers=2)
+  message = str(info.value)
+  assert message.startswith("environment worker of seeds [1]: RuntimeError: no simulator")
+  assert "\n" not in message
