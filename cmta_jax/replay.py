@@ -15,6 +15,7 @@ surviving transition once the ring has overwritten its predecessor, is kept asid
 import os
 from typing import Any
 
+import jax
 import numpy as np
 
 from cmta_jax.types import BurnIn, LSTMCarry, Transition
@@ -434,14 +435,9 @@ def sample_seeds(
 
 
 def stack_transitions(trees: list) -> Any:
-  """Transitions (or any NamedTuples of arrays, None fields allowed) stacked leaf by leaf on a
-  new leading axis, in numpy: [S, ...] from S trees of [...]."""
-  first = trees[0]
-  if first is None:
-    return None
-  if isinstance(first, tuple):
-    return type(first)(*(stack_transitions([t[i] for t in trees]) for i in range(len(first))))
-  return np.stack(trees)
+  """Transitions (any trees of arrays) stacked leaf by leaf on a new leading axis, in numpy:
+  [S, ...] from S trees of [...]."""
+  return jax.tree.map(lambda *leaves: np.stack(leaves), *trees)
 
 
 def _with_oldest_carry_in(state: dict) -> dict:

@@ -224,6 +224,33 @@ class PointTasks:
     pass
 
 
+def tiny_point_cmta(**fields) -> config_lib.RunConfig:
+  """CMTA small enough to train the point tasks in seconds (the loop, seeds and devices
+  tests): 60 steps of 15-step episodes, two warm-up episodes, widths 8-16, burn-in L = 4;
+  `fields` (leaf names) override."""
+  small = dict(
+    hidden_width=16,
+    hidden_layers=1,
+    num_experts=2,
+    expert_hidden=8,
+    expert_dim=8,
+    lstm_hidden=8,
+    task_encoder_hidden=(8,),
+    carry_mode="burn_in",
+    burn_in_steps=4,
+    episode_length=EPISODE_LENGTH,
+    reward_normalization=False,
+    total_steps=60,
+    warmup_steps=2 * EPISODE_LENGTH,
+    batch_per_task=4,
+    replay_capacity=200,
+    eval_every=30,
+    log_every=30,
+    checkpoint_every=30,
+  )
+  return run_config("cmta", **{**small, **fields})
+
+
 def point_tasks(goal_in_obs: bool) -> EnvSource:
   def make_envs(config: EnvConfig, seed: int):
     return tuple(

@@ -334,27 +334,26 @@ def main(argv):
   loop_counts = _counts(_LOOP_SEEDS.value, "loop_seeds")
   if not 1 <= _LOOP_EPISODE.value <= 500:
     cli.fail(f"--loop_episode_length must be in 1..500, got {_LOOP_EPISODE.value}")
-  if _SKIP_AGENTS.value:
-    print(
-      f"machine: {platform.processor() or platform.machine()}, {jax.device_count()} x "
-      f"{jax.devices()[0].platform}, jax {jax.__version__}"
-    )
-    rows = seeds_axis(
-      counts,
-      loop_counts,
-      _WIDTH.value,
-      _BATCH.value,
-      _CALLS.value,
-      _LOOP_EPISODE.value,
-      _ENV_WORKERS.value,
-    )
-    print(json.dumps({"seeds_axis": rows}))
-    return
-  peak_call, peak_flops = make_peak_matmul()
   print(
     f"machine: {platform.processor() or platform.machine()}, {jax.device_count()} x "
     f"{jax.devices()[0].platform}, jax {jax.__version__}"
   )
+  report = {} if _SKIP_AGENTS.value else agent_table(agents)
+  report["seeds_axis"] = seeds_axis(
+    counts,
+    loop_counts,
+    _WIDTH.value,
+    _BATCH.value,
+    _CALLS.value,
+    _LOOP_EPISODE.value,
+    _ENV_WORKERS.value,
+  )
+  print(json.dumps(report))
+
+
+def agent_table(agents: list[str]) -> dict:
+  """Prints the per-agent update table; returns its figures."""
+  peak_call, peak_flops = make_peak_matmul()
   print(
     f"peak: dense float32 {PEAK_SIZE}^3 matmul, median of {PEAK_CALLS} calls timed in "
     f"{_ROUNDS.value} blocks alternating with each update's"
@@ -384,25 +383,11 @@ def main(argv):
       flush=True,
     )
   mt10 = next(r for r in rows if r["agent"] == "cmta" and r["benchmark"] == "MT10")
-  seed_rows = seeds_axis(
-    counts,
-    loop_counts,
-    _WIDTH.value,
-    _BATCH.value,
-    _CALLS.value,
-    _LOOP_EPISODE.value,
-    _ENV_WORKERS.value,
-  )
-  print(
-    json.dumps(
-      {
-        "matmul_peak_gflops_per_sec": mt10["peak_gflops_per_sec"],
-        "update_fraction_of_matmul_peak": mt10["update_fraction_of_peak"],
-        "results": rows,
-        "seeds_axis": seed_rows,
-      }
-    )
-  )
+  return {
+    "matmul_peak_gflops_per_sec": mt10["peak_gflops_per_sec"],
+    "update_fraction_of_matmul_peak": mt10["update_fraction_of_peak"],
+    "results": rows,
+  }
 
 
 if __name__ == "__main__":

@@ -26,12 +26,8 @@ _CODE = textwrap.dedent("""
     assert jax.local_device_count() == 2, jax.devices()
     root = sys.argv[1]
     envs = testing.point_tasks(goal_in_obs=False)
-    config = testing.run_config(
-        "cmta", hidden_width=16, hidden_layers=1, num_experts=2, expert_hidden=8, expert_dim=8,
-        lstm_hidden=8, task_encoder_hidden=(8,), carry_mode="burn_in", burn_in_steps=4,
-        episode_length=testing.EPISODE_LENGTH, reward_normalization=False, total_steps=45,
-        warmup_steps=30, batch_per_task=4, replay_capacity=200, eval_every=45, log_every=15,
-        checkpoint_every=15, eval_episodes=1)
+    config = testing.tiny_point_cmta(total_steps=45, eval_every=45, log_every=15,
+                                     checkpoint_every=15, eval_episodes=1)
     quiet = lambda line: None
 
     def params(run_dir, step=45):

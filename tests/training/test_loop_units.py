@@ -15,27 +15,7 @@ NUM_TASKS = len(testing.GOALS)
 
 
 def _config(carry_mode: str = "frozen_memory") -> config_lib.RunConfig:
-  return testing.run_config(
-    "cmta",
-    hidden_width=16,
-    hidden_layers=1,
-    num_experts=2,
-    expert_hidden=8,
-    expert_dim=8,
-    lstm_hidden=8,
-    task_encoder_hidden=(8,),
-    carry_mode=carry_mode,
-    burn_in_steps=4,
-    episode_length=testing.EPISODE_LENGTH,
-    reward_normalization=False,
-    total_steps=60,
-    warmup_steps=WARMUP,
-    batch_per_task=4,
-    replay_capacity=200,
-    eval_every=60,
-    log_every=30,
-    checkpoint_every=30,
-  )
+  return testing.tiny_point_cmta(carry_mode=carry_mode, eval_every=60)
 
 
 def _start(tmp_path, carry_mode: str = "frozen_memory"):

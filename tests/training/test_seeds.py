@@ -27,29 +27,7 @@ RTOL, ATOL = 1e-4, 1e-6
 
 
 def _config(**fields):
-  small = dict(
-    hidden_width=16,
-    hidden_layers=1,
-    num_experts=2,
-    expert_hidden=8,
-    expert_dim=8,
-    lstm_hidden=8,
-    task_encoder_hidden=(8,),
-    carry_mode="burn_in",
-    burn_in_steps=4,
-    episode_length=testing.EPISODE_LENGTH,
-    reward_normalization=False,
-    total_steps=60,
-    warmup_steps=WARMUP,
-    batch_per_task=4,
-    replay_capacity=200,
-    eval_every=30,
-    log_every=30,
-    checkpoint_every=30,
-    eval_episodes=1,
-    keep_checkpoints=1,
-  )
-  return testing.run_config("cmta", **{**small, **fields})
+  return testing.tiny_point_cmta(**{"eval_episodes": 1, "keep_checkpoints": 1, **fields})
 
 
 ENVS = testing.point_tasks(goal_in_obs=False)
