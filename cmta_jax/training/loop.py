@@ -31,13 +31,8 @@ from cmta_jax.agents import registry, sac
 from cmta_jax.envs.metaworld_env import validate_seed
 from cmta_jax.envs.seed_envs import EnvPool, SeedEnvs
 from cmta_jax.envs.source import METAWORLD, EnvSource
-from cmta_jax.replay import (
-  ReplayBuffer,
-  check_fits_in_memory,
-  format_bytes,
-  sample_seeds,
-  stack_transitions,
-)
+from cmta_jax.replay.buffer import ReplayBuffer, sample_seeds, stack_transitions
+from cmta_jax.replay.memory import check_fits_in_memory, format_bytes
 from cmta_jax.training import devices as devices_lib
 from cmta_jax.training import keys, metrics_log
 from cmta_jax.training import run_dir as run_dir_lib

@@ -19,7 +19,7 @@ from cmta_jax.agents import carry as carry_lib
 from cmta_jax.agents import sac
 from cmta_jax.config import SACConfig
 from cmta_jax.nn import layers
-from cmta_jax.replay import ReplayBuffer
+from cmta_jax.replay.buffer import ReplayBuffer
 from cmta_jax.training.loop import measure_attention
 from cmta_jax.types import LSTMCarry
 

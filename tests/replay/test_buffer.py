@@ -4,7 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from cmta_jax.replay import ReplayBuffer, check_fits_in_memory, format_bytes, sample_seeds
+from cmta_jax.replay.buffer import ReplayBuffer, sample_seeds
+from cmta_jax.replay.memory import check_fits_in_memory, format_bytes
 from cmta_jax.types import LSTMCarry
 
 OBS_DIM, ACTION_DIM, CARRY_DIM = 5, 3, 4

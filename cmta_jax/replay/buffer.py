@@ -12,7 +12,6 @@ step it is the zero carry, so storing both would hold the same numbers twice
 surviving transition once the ring has overwritten its predecessor, is kept aside.
 """
 
-import os
 from typing import Any
 
 import jax
@@ -20,13 +19,10 @@ import numpy as np
 
 from cmta_jax.types import BurnIn, LSTMCarry, Transition
 
-_FLOAT_BYTES = np.dtype(np.float32).itemsize
-# Fraction of available memory the buffer may take; the rest is headroom for
-# JAX, the simulators and the checkpoint writer.
-_MEMORY_FRACTION = 0.8
+FLOAT_BYTES = np.dtype(np.float32).itemsize
 
 
-def _floats_per_transition(obs_dim: int, action_dim: int, carry_dim: int) -> int:
+def floats_per_transition(obs_dim: int, action_dim: int, carry_dim: int) -> int:
   # obs + next_obs + action + reward + terminated + (h, c) of carry_out
   # + the step within the episode (int32, the same size as a float32).
   return 2 * obs_dim + action_dim + 3 + 2 * carry_dim
@@ -42,74 +38,6 @@ def _capacity_per_task(num_tasks: int, capacity: int) -> int:
       f"need capacity >= num_tasks"
     )
   return per_task
-
-
-def format_bytes(n: float) -> str:
-  """Human-readable binary size, e.g. "1.23 GiB"."""
-  n = float(n)
-  for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-    if abs(n) < 1024.0 or unit == "TiB":
-      return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-    n /= 1024.0
-  raise AssertionError("unreachable")
-
-
-def _available_memory_bytes() -> int | None:
-  """MemAvailable from /proc/meminfo (counts reclaimable cache), else free pages, else None."""
-  try:
-    with open("/proc/meminfo") as f:
-      for line in f:
-        if line.startswith("MemAvailable:"):
-          return int(line.split()[1]) * 1024  # reported in kB
-  except OSError:
-    pass
-  try:
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-  except (ValueError, OSError, AttributeError):
-    return None
-
-
-def check_fits_in_memory(
-  num_tasks: int,
-  capacity: int,
-  obs_dim: int,
-  action_dim: int,
-  carry_dim: int,
-  available_bytes: int | None = None,
-  num_seeds: int = 1,
-  resuming: bool = False,
-) -> int:
-  """Returns the bytes `num_seeds` buffers of this shape (one per seed of a batch) need, plus
-  one more while `resuming` (a seed's restored replay is held while it is loaded); raises
-  MemoryError if they would not fit.
-
-  The arrays are allocated with np.zeros, whose pages are committed lazily, so
-  an oversized buffer would otherwise only fail (OOM kill) hours into a run.
-  If `available_bytes` is None it is read from the OS; if the OS cannot tell,
-  the check is skipped and only the byte count is returned.
-  """
-  buffers = num_seeds + bool(resuming)
-  needed = buffers * ReplayBuffer.bytes_needed(num_tasks, capacity, obs_dim, action_dim, carry_dim)
-  if available_bytes is None:
-    available_bytes = _available_memory_bytes()
-    if available_bytes is None:
-      return needed
-  usable = int(available_bytes * _MEMORY_FRACTION)
-  if needed > usable:
-    bytes_per_transition = _floats_per_transition(obs_dim, action_dim, carry_dim) * _FLOAT_BYTES
-    aside = 2 * num_tasks * carry_dim * _FLOAT_BYTES  # the oldest slot's carry_in
-    largest = ((usable // buffers - aside) // bytes_per_transition) // num_tasks * num_tasks
-    what = f"replay buffer{'s of ' + str(num_seeds) + ' seeds' if num_seeds > 1 else ''}"
-    if resuming:
-      what += " and one restored replay (resuming)"
-    per = ", per seed" if num_seeds > 1 else ""
-    verb = "need" if buffers > 1 else "needs"
-    raise MemoryError(
-      f"{what} {verb} {needed} B ({format_bytes(needed)}) but only {available_bytes} B "
-      f"({format_bytes(available_bytes)}) are available ({_MEMORY_FRACTION:.0%} usable); "
-      f"largest capacity that fits: {largest} ({largest // num_tasks} per task{per})"
-    )
-  return needed
 
 
 _TRANSITION_FIELDS = ("obs", "action", "reward", "next_obs", "terminated", "h_out", "c_out")
@@ -143,7 +71,7 @@ class ReplayBuffer:
       "episode_step": (),
     }
     # np.zeros maps zero pages lazily: memory is committed as slots are first written,
-    # so use check_fits_in_memory up front rather than relying on this to fail.
+    # so use replay.memory.check_fits_in_memory up front rather than relying on this to fail.
     self._storage = {
       name: np.zeros(
         (num_tasks, self._capacity_per_task) + shape,
@@ -165,8 +93,8 @@ class ReplayBuffer:
   ) -> int:
     """Exact total nbytes of the storage arrays for this shape."""
     per_task = _capacity_per_task(num_tasks, capacity)
-    floats = _floats_per_transition(obs_dim, action_dim, carry_dim)
-    return (num_tasks * per_task * floats + 2 * num_tasks * carry_dim) * _FLOAT_BYTES
+    floats = floats_per_transition(obs_dim, action_dim, carry_dim)
+    return (num_tasks * per_task * floats + 2 * num_tasks * carry_dim) * FLOAT_BYTES
 
   @property
   def num_tasks(self) -> int:
