@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from cmta_jax.envs import EnvConfig, validate_seed
+from cmta_jax.envs.config import EnvConfig, validate_seed
 
 CARRY_MODES = ("stored", "frozen_memory", "frozen_lstm", "burn_in")
 

@@ -11,7 +11,9 @@ import numpy as np
 
 from cmta_jax import config as config_lib
 from cmta_jax.agents import registry
-from cmta_jax.envs import EnvConfig, StepResult, metaworld_env
+from cmta_jax.envs import metaworld_env
+from cmta_jax.envs.config import EnvConfig
+from cmta_jax.envs.metaworld_env import StepResult
 from cmta_jax.envs.source import EnvSource, metaworld
 from cmta_jax.types import BurnIn, LSTMCarry, Transition
 
@@ -79,7 +81,7 @@ def cached_variations(benchmark: str, seed: int) -> metaworld_env.Variations:
   return metaworld_env.make_variations(benchmark, seed)
 
 
-# Meta-World as `loop.train` builds it, minus the repeated variation generation.
+# Meta-World as `launch.train` builds it, minus the repeated variation generation.
 CACHED_METAWORLD: EnvSource = metaworld(cached_variations)
 
 

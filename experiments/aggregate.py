@@ -8,7 +8,7 @@ max and final; and across seeds and tasks at the last common step: the
 interquartile mean of success with a 95% stratified bootstrap confidence interval
 (rliable). Only evaluation steps that
 every seed reached are used. The runs must be seeds of one setting (the same
-saved config but for the seed and bookkeeping fields, `cmta_jax/run_set.py`):
+saved config but for the seed and bookkeeping fields, `cmta_jax/run_sets.py`):
 runs of different settings, a directory given twice, two runs with one seed or
 an unreadable run stop it with a one-line error naming the run.
 """
@@ -16,22 +16,23 @@ an unreadable run stop it with a one-line error naming the run.
 import json
 import sys
 
-from cmta_jax import cli, run_set
+from cmta_jax import cli
+from cmta_jax.reporting import run_sets
 
 
 def main(paths: list[str]) -> dict:
   if not paths:
     cli.fail("usage: aggregate.py RUN_DIR [RUN_DIR ...] | ROOT")
-  runs = [run_set.load_run(d) for d in run_set.find_run_dirs(paths)]
-  groups = run_set.group_by_setting(runs)
+  runs = [run_sets.load_run(d) for d in run_sets.find_run_dirs(paths)]
+  groups = run_sets.group_by_setting(runs)
   if len(groups) > 1:
     first, other = groups[0][0], groups[1][0]
     raise ValueError(
       f"{other.run_dir} is not a seed of the setting of {first.run_dir} "
-      f"({'; '.join(run_set.setting_differences(first.config, other.config))}); "
+      f"({'; '.join(run_sets.setting_differences(first.config, other.config))}); "
       "aggregate one setting at a time"
     )
-  result = run_set.summarize_setting(runs)
+  result = run_sets.summarize_setting(runs)
   low, high = result["final_iqm_ci95"]
   seeds = ", ".join(str(run.seed) for run in runs)
   print(

@@ -28,7 +28,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   cli.check_output_file(_OUT.value, cli.FIGURE_FORMATS)
   # Imported only now, so that bad input answers at once.
-  from cmta_jax import figures, inspection
+  from cmta_jax.reporting import figures, inspection
 
   tasks = inspection.chosen_tasks(inspection.saved_run_config(_RUN_DIR.value), _TASKS.value)
   policy = inspection.load_policy(_RUN_DIR.value, _STEP.value)

@@ -103,7 +103,7 @@ def time_agent(
   from cmta_jax import config as config_lib
   from cmta_jax import testing
   from cmta_jax.agents import registry, sac
-  from cmta_jax.envs import MultiTaskEnv, task_names
+  from cmta_jax.envs.metaworld_env import MultiTaskEnv, task_names
 
   names = task_names(benchmark)
   num_tasks = len(names)
@@ -172,7 +172,7 @@ def _cmta_mt10(width: int, batch_per_task: int):
   """(run config, networks) of CMTA on MT10 at `width`, as train.py builds them."""
   from cmta_jax import config as config_lib
   from cmta_jax.agents import registry
-  from cmta_jax.envs import MultiTaskEnv, task_names
+  from cmta_jax.envs.metaworld_env import MultiTaskEnv, task_names
 
   run_config = registry.agent_defaults(
     config_lib.replace_fields(
@@ -195,7 +195,7 @@ def time_seed_batch(num_seeds: int, width: int, batch_per_task: int, calls: int)
 
   from cmta_jax import testing
   from cmta_jax.agents import sac
-  from cmta_jax.training import keys, loop
+  from cmta_jax.training import keys, steps
 
   run_config, networks = _cmta_mt10(width, batch_per_task)
   t, b = 10, batch_per_task
@@ -210,14 +210,14 @@ def time_seed_batch(num_seeds: int, width: int, batch_per_task: int, calls: int)
     )
     for seed in range(num_seeds)
   ]
-  window = loop.burn_in_steps(run_config, networks)  # CMTA's default: burn-in, L = 20
-  spec = loop.batch_spec(t, b, networks, window)
-  batch = loop.stack_seeds(
+  window = steps.burn_in_steps(run_config, networks)  # CMTA's default: burn-in, L = 20
+  spec = steps.batch_spec(t, b, networks, window)
+  batch = steps.stack_seeds(
     [testing.with_burn_in(one, window, seed) for seed, one in enumerate(batches)]
   )
-  totals = loop.empty_totals(networks, run_config.sac, states[0], spec)
-  holder = {"state": loop.stack_seeds(states), "totals": loop.stack_seeds([totals] * num_seeds)}
-  train_step = loop.make_train_step(networks, run_config.sac)
+  totals = steps.empty_totals(networks, run_config.sac, states[0], spec)
+  holder = {"state": steps.stack_seeds(states), "totals": steps.stack_seeds([totals] * num_seeds)}
+  train_step = steps.make_train_step(networks, run_config.sac)
   counter = iter(range(10**9))
 
   def one_call():
@@ -244,7 +244,7 @@ def time_loop(num_seeds: int, width: int, batch_per_task: int, episode_length: i
   import tempfile
 
   from cmta_jax import config as config_lib
-  from cmta_jax.training import loop, metrics_log
+  from cmta_jax.training import launch, metrics_log
 
   run_config, _ = _cmta_mt10(width, batch_per_task)
   e = episode_length
@@ -262,7 +262,7 @@ def time_loop(num_seeds: int, width: int, batch_per_task: int, episode_length: i
   if workers is None:
     workers = min(num_seeds, os.cpu_count() or 1) if num_seeds > 1 else 0
   with tempfile.TemporaryDirectory() as root:
-    loop.train_seeds(
+    launch.train_seeds(
       run_config, root, tuple(range(num_seeds)), log=lambda line: None, env_workers=workers
     )
     records = [

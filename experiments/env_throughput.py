@@ -20,6 +20,7 @@ from cmta_jax import cli
 # Run as a script from the repo root without installing the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from cmta_jax.envs import config as env_config  # noqa: E402
 from cmta_jax.envs import metaworld_env  # noqa: E402
 
 _BENCHMARKS = flags.DEFINE_list("benchmarks", ["MT10", "MT50"], "Benchmarks to measure.")
@@ -30,14 +31,14 @@ _STEPS = flags.DEFINE_integer(
 _EPISODE_LENGTH = flags.DEFINE_integer(
   "episode_length", 150, "Episode length (resets are part of stepping)."
 )
-_MODE = flags.DEFINE_enum("mode", "fixed", list(metaworld_env.MODES), "Variation mode.")
+_MODE = flags.DEFINE_enum("mode", "fixed", list(env_config.MODES), "Variation mode.")
 _SEED = flags.DEFINE_integer("seed", 0, "Run seed.")
 
 
 def _measure(
   benchmark: str, strategy: str, variations: metaworld_env.Variations, num_steps: int
 ) -> dict[str, Any]:
-  config = metaworld_env.EnvConfig(
+  config = env_config.EnvConfig(
     benchmark=benchmark,
     mode=_MODE.value,
     episode_length=_EPISODE_LENGTH.value,
@@ -79,9 +80,9 @@ def _measure(
 def main(argv: list[str]) -> None:
   del argv
   for benchmark in _BENCHMARKS.value:
-    metaworld_env.EnvConfig(benchmark=benchmark).validate()
+    env_config.EnvConfig(benchmark=benchmark).validate()
   for strategy in _STRATEGIES.value:
-    metaworld_env.EnvConfig(vector_strategy=strategy).validate()
+    env_config.EnvConfig(vector_strategy=strategy).validate()
   rows = []
   variation_seconds = {}
   for benchmark in _BENCHMARKS.value:

@@ -30,8 +30,9 @@ def main(argv):
   from cmta_jax import config as config_lib
   from cmta_jax.agents import registry, sac
   from cmta_jax.config import SACConfig
-  from cmta_jax.envs import EnvConfig, MultiTaskEnv, task_names
-  from cmta_jax.training.loop import (
+  from cmta_jax.envs.config import EnvConfig
+  from cmta_jax.envs.metaworld_env import MultiTaskEnv, task_names
+  from cmta_jax.training.steps import (
     batch_spec,
     burn_in_steps,
     empty_totals,

@@ -39,10 +39,10 @@ def main(argv):
     cli.fail("usage: plot_curves.py RUN_DIR [RUN_DIR ...] | ROOT (see --helpfull)")
   cli.check_output_file(_OUT.value, cli.FIGURE_FORMATS)
   # Imported only now, so that bad input answers at once.
-  from cmta_jax import figures, results, run_set
+  from cmta_jax.reporting import figures, run_sets, tables
 
-  runs = results.load_runs(paths, _SKIP_BAD_RUNS.value)
-  cells = results.arrange(run_set.group_by_setting(runs))
+  runs = tables.load_runs(paths, _SKIP_BAD_RUNS.value)
+  cells = tables.arrange(run_sets.group_by_setting(runs))
   print(f"wrote {figures.setting_curves(cells, _OUT.value)}")
   stem, extension = os.path.splitext(_OUT.value)
   if _PROFILE.value:

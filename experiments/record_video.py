@@ -48,8 +48,8 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   _check_flags()
   # Imported only now, so that bad input answers at once.
-  from cmta_jax import inspection, video
   from cmta_jax.envs.metaworld_env import RenderSpec
+  from cmta_jax.reporting import inspection, video
 
   tasks = inspection.chosen_tasks(inspection.saved_run_config(_RUN_DIR.value), _TASKS.value)
   policy = inspection.load_policy(_RUN_DIR.value, _STEP.value)

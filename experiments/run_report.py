@@ -16,7 +16,7 @@ import os
 import numpy as np
 from absl import app, flags
 
-from cmta_jax import analysis, cli
+from cmta_jax import cli, success_curve
 from cmta_jax.training.metrics_log import read_records
 from cmta_jax.training.run_dir import read_saved_config
 
@@ -77,7 +77,7 @@ def _fmt(x: float) -> str:
 
 def report_run(run: RunSummary, last_evals: int, train_window: int) -> str:
   steps, curve = run.curve()
-  summary = analysis.summarize_curve(curve)
+  summary = success_curve.summarize_curve(curve)
   elapsed, rate = run.wall_clock()
   shown = run.last_eval_success(last_evals)
   eval_steps = steps[-last_evals:]

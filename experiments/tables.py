@@ -4,7 +4,7 @@
   python experiments/tables.py runs/table2 --format=latex --out=table2.tex
   python experiments/tables.py runs/a runs/b --skip_bad_runs
 
-Runs are grouped into cells by their saved config (cmta_jax/run_set.py), never by
+Runs are grouped into cells by their saved config (cmta_jax/run_sets.py), never by
 directory name: a column per benchmark and mode (MT10-Fixed, ...), a row per
 variant. A row is an agent plus the config fields that tell variants apart within a
 column (e.g. `mixture.num_experts` for Table 8, `sac.auxiliary_weight` for the
@@ -29,7 +29,7 @@ _SKIP_BAD_RUNS = flags.DEFINE_bool(
   "skip_bad_runs", False, "Skip unreadable runs (named on stderr) instead of stopping."
 )
 _BOOTSTRAP_REPS = flags.DEFINE_integer(
-  "bootstrap_reps", 2000, "Bootstrap resamples per IQM interval (as analysis.py's default)."
+  "bootstrap_reps", 2000, "Bootstrap resamples per IQM interval (as statistics.py's default)."
 )
 
 
@@ -43,11 +43,11 @@ def main(argv):
   if _OUT.value:
     cli.check_output_file(_OUT.value)
   # Imported only now, so that bad input answers at once (rliable alone takes seconds).
-  from cmta_jax import results, run_set
+  from cmta_jax.reporting import run_sets, tables
 
-  runs = results.load_runs(paths, _SKIP_BAD_RUNS.value)
-  cells = results.arrange(run_set.group_by_setting(runs))
-  output = results.markdown if _FORMAT.value == "markdown" else results.latex
+  runs = tables.load_runs(paths, _SKIP_BAD_RUNS.value)
+  cells = tables.arrange(run_sets.group_by_setting(runs))
+  output = tables.markdown if _FORMAT.value == "markdown" else tables.latex
   text = output(cells, _BOOTSTRAP_REPS.value)
   if _OUT.value:
     with open(_OUT.value, "w") as f:

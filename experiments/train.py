@@ -193,7 +193,8 @@ def main(argv):
     cli.fail(error)
   # Imported only now, so that --help and bad flags answer without loading the driver.
   from cmta_jax.envs.seed_envs import EnvWorkerFailed
-  from cmta_jax.training import loop
+  from cmta_jax.reporting import figures
+  from cmta_jax.training import launch, loop, run_state
   from cmta_jax.training.checkpointing import CheckpointWriteFailed, NoUsableCheckpoint
   from cmta_jax.training.evaluation import RenderingUnavailable
   from cmta_jax.training.preemption import Preempted
@@ -205,25 +206,27 @@ def main(argv):
   )
   try:
     if _SEEDS.value is None:
-      loop.train(
+      launch.train(
         run_config,
         run_dir,
         allow_config_change=_ALLOW_CONFIG_CHANGE.value,
         data_parallel=_DATA_PARALLEL.value,
+        draw_curves=figures.run_curves,
       )
       summaries = {}
     else:
-      summaries = loop.train_seeds(
+      summaries = launch.train_seeds(
         run_config,
         run_dir,
         seeds,
         allow_config_change=_ALLOW_CONFIG_CHANGE.value,
         env_workers=env_workers,
+        draw_curves=figures.run_curves,
       )
     diverged = [seed for seed, summary in summaries.items() if summary is None]
     if diverged:
       cli.fail(
-        f"seed(s) {diverged} diverged and stopped (see {loop.DIVERGED_FILE} in their run "
+        f"seed(s) {diverged} diverged and stopped (see {run_state.DIVERGED_FILE} in their run "
         f"directories); the other {len(seeds) - len(diverged)} finished"
       )
     cli.leave_at_once_on_ctrl_c(0)
@@ -238,7 +241,7 @@ def main(argv):
   except (
     *cli.USER_ERRORS,
     NoUsableCheckpoint,
-    loop.TrainingDiverged,
+    run_state.TrainingDiverged,
     RunDirInUse,
     RenderingUnavailable,
     EnvWorkerFailed,

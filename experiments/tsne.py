@@ -36,7 +36,7 @@ def main(argv):
     cli.fail(f"--perplexity must be positive, got {_PERPLEXITY.value}")
   cli.check_output_file(_OUT.value, cli.FIGURE_FORMATS)
   # Imported only now, so that bad input answers at once.
-  from cmta_jax import embedding, figures, inspection
+  from cmta_jax.reporting import figures, inspection, tsne
 
   expert_panels, attention_panels = [], []
   for run_dir in _RUN_DIRS.value:
@@ -46,8 +46,8 @@ def main(argv):
       raise ValueError(f"{run_dir}: agent {policy.run_config.agent} has no experts")
     options = dict(max_points=_MAX_POINTS.value, perplexity=_PERPLEXITY.value, seed=_SEED.value)
     name = f"{os.path.basename(os.path.normpath(run_dir))} (step {policy.step})"
-    expert_panels.append(embedding.expert_encodings(traces, f"experts z^j: {name}", **options))
-    attention_panels.append(embedding.attention_by_task(traces, f"attention: {name}", **options))
+    expert_panels.append(tsne.expert_encodings(traces, f"experts z^j: {name}", **options))
+    attention_panels.append(tsne.attention_by_task(traces, f"attention: {name}", **options))
   panels = expert_panels + attention_panels
   print(f"wrote {figures.tsne_panels(panels, _OUT.value)}")
 

@@ -54,11 +54,14 @@ def run(out_dir: str) -> None:
   import jax
   import orbax.checkpoint as ocp
 
-  from cmta_jax.training import loop
+  try:  # the driver's entry point moved from training/loop.py to training/launch.py
+    from cmta_jax.training import launch
+  except ImportError:
+    from cmta_jax.training import loop as launch
 
   for agent in AGENTS:
     run_dir = os.path.join(out_dir, agent)
-    loop.train(_short_config(agent), run_dir, log=lambda line: None)
+    launch.train(_short_config(agent), run_dir, log=lambda line: None)
     manager = ocp.CheckpointManager(os.path.join(run_dir, "checkpoints"))
     restored = manager.restore(STEPS, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     manager.close()

@@ -10,11 +10,10 @@ encoder of `cmta.py` with a pretrained task embedding and no temporal input.
 import jax
 import jax.numpy as jnp
 
-from cmta_jax.agents import cmta
 from cmta_jax.agents.networks import Encoder, EncoderOutput
 from cmta_jax.agents.task_encoder import make_task_encoder
 from cmta_jax.config import SoftModuConfig, TaskEncoderConfig
-from cmta_jax.nn import layers
+from cmta_jax.nn import distributions, layers
 from cmta_jax.types import LSTMCarry
 
 
@@ -121,7 +120,9 @@ def make_soft_modular_encoder(config: SoftModuConfig, num_tasks: int, obs_dim: i
 
   def routing_diagnostics(out: EncoderOutput) -> dict[str, jax.Array]:
     """{"attention_entropy": [G, B]}: the mean entropy of a sample's routing distributions."""
-    return {"attention_entropy": cmta.entropy(out.attention).mean(axis=(-2, -1))}
+    return {
+      "attention_entropy": distributions.categorical_entropy(out.attention).mean(axis=(-2, -1))
+    }
 
   return Encoder(
     init=init, apply=apply, feature_dim=width, carry_dim=0, diagnostics=routing_diagnostics

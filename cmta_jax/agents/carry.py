@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from cmta_jax.nn import distributions
 from cmta_jax.types import BurnIn, LSTMCarry, Transition
 
 sg = jax.lax.stop_gradient
@@ -81,9 +82,7 @@ def make_attention_diagnostics(encoder):
     attention_fresh = encoder.apply(encoder_params, exact.obs, task_ids, exact_carry).attention
     return {
       "attention_staleness": jnp.abs(attention_used - attention_fresh).sum(-1).mean(),
-      "attention_entropy_fresh": -jnp.sum(
-        attention_fresh * jnp.log(attention_fresh + 1e-12), axis=-1
-      ).mean(),
+      "attention_entropy_fresh": distributions.categorical_entropy(attention_fresh).mean(),
     }
 
   return diagnostics

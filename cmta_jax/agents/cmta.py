@@ -12,7 +12,7 @@ import numpy as np
 from cmta_jax.agents.networks import AuxiliaryLoss, Encoder, EncoderOutput
 from cmta_jax.agents.task_encoder import make_task_encoder
 from cmta_jax.config import MixtureConfig, TaskEncoderConfig
-from cmta_jax.nn import layers
+from cmta_jax.nn import distributions, layers
 from cmta_jax.types import LSTMCarry
 
 
@@ -105,12 +105,7 @@ def make_mixture_encoder(
 
 def attention_diagnostics(out: EncoderOutput) -> dict[str, jax.Array]:
   """{"attention_entropy": [G, B]}: each sample's mixture entropy in nats (log k = uniform)."""
-  return {"attention_entropy": entropy(out.attention)}
-
-
-def entropy(probabilities: jax.Array) -> jax.Array:
-  """Entropy (nats) of distributions over the last axis."""
-  return -jnp.sum(probabilities * jnp.log(probabilities + 1e-12), axis=-1)
+  return {"attention_entropy": distributions.categorical_entropy(out.attention)}
 
 
 def _l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:

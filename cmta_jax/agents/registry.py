@@ -17,10 +17,10 @@ import jax
 import jax.numpy as jnp
 
 from cmta_jax import config as config_lib
-from cmta_jax import envs
 from cmta_jax.agents import baselines, cmta, task_metadata
 from cmta_jax.agents.networks import HEAD_LAYOUTS, AgentNetworks, Encoder, make_actor, make_critic
 from cmta_jax.config import RunConfig
+from cmta_jax.envs import metaworld_env
 from cmta_jax.types import LSTMCarry
 
 # (run config, task names, observation size) -> Encoder. The factory reads the config
@@ -164,7 +164,7 @@ def make_encoder(run_config) -> Encoder:
   """The encoder of `run_config`'s agent for its benchmark (no parameters are made)."""
   check_agent(run_config.agent)
   return AGENT_SPECS[run_config.agent].make_encoder(
-    run_config, envs.task_names(run_config.env.benchmark), envs.OBS_DIM
+    run_config, metaworld_env.task_names(run_config.env.benchmark), metaworld_env.OBS_DIM
   )
 
 

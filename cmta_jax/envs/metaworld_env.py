@@ -29,19 +29,20 @@ import metaworld
 import metaworld.env_dict
 import numpy as np
 
+from cmta_jax.envs.config import (
+  MODES,
+  ROLES,
+  EnvConfig,
+  choices,
+  is_int,
+  validate_benchmark,
+  validate_seed,
+)
 from cmta_jax.envs.reward_normalizer import RewardNormalizer
-
-BENCHMARKS = ("MT10", "MT50")
-MODES = ("fixed", "mixed")
-VECTOR_STRATEGIES = ("sync", "async")
-ROLES = ("train", "eval")
 
 OBS_DIM = 39
 ACTION_DIM = 4
 NUM_VARIATIONS = 50  # metaworld's default num_goals per task.
-MAX_EPISODE_LENGTH = 500  # SawyerXYZEnv.max_path_length: it refuses to step further.
-MAX_SEED = 2**32 - 1  # metaworld seeds numpy's legacy global RNG with the run seed.
-
 # Sub-processes of the async vector env are started from a clean server
 # process, not forked from the (multithreaded, JAX-using) trainer. Like
 # "spawn", this re-imports the main module: scripts need a __main__ guard.
@@ -55,67 +56,14 @@ _SUBENV_SEED_STREAM = 2
 _STATE_FORMAT = 1
 
 
-def _choices(values: Sequence[str]) -> str:
-  return ", ".join(values)
-
-
-@dataclasses.dataclass(frozen=True)
-class EnvConfig:
-  """What to build; the seed and role are given separately."""
-
-  benchmark: str = "MT10"
-  mode: str = "fixed"  # fixed: one frozen variation per task; mixed: a new one every episode.
-  episode_length: int = 150
-  vector_strategy: str = "sync"
-  reward_normalization: bool = True  # Train role only; eval reports raw rewards.
-  reward_norm_rate: float = 0.001
-
-  def validate(self) -> None:
-    """Raises ValueError (one line) on the first bad field."""
-    _validate_benchmark(self.benchmark)
-    if self.mode not in MODES:
-      raise ValueError(f"unknown mode {self.mode!r}; choose one of {_choices(MODES)}")
-    if self.vector_strategy not in VECTOR_STRATEGIES:
-      raise ValueError(
-        f"unknown vector strategy {self.vector_strategy!r}; "
-        f"choose one of {_choices(VECTOR_STRATEGIES)}"
-      )
-    length = self.episode_length
-    if not _is_int(length) or not 1 <= length <= MAX_EPISODE_LENGTH:
-      raise ValueError(f"episode_length must be an int in 1..{MAX_EPISODE_LENGTH}, got {length!r}")
-    if not isinstance(self.reward_normalization, (bool, np.bool_)):
-      raise ValueError(f"reward_normalization must be a bool, got {self.reward_normalization!r}")
-    rate = self.reward_norm_rate
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 < rate <= 1.0:
-      raise ValueError(f"reward_norm_rate must be in (0, 1], got {rate!r}")
-
-
-def _is_int(value: Any) -> bool:
-  return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
-def validate_seed(seed: Any) -> int:
-  """Returns the seed as an int; ValueError unless an integer in 0..2**32-1."""
-  if not _is_int(seed):
-    raise ValueError(f"seed must be a non-negative integer, got {seed!r} ({type(seed).__name__})")
-  if not 0 <= seed <= MAX_SEED:
-    raise ValueError(f"seed must be in 0..{MAX_SEED}, got {seed}")
-  return int(seed)
-
-
-def _validate_benchmark(benchmark: str) -> None:
-  if benchmark not in BENCHMARKS:
-    raise ValueError(f"unknown benchmark {benchmark!r}; choose one of {_choices(BENCHMARKS)}")
-
-
 def _validate_role(role: str) -> None:
   if role not in ROLES:
-    raise ValueError(f"unknown role {role!r}; choose one of {_choices(ROLES)}")
+    raise ValueError(f"unknown role {role!r}; choose one of {choices(ROLES)}")
 
 
 def task_names(benchmark: str) -> tuple[str, ...]:
   """Task names of a benchmark in its canonical order (no env construction)."""
-  _validate_benchmark(benchmark)
+  validate_benchmark(benchmark)
   env_dict = metaworld.env_dict.MT10_V3 if benchmark == "MT10" else metaworld.env_dict.MT50_V3
   return tuple(env_dict)
 
@@ -138,7 +86,7 @@ def episode_variation_indices(
       [seed, _MIXED_STREAM, _ROLE_IDS[role], task, episode_index] for task in range(num_tasks)
     ]
   else:
-    raise ValueError(f"unknown mode {mode!r}; choose one of {_choices(MODES)}")
+    raise ValueError(f"unknown mode {mode!r}; choose one of {choices(MODES)}")
   return np.array(
     [np.random.default_rng(key).integers(NUM_VARIATIONS) for key in keys], dtype=np.int32
   )
@@ -160,7 +108,7 @@ class Variations:
 
 def make_variations(benchmark: str, seed: int) -> Variations:
   """Runs metaworld's MT10/MT50(seed=seed) task generation."""
-  _validate_benchmark(benchmark)
+  validate_benchmark(benchmark)
   seed = validate_seed(seed)
   names = task_names(benchmark)
   suite = metaworld.MT10(seed=seed) if benchmark == "MT10" else metaworld.MT50(seed=seed)
@@ -450,7 +398,7 @@ class MultiTaskEnv:
       if state[key] != value:
         raise ValueError(f"env state has {key}={state[key]!r}, this env has {value!r}")
     episode_index = state["episode_index"]
-    if not _is_int(episode_index) or episode_index < 0:
+    if not is_int(episode_index) or episode_index < 0:
       raise ValueError(f"env state has a bad episode_index {episode_index!r}")
     normalizer_state = state["reward_normalizer"]
     if (normalizer_state is None) != (self._normalizer is None):

@@ -24,9 +24,8 @@ from typing import Any
 import cloudpickle
 import numpy as np
 
-from cmta_jax.envs.metaworld_env import ASYNC_START_METHOD, EnvConfig, StepResult
-
-ROLES = ("train", "eval")
+from cmta_jax.envs.config import EnvConfig
+from cmta_jax.envs.metaworld_env import ASYNC_START_METHOD, StepResult
 
 
 class EnvWorkerFailed(RuntimeError):

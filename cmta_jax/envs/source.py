@@ -13,10 +13,10 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
+from cmta_jax.envs.config import EnvConfig
 from cmta_jax.envs.metaworld_env import (
   ACTION_DIM,
   OBS_DIM,
-  EnvConfig,
   MultiTaskEnv,
   RenderSpec,
   Variations,

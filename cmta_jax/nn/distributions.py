@@ -31,3 +31,8 @@ def sample_tanh_gaussian(
 
 def deterministic_action(mean: jax.Array) -> jax.Array:
   return jnp.tanh(mean)
+
+
+def categorical_entropy(probabilities: jax.Array) -> jax.Array:
+  """Entropy (nats) of distributions over the last axis."""
+  return -jnp.sum(probabilities * jnp.log(probabilities + 1e-12), axis=-1)

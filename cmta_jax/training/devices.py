@@ -53,6 +53,9 @@ class Placement:
     return jax.device_put(batch, NamedSharding(self.mesh, spec))
 
 
+SINGLE_DEVICE = Placement(None)
+
+
 def choose(
   num_seeds: int,
   batch_per_task: int,
@@ -78,10 +81,10 @@ def choose(
         f"{count} devices"
       )
     if count == 1:
-      return Placement(None)
+      return SINGLE_DEVICE
     return Placement(Mesh(np.array(devices), (DATA_AXIS,)), data_parallel=True)
   if count == 1 or num_seeds == 1:  # one seed: the first device (--data_parallel uses all)
-    return Placement(None)
+    return SINGLE_DEVICE
   if num_seeds % count:
     raise ValueError(
       f"{num_seeds} seed(s) cannot be split evenly over {count} devices; give a multiple of "

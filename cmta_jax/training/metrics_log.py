@@ -16,8 +16,6 @@ import numpy as np
 from tensorboardX import SummaryWriter
 from tensorboardX.proto.summary_pb2 import Summary
 
-from cmta_jax import video
-
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -118,15 +116,10 @@ class MetricsLog:
             self._tensorboard.add_scalar(f"{kind}/{name}/{task}", v, step)
     self._tensorboard.flush()
 
-  def add_video(self, tag: str, frames: np.ndarray, step: int, fps: int) -> None:
-    """An animated image (GIF) in TensorBoard's images tab: frames [N, H, W, 3] uint8.
+  def add_gif(self, tag: str, gif: bytes, height: int, width: int, step: int) -> None:
+    """An animated image in TensorBoard's images tab, from a GIF file's bytes.
     (tensorboardX's add_video would need moviepy; the summary is the same.)"""
-    image = Summary.Image(
-      height=frames.shape[1],
-      width=frames.shape[2],
-      colorspace=3,
-      encoded_image_string=video.gif_bytes(frames, fps),
-    )
+    image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=gif)
     summary = Summary(value=[Summary.Value(tag=tag, image=image)])
     self._tensorboard.file_writer.add_summary(summary, step)
     self._tensorboard.flush()

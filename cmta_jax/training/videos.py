@@ -10,7 +10,6 @@ import os
 import jax
 import numpy as np
 
-from cmta_jax import video
 from cmta_jax.agents import sac
 from cmta_jax.envs.metaworld_env import RenderSpec
 from cmta_jax.training import evaluation
@@ -39,6 +38,9 @@ class VideoRecorder:
 
   def record(self, params: sac.PolicyParams, step: int, metrics_file) -> str:
     """Records every task's episode at `step`; returns the files' pattern."""
+    # Imported here: imageio and ffmpeg are needed only by runs that record videos.
+    from cmta_jax.reporting import video
+
     os.makedirs(self.directory, exist_ok=True)
     clips = {task: [] for task in self._env.task_names}
 
@@ -53,7 +55,9 @@ class VideoRecorder:
         self._env, obs, self._networks, params, self._trace, self._env.task_names, on_frame
       )
     for task, frames in clips.items():
-      metrics_file.add_video(f"video/{task}", np.stack(frames[::2]), step, FPS // 2)
+      frames = np.stack(frames[::2])
+      gif = video.gif_bytes(frames, FPS // 2)
+      metrics_file.add_gif(f"video/{task}", gif, frames.shape[1], frames.shape[2], step)
     return os.path.join(self.directory, f"*_step{step}_ep0.mp4")
 
   def close(self) -> None:

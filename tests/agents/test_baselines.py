@@ -22,10 +22,11 @@ import numpy as np
 import pytest
 
 from cmta_jax import config as config_lib
-from cmta_jax import envs, testing
+from cmta_jax import testing
 from cmta_jax.agents import registry, sac, task_metadata
 from cmta_jax.agents.networks import AgentNetworks
 from cmta_jax.config import RunConfig, SACConfig
+from cmta_jax.envs import metaworld_env
 from cmta_jax.types import LSTMCarry, Transition
 
 OBS_DIM = 39  # Meta-World's observation and action sizes.
@@ -56,8 +57,8 @@ NO_EXPERTS = tuple(
 def _task_names(num_tasks: int) -> tuple[str, ...]:
   # MT10 for T=10 so CARE reads the MT10 vectors; otherwise a prefix of MT50.
   if num_tasks == 10:
-    return envs.task_names("MT10")
-  return envs.task_names("MT50")[:num_tasks]
+    return metaworld_env.task_names("MT10")
+  return metaworld_env.task_names("MT50")[:num_tasks]
 
 
 def _random_batch(seed: int, num_tasks: int, carry_dim: int) -> Transition:
@@ -383,7 +384,7 @@ def test_softmodu_routing_weights_are_distributions_over_task_and_state():
 @pytest.mark.parametrize("benchmark", ["MT10", "MT50"])
 def test_care_embedding_file_has_one_finite_vector_per_task(benchmark):
   assert task_metadata.embeddings_path().is_file()
-  names = envs.task_names(benchmark)
+  names = metaworld_env.task_names(benchmark)
   embeddings = task_metadata.load_task_embeddings(names)
   assert embeddings.shape == (len(names), task_metadata.load_task_metadata()["dim"])
   assert np.all(np.isfinite(embeddings))

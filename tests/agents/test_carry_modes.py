@@ -20,7 +20,7 @@ from cmta_jax.agents import sac
 from cmta_jax.config import SACConfig
 from cmta_jax.nn import layers
 from cmta_jax.replay.buffer import ReplayBuffer
-from cmta_jax.training.loop import measure_attention
+from cmta_jax.training.diagnostics import attention_batches
 from cmta_jax.types import LSTMCarry
 
 NUM_TASKS, EPISODE_LENGTH, EPISODES, BATCH = 3, 12, 3, 8
@@ -114,15 +114,12 @@ def _train(helpers, setup, state, buffer: ReplayBuffer, updates: int, window: in
 
 def _diagnostics(helpers, setup, state, buffer: ReplayBuffer, window: int) -> dict:
   diagnostics = jax.jit(carry_lib.make_attention_diagnostics(setup.networks.encoder))
-  return measure_attention(
-    diagnostics,
-    state.params["encoder"],
-    buffer,
-    window,
-    EPISODE_LENGTH,
-    np.random.default_rng(0),
-    samples_per_task=16,
+  used, exact = attention_batches(
+    [buffer], [np.random.default_rng(0)], window, EPISODE_LENGTH, samples_per_task=16
   )
+  one_seed = lambda tree: jax.tree.map(lambda leaf: leaf[0], tree)
+  values = diagnostics(state.params["encoder"], one_seed(used), one_seed(exact))
+  return {name: float(value) for name, value in values.items()}
 
 
 def _encoder_gradients(helpers, state, part: str) -> dict:

@@ -6,7 +6,7 @@ step (a in [-1, 1]) and is rewarded -|x - goal|. Task 0's goal is +0.5, task
 only solve both tasks through the task index it is given: this exercises the
 task axis of the encoder, the batch layout and the per-task temperature.
 
-The tasks (`cmta_jax.testing.point_tasks`) are an `EnvSource` injected into the real `loop.train` (replay,
+The tasks (`cmta_jax.testing.point_tasks`) are an `EnvSource` injected into the real `launch.train` (replay,
 warm-up, carries, evaluation, checkpoint and summary included).
 `train_point_task(agent_name, ...)` is the reusable core: any registered agent
 that sees the task index can be dropped into the parametrisation below (agents
@@ -30,7 +30,7 @@ from cmta_jax.testing import (
   observe_points,
   point_tasks,
 )
-from cmta_jax.training import loop
+from cmta_jax.training import launch
 
 SMALL_NETWORK = dict(
   hidden_width=64,
@@ -105,10 +105,10 @@ def train_point_task(
   goal_in_obs: bool = False,
   seed: int = 0,
 ) -> PointTaskResult:
-  """Trains `agent_name` on both point tasks with `loop.train` (one update per vector step
+  """Trains `agent_name` on both point tasks with `launch.train` (one update per vector step
   after warm-up); the learned return is its final evaluation's."""
   start_time = time.time()
-  summary = loop.train(
+  summary = launch.train(
     point_task_config(agent_name, num_steps, warmup_steps, batch_per_task, seed),
     run_dir,
     log=lambda line: None,
@@ -143,7 +143,7 @@ def test_sac_solves_two_point_tasks(agent_name, tmp_path):
     f"optimal {result.optimal_return}, score {score}, {result.seconds:.1f} s"
   )
   # Both tasks must be solved, each with its own goal: only the task index (or, for MT-SAC,
-  # the observation) tells them apart. Measured through loop.train, seed 0 (BUILD_NOTES.md):
+  # the observation) tells them apart. Measured through launch.train, seed 0 (BUILD_NOTES.md):
   # cmta 0.96/0.93, mtsac 0.96/0.93, mtmhsac 0.94/0.92, single_sac 0.95/0.93. With the sign
   # of the actor's entropy term or of the whole actor loss flipped, the policy pins a = -1
   # (scores -1.16 and 0.32); with the temperature loss flipped, ~0.05.

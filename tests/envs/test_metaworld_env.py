@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 
 from cmta_jax.envs import metaworld_env
+from cmta_jax.envs.config import EnvConfig, validate_seed
 from cmta_jax.envs.metaworld_env import (
-  EnvConfig,
   MultiTaskEnv,
   StepResult,
   episode_variation_indices,
   make_variations,
   task_names,
-  validate_seed,
 )
 
 EPISODE_LENGTH = 10  # Short episodes keep the tests fast.

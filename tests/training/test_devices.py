@@ -21,7 +21,7 @@ _CODE = textwrap.dedent("""
     import orbax.checkpoint as ocp
     from cmta_jax import config as config_lib
     from cmta_jax import testing
-    from cmta_jax.training import loop
+    from cmta_jax.training import launch, run_state, steps
 
     assert jax.local_device_count() == 2, jax.devices()
     root = sys.argv[1]
@@ -47,13 +47,13 @@ _CODE = textwrap.dedent("""
     # Seeds that do not split evenly over the devices, and a data-parallel batch that does not:
     # one-line errors before anything is written.
     try:
-        loop.train_seeds(config, root + "/odd", (0, 1, 2), log=quiet, envs=envs)
+        launch.train_seeds(config, root + "/odd", (0, 1, 2), log=quiet, envs=envs)
         raise AssertionError("3 seeds on 2 devices were accepted")
     except ValueError as error:
         assert str(error).startswith("3 seed(s) cannot be split evenly over 2 devices"), error
     assert not os.path.exists(root + "/odd")
     try:
-        loop.train(config_lib.replace_fields(config, batch_per_task=3), root + "/odd", log=quiet,
+        launch.train(config_lib.replace_fields(config, batch_per_task=3), root + "/odd", log=quiet,
                    envs=envs, data_parallel=True)
         raise AssertionError("a batch of 3 per task split over 2 devices was accepted")
     except ValueError as error:
@@ -62,30 +62,30 @@ _CODE = textwrap.dedent("""
     # The seed axis of the learner state is split over the two devices.
     from cmta_jax.training import devices
     configs = [config_lib.replace_fields(config, seed=s) for s in (0, 1)]
-    run, state = loop.start_run(configs, [root + "/look/0", root + "/look/1"],
-                                loop.build_networks(config, envs), envs, quiet,
+    run, state = launch.start_run(configs, [root + "/look/0", root + "/look/1"],
+                                steps.build_networks(config, envs), envs, quiet,
                                 placement=devices.choose(2, 4))
     leaf = jax.tree.leaves(state.learner.params)[0]
     assert leaf.sharding.spec == jax.sharding.PartitionSpec("seed"), leaf.sharding
     assert {s.device for s in leaf.addressable_shards} == set(jax.local_devices())
     run.close()
-    two = loop.train_seeds(config, root + "/two", (0, 1), log=quiet, envs=envs)
-    one = loop.train_seeds(config, root + "/one", (0, 1), log=quiet, envs=envs, devices=first)
+    two = launch.train_seeds(config, root + "/two", (0, 1), log=quiet, envs=envs)
+    one = launch.train_seeds(config, root + "/one", (0, 1), log=quiet, envs=envs, devices=first)
     seed_gap = max(max_gap(params(f"{root}/two/seed{s}"), params(f"{root}/one/seed{s}"))
                    for s in (0, 1))
     assert seed_gap < 1e-3, seed_gap
     assert [two[s]["final"] for s in (0, 1)] == [one[s]["final"] for s in (0, 1)]
     # Resumed with one seed marked diverged, the one seed left runs on the first device.
-    with open(root + "/two/seed1/" + loop.DIVERGED_FILE, "w") as f:
+    with open(root + "/two/seed1/" + run_state.DIVERGED_FILE, "w") as f:
         f.write("diverged (marked by the test)")
-    left = loop.train_seeds(config_lib.replace_fields(config, total_steps=60), root + "/two",
+    left = launch.train_seeds(config_lib.replace_fields(config, total_steps=60), root + "/two",
                             (0, 1), log=quiet, envs=envs)
     assert left[1] is None and left[0]["steps"] == 60, left
 
     lines = []
-    loop.train(config_lib.replace_fields(config, total_steps=30), root + "/dp", log=quiet,
+    launch.train(config_lib.replace_fields(config, total_steps=30), root + "/dp", log=quiet,
                envs=envs, data_parallel=True)
-    loop.train(config, root + "/dp", log=lines.append, envs=envs, data_parallel=True)
+    launch.train(config, root + "/dp", log=lines.append, envs=envs, data_parallel=True)
     assert any("from the checkpoint at step 30" in line for line in lines), lines
     data_gap = max_gap(params(root + "/dp"), params(root + "/one/seed0"))
     assert data_gap < 1e-3, data_gap

@@ -1,4 +1,4 @@
-"""End-to-end tests of the training driver (loop.train and experiments/train.py) on tiny MT10 runs.
+"""End-to-end tests of the training driver (launch.train and experiments/train.py) on tiny MT10 runs.
 
 The uninterrupted baseline run (fixture `baseline_run`) is shared: resumed, corrupted and
 reconfigured runs are compared against it or start from a copy of it. Everything fits in a
@@ -29,8 +29,9 @@ from tensorboardX.proto import event_pb2
 from cmta_jax import cli, testing
 from cmta_jax import config as config_lib
 from cmta_jax.agents import registry
-from cmta_jax.envs import task_names
-from cmta_jax.training import loop, metrics_log
+from cmta_jax.envs.metaworld_env import task_names
+from cmta_jax.reporting import figures
+from cmta_jax.training import launch, metrics_log, run_state
 from cmta_jax.training import run_dir as run_dir_lib
 from cmta_jax.training.checkpointing import Checkpointer, CheckpointWriteFailed
 
@@ -168,8 +169,8 @@ def _fast_driver(compilation_cache_dir):
 
 
 def train(run_config: config_lib.RunConfig, run_dir: str, **kwargs) -> dict:
-  """loop.train on Meta-World whose variations are generated once per process."""
-  return loop.train(run_config, run_dir, envs=testing.CACHED_METAWORLD, **kwargs)
+  """launch.train on Meta-World whose variations are generated once per process."""
+  return launch.train(run_config, run_dir, envs=testing.CACHED_METAWORLD, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +179,7 @@ def baseline_run(tmp_path_factory, compilation_cache_dir):
   run_dir = str(tmp_path_factory.mktemp("baseline") / "run")
   run_config = make_config()
   log = LogCapture()
-  summary = train(run_config, run_dir, log=log)
+  summary = train(run_config, run_dir, log=log, draw_curves=figures.run_curves)
   return run_dir, run_config, log, summary
 
 
@@ -707,7 +708,7 @@ def test_only_checkpoint_corrupt_is_a_one_line_error(cli_failures):
 def test_allow_config_change_forces_resume(baseline_run, tmp_path):
   run_dir = _copy_run(baseline_run[0], tmp_path)
   changed = make_config(log_every=80)
-  with pytest.raises(loop.ConfigMismatch, match=r"train.log_every: saved 40 != now 80"):
+  with pytest.raises(run_dir_lib.ConfigMismatch, match=r"train.log_every: saved 40 != now 80"):
     train(changed, run_dir, log=LogCapture())
   log = LogCapture()
   summary = train(changed, run_dir, allow_config_change=True, log=log)
@@ -747,8 +748,10 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
   run_config = make_config(
     reward_normalization=False, checkpoint_every=EPISODE_LENGTH, total_steps=100
   )
-  with pytest.raises(loop.TrainingDiverged, match=r"training diverged before step (\d+)") as error:
-    loop.train(run_config, run_dir, log=LogCapture(), envs=envs)
+  with pytest.raises(
+    run_state.TrainingDiverged, match=r"training diverged before step (\d+)"
+  ) as error:
+    launch.train(run_config, run_dir, log=LogCapture(), envs=envs)
   message = str(error.value)
   assert "a loss non-finite" in message and "last good checkpoint kept" in message
   diverged_by = int(re.search(r"before step (\d+)", message).group(1))
@@ -1021,10 +1024,10 @@ def test_a_run_saved_with_the_old_network_section_resumes_without_a_config_chang
   with open(os.path.join(tmp_path, run_dir_lib.CONFIG_FILE), "w") as f:
     json.dump(old, f)
   saved = run_dir_lib.read_saved_config(str(tmp_path))
-  run_dir_lib.check_resume_config(str(tmp_path), saved, run_config, False, loop.checkpoint_shapes)
+  run_dir_lib.check_resume_config(str(tmp_path), saved, run_config, False, launch.checkpoint_shapes)
   changed = config_lib.replace_fields(run_config, hidden_width=64)
   with pytest.raises(run_dir_lib.ConfigMismatch, match=r"head.hidden_width: saved 32 != now 64"):
-    run_dir_lib.check_resume_config(str(tmp_path), saved, changed, False, loop.checkpoint_shapes)
+    run_dir_lib.check_resume_config(str(tmp_path), saved, changed, False, launch.checkpoint_shapes)
 
 
 # ---------------------------------------------------------------- results commands

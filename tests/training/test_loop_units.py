@@ -8,7 +8,7 @@ import pytest
 
 from cmta_jax import config as config_lib
 from cmta_jax import testing
-from cmta_jax.training import keys, loop, metrics_log
+from cmta_jax.training import keys, launch, loop, metrics_log, steps
 
 WARMUP = 30  # two point-task episodes
 NUM_TASKS = len(testing.GOALS)
@@ -21,8 +21,8 @@ def _config(carry_mode: str = "frozen_memory") -> config_lib.RunConfig:
 def _start(tmp_path, carry_mode: str = "frozen_memory"):
   run_config = _config(carry_mode)
   envs = testing.point_tasks(goal_in_obs=False)
-  networks = loop.build_networks(run_config, envs)
-  return loop.start_run([run_config], [str(tmp_path)], networks, envs, log=lambda line: None)
+  networks = steps.build_networks(run_config, envs)
+  return launch.start_run([run_config], [str(tmp_path)], networks, envs, log=lambda line: None)
 
 
 @pytest.mark.slow

@@ -14,9 +14,9 @@ from cmta_jax import config as config_lib
 from cmta_jax import testing
 from cmta_jax.agents import registry
 from cmta_jax.agents.networks import Encoder, EncoderOutput
-from cmta_jax.envs import ACTION_DIM, OBS_DIM, task_names
+from cmta_jax.envs.metaworld_env import ACTION_DIM, OBS_DIM, task_names
 from cmta_jax.nn import layers
-from cmta_jax.training import loop
+from cmta_jax.training import launch
 
 FILM_WIDTH = 16
 
@@ -92,7 +92,7 @@ def test_a_registered_film_agent_trains_checkpoints_and_resumes_exactly(film_age
   full, half = str(tmp_path / "full"), str(tmp_path / "half")
 
   def train(total_steps, run_dir):
-    return loop.train(
+    return launch.train(
       _config(total_steps), run_dir, log=lambda line: None, envs=testing.CACHED_METAWORLD
     )
 

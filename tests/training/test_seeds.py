@@ -15,7 +15,8 @@ import pytest
 from cmta_jax import config as config_lib
 from cmta_jax import testing
 from cmta_jax.envs.seed_envs import EnvWorkerFailed
-from cmta_jax.training import loop, metrics_log
+from cmta_jax.reporting import figures
+from cmta_jax.training import launch, loop, metrics_log, run_state, steps
 
 WARMUP = 30  # two point-task episodes
 UPDATES = 5
@@ -35,9 +36,9 @@ ENVS = testing.point_tasks(goal_in_obs=False)
 
 def _start(directory, seeds):
   configs = [config_lib.replace_fields(_config(), seed=seed) for seed in seeds]
-  networks = loop.build_networks(configs[0], ENVS)
+  networks = steps.build_networks(configs[0], ENVS)
   dirs = [os.path.join(directory, f"seed{seed}") for seed in seeds]
-  return loop.start_run(configs, dirs, networks, ENVS, log=lambda line: None)
+  return launch.start_run(configs, dirs, networks, ENVS, log=lambda line: None)
 
 
 def _replay(run, index: int) -> dict:
@@ -63,13 +64,13 @@ def test_a_seed_in_a_batch_of_three_reproduces_its_solo_run(tmp_path):
     for _ in range(UPDATES):
       solo_state = loop.collect_and_update(solo, solo_state)
       batch_state = loop.collect_and_update(batch, batch_state)
-    solo_params = jax.device_get(loop.seed_slice(solo_state.learner.params, 0))
-    batch_params = jax.device_get(loop.seed_slice(batch_state.learner.params, 1))
+    solo_params = jax.device_get(steps.seed_slice(solo_state.learner.params, 0))
+    batch_params = jax.device_get(steps.seed_slice(batch_state.learner.params, 1))
     moved = 0
     for a, b, before in zip(
       jax.tree.leaves(batch_params),
       jax.tree.leaves(solo_params),
-      jax.tree.leaves(jax.device_get(loop.seed_slice(loop.stack_seeds(_initial(solo)), 0))),
+      jax.tree.leaves(jax.device_get(steps.seed_slice(steps.stack_seeds(_initial(solo)), 0))),
     ):
       np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL)
       moved += not np.array_equal(b, before)
@@ -90,8 +91,14 @@ def _initial(run):
 
 def _train(run_dir, seeds=(0, 1), envs=ENVS, env_workers=0, **fields):
   log = []
-  summaries = loop.train_seeds(
-    _config(**fields), run_dir, seeds, log=log.append, envs=envs, env_workers=env_workers
+  summaries = launch.train_seeds(
+    _config(**fields),
+    run_dir,
+    seeds,
+    log=log.append,
+    envs=envs,
+    env_workers=env_workers,
+    draw_curves=figures.run_curves,
   )
   return summaries, "\n".join(log)
 
@@ -156,11 +163,11 @@ def test_a_batch_writes_a_run_directory_per_seed_and_resumes_exactly(tmp_path):
   with pytest.raises(ValueError, match=r"seed2 hold\(s\) no checkpoint while the batch's other"):
     _train(whole, seeds=(0, 1, 2), total_steps=90)
   with pytest.raises(ValueError, match="holds a batch of seeds"):
-    loop.train(_config(), whole, envs=ENVS, log=lambda line: None)
+    launch.train(_config(), whole, envs=ENVS, log=lambda line: None)
   assert _records(os.path.join(whole, "seed0")) == _records(os.path.join(halves, "seed0"))
   # A seed's checkpoint is a solo run's: the seed goes on alone from the batch's step 60.
   log = []
-  summary = loop.train(
+  summary = launch.train(
     config_lib.replace_fields(_config(), seed=1, total_steps=90),
     os.path.join(whole, "seed1"),
     log=log.append,
@@ -189,7 +196,7 @@ def test_a_diverging_seed_stops_alone_with_a_clear_message(tmp_path):
   run_dir = str(tmp_path / "batch")
   summaries, log = _train(run_dir, envs=envs)
   assert summaries[1] is None and summaries[0]["steps"] == 60
-  marker = os.path.join(run_dir, "seed1", loop.DIVERGED_FILE)
+  marker = os.path.join(run_dir, "seed1", run_state.DIVERGED_FILE)
   with open(marker) as f:
     message = f.read().strip()
   assert message.startswith("training diverged before step")
@@ -201,9 +208,9 @@ def test_a_diverging_seed_stops_alone_with_a_clear_message(tmp_path):
   assert f"seed 1 diverged earlier ({marker}); left out of this batch" in log
   # A batch of that seed alone: stopped, and marked the same way.
   alone = str(tmp_path / "alone")
-  with pytest.raises(loop.TrainingDiverged, match="every seed of the batch diverged"):
+  with pytest.raises(run_state.TrainingDiverged, match="every seed of the batch diverged"):
     _train(alone, seeds=(1,), envs=envs)
-  assert os.path.exists(os.path.join(alone, "seed1", loop.DIVERGED_FILE))
+  assert os.path.exists(os.path.join(alone, "seed1", run_state.DIVERGED_FILE))
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ from cmta_jax import config as config_lib
 from cmta_jax.agents import registry, sac
 from cmta_jax.envs.metaworld_env import RenderSpec
 from cmta_jax.envs.source import METAWORLD, EnvSource
-from cmta_jax.training import checkpointing, evaluation, loop
+from cmta_jax.training import checkpointing, evaluation
 from cmta_jax.training import run_dir as run_dir_lib
 from cmta_jax.training.checkpointing import Checkpointer
 
@@ -81,18 +81,18 @@ def load_policy(run_dir: str, step: int | None = None, envs: EnvSource = METAWOR
     step = steps[-1]
   elif step not in steps:
     raise ValueError(f"{run_dir} has no checkpoint of step {step} (it has steps {steps})")
-  networks = loop.build_networks(run_config, envs)
+  networks = steps.build_networks(run_config, envs)
   learner = jax.eval_shape(
     lambda key: sac.init_training_state(key, networks, run_config.sac), jax.random.PRNGKey(0)
   )
   names = tuple(envs.task_names(run_config.env))
-  spec = loop.batch_spec(
+  spec = steps.batch_spec(
     len(names),
     run_config.train.batch_per_task,
     networks,
-    loop.burn_in_steps(run_config, networks),
+    steps.burn_in_steps(run_config, networks),
   )
-  totals = jax.eval_shape(lambda: loop.empty_totals(networks, run_config.sac, learner, spec))
+  totals = jax.eval_shape(lambda: steps.empty_totals(networks, run_config.sac, learner, spec))
   checkpointer = Checkpointer(run_dir, keep=len(steps))
   try:
     state = checkpointer.restore_state(step, {"train_state": learner, "totals": totals})

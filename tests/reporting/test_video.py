@@ -7,7 +7,7 @@ import imageio.v2 as imageio
 import numpy as np
 import pytest
 
-from cmta_jax import video
+from cmta_jax.reporting import video
 
 
 def test_attention_bars_are_drawn_to_scale_beside_the_frame():

@@ -12,7 +12,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from cmta_jax import analysis
+from cmta_jax import success_curve
+from cmta_jax.reporting import statistics
 from cmta_jax.training import metrics_log
 from cmta_jax.training import run_dir as run_dir_lib
 
@@ -163,23 +164,23 @@ def score_matrix(runs: Sequence[LoadedRun], step: int) -> np.ndarray:
 
 
 def summarize_setting(
-  runs: Sequence[LoadedRun], bootstrap_reps: int = analysis.DEFAULT_BOOTSTRAP_REPS
+  runs: Sequence[LoadedRun], bootstrap_reps: int = statistics.DEFAULT_BOOTSTRAP_REPS
 ) -> dict:
   """The seeds of one setting, up to the last evaluation step they all reached.
 
   Paper metrics of the seed-mean success curve (max smoothed, max, final; docs/algorithm.md
   §5) and, across runs and tasks at that step, the IQM with its 95% stratified bootstrap
-  interval (`analysis.iqm_with_ci`). Keys: seeds, steps, evaluations, max_smoothed, max,
+  interval (`statistics.iqm_with_ci`). Keys: seeds, steps, evaluations, max_smoothed, max,
   final, final_iqm, final_iqm_ci95.
   """
   steps = common_eval_steps(runs)
   mean_curve = np.mean([[run.curve[s] for s in steps] for run in runs], axis=0)
-  point, low, high = analysis.iqm_with_ci(score_matrix(runs, steps[-1]), reps=bootstrap_reps)
+  point, low, high = statistics.iqm_with_ci(score_matrix(runs, steps[-1]), reps=bootstrap_reps)
   return {
     "seeds": len(runs),
     "steps": steps[-1],
     "evaluations": len(steps),
-    **analysis.summarize_curve(mean_curve),
+    **success_curve.summarize_curve(mean_curve),
     "final_iqm": point,
     "final_iqm_ci95": [low, high],
   }

@@ -7,9 +7,10 @@ import sys
 
 import pytest
 
-from cmta_jax import figures, results, run_set, testing
+from cmta_jax import testing
+from cmta_jax.reporting import figures, run_sets, tables
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PLOT_CURVES = os.path.join(REPO, "experiments", "plot_curves.py")
 PANEL = (480, 360)  # figures.PANEL_INCHES at figures.DPI
 
@@ -17,7 +18,7 @@ PANEL = (480, 360)  # figures.PANEL_INCHES at figures.DPI
 @pytest.fixture
 def cells(tmp_path):
   root = testing.write_synthetic_tree(str(tmp_path / "runs"))
-  return results.arrange(run_set.group_by_setting(results.load_runs([root], False)))
+  return tables.arrange(run_sets.group_by_setting(tables.load_runs([root], False)))
 
 
 def test_setting_curves_have_a_panel_per_setting(cells, tmp_path):

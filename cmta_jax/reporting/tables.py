@@ -14,9 +14,10 @@ bootstrap interval, and the number of seeds (docs/results.md). The figures
 import dataclasses
 import sys
 
-from cmta_jax import analysis, cli, run_set
+from cmta_jax import cli
 from cmta_jax import config as config_lib
 from cmta_jax.agents import registry
+from cmta_jax.reporting import run_sets, statistics
 
 COLUMN_FIELDS = ("env.benchmark", "env.mode")
 METRIC_HEADERS = ("max smoothed", "max", "final", "IQM [95% CI]", "seeds")
@@ -28,20 +29,20 @@ class Cell:
 
   row: tuple  # (agent, ((field, value), ...)): what tells this variant apart in its column
   column: str  # e.g. "MT10-Fixed"
-  runs: tuple[run_set.LoadedRun, ...]
+  runs: tuple[run_sets.LoadedRun, ...]
 
   @property
   def label(self) -> str:
     return row_label(self.row)
 
 
-def load_runs(paths: list[str], skip_bad_runs: bool) -> list[run_set.LoadedRun]:
-  """The runs under `paths` (`run_set.find_run_dirs`). An unreadable run raises ValueError
+def load_runs(paths: list[str], skip_bad_runs: bool) -> list[run_sets.LoadedRun]:
+  """The runs under `paths` (`run_sets.find_run_dirs`). An unreadable run raises ValueError
   naming it, or with `skip_bad_runs` is named on stderr and left out."""
   runs = []
-  for run_dir in run_set.find_run_dirs(paths):
+  for run_dir in run_sets.find_run_dirs(paths):
     try:
-      runs.append(run_set.load_run(run_dir))
+      runs.append(run_sets.load_run(run_dir))
     except ValueError as error:
       if not skip_bad_runs:
         raise ValueError(f"{error} (or pass --skip_bad_runs)") from None
@@ -55,7 +56,7 @@ def column_of(config: dict) -> str:
   return f"{config['env.benchmark']}-{config['env.mode'].capitalize()}"
 
 
-def row_fields(groups: list[list[run_set.LoadedRun]]) -> list[str]:
+def row_fields(groups: list[list[run_sets.LoadedRun]]) -> list[str]:
   """Fields (besides the agent) whose value differs between settings of one column."""
   by_column: dict[str, list[dict]] = {}
   for group in groups:
@@ -65,14 +66,14 @@ def row_fields(groups: list[list[run_set.LoadedRun]]) -> list[str]:
     for config in configs[1:]:
       fields.update(
         path
-        for path in run_set.differing_fields(configs[0], config)
+        for path in run_sets.differing_fields(configs[0], config)
         if path not in ("agent", *COLUMN_FIELDS)
       )
   return sorted(fields)
 
 
-def arrange(groups: list[list[run_set.LoadedRun]]) -> list[Cell]:
-  """One cell per setting (`run_set.group_by_setting`), in table order (rows, then columns)."""
+def arrange(groups: list[list[run_sets.LoadedRun]]) -> list[Cell]:
+  """One cell per setting (`run_sets.group_by_setting`), in table order (rows, then columns)."""
   fields = row_fields(groups)
   cells = []
   for group in groups:
@@ -128,10 +129,10 @@ def cell_texts(summary: dict | None, percent: bool = True) -> list[str]:
 
 
 def table_grid(cells: list[Cell], bootstrap_reps: int) -> tuple[list[str], list[str], dict]:
-  """Row labels, columns, and {(row index, column): run_set.summarize_setting or None}."""
+  """Row labels, columns, and {(row index, column): run_sets.summarize_setting or None}."""
   rows = sorted({c.row for c in cells}, key=_row_order)
   columns = sorted({c.column for c in cells}, key=_column_order)
-  summaries = {(c.row, c.column): run_set.summarize_setting(c.runs, bootstrap_reps) for c in cells}
+  summaries = {(c.row, c.column): run_sets.summarize_setting(c.runs, bootstrap_reps) for c in cells}
   return (
     [row_label(r) for r in rows],
     columns,
@@ -139,7 +140,7 @@ def table_grid(cells: list[Cell], bootstrap_reps: int) -> tuple[list[str], list[
   )
 
 
-def markdown(cells: list[Cell], bootstrap_reps: int = analysis.DEFAULT_BOOTSTRAP_REPS) -> str:
+def markdown(cells: list[Cell], bootstrap_reps: int = statistics.DEFAULT_BOOTSTRAP_REPS) -> str:
   """A Markdown table: a row per variant, five columns per setting ("/" where none ran)."""
   labels, columns, grid = table_grid(cells, bootstrap_reps)
   header = ["agent"] + [f"{c} {m}" for c in columns for m in METRIC_HEADERS]
@@ -156,7 +157,7 @@ def _latex_escape(text: str) -> str:
   return text
 
 
-def latex(cells: list[Cell], bootstrap_reps: int = analysis.DEFAULT_BOOTSTRAP_REPS) -> str:
+def latex(cells: list[Cell], bootstrap_reps: int = statistics.DEFAULT_BOOTSTRAP_REPS) -> str:
   """A LaTeX tabular (booktabs rules) of the same table as `markdown`."""
   labels, columns, grid = table_grid(cells, bootstrap_reps)
   n = len(METRIC_HEADERS)

@@ -1,46 +1,22 @@
 """Success-curve statistics as the paper reports them, and robust aggregates across runs.
 
-The paper's own metrics (docs/algorithm.md §5): the success curve smoothed with factor
-0.8 (paper App. C), its maximum ("max smoothed"), the raw maximum and the final value.
-Across runs: the interquartile mean (IQM) with a stratified bootstrap confidence
+One curve's metrics (smoothing, max smoothed) are in `cmta_jax.success_curve`. Across runs: the interquartile mean (IQM) with a stratified bootstrap confidence
 interval, the probability of improvement and performance profiles, from `rliable`
 (Agarwal et al., 2021), wrapped here only to fix their random numbers and shapes.
 """
 
 import contextlib
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import numpy as np
 
-SMOOTHING_FACTOR = 0.8
 DEFAULT_BOOTSTRAP_REPS = 2000
 
 
-def smooth(points: Sequence[float], factor: float = SMOOTHING_FACTOR) -> np.ndarray:
-  """Paper App. C: s[0] = p[0]; s[i] = s[i-1] * factor + p[i] * (1 - factor)."""
-  points = np.asarray(points, dtype=np.float64)
-  out = np.empty_like(points)
-  for i, p in enumerate(points):
-    out[i] = p if i == 0 else out[i - 1] * factor + p * (1.0 - factor)
-  return out
-
-
-def summarize_curve(success: Sequence[float]) -> dict:
-  """max smoothed, max and final of one (possibly seed-averaged) success curve."""
-  success = np.asarray(success, dtype=np.float64)
-  if success.size == 0:
-    return {"max_smoothed": float("nan"), "max": float("nan"), "final": float("nan")}
-  return {
-    "max_smoothed": float(smooth(success).max()),
-    "max": float(success.max()),
-    "final": float(success[-1]),
-  }
-
-
 def _rliable():
-  # Imported on first use: rliable brings arch, statsmodels and pandas (seconds), which the
-  # training loop, importing this module for `summarize_curve`, does not need.
+  # Imported on first use: rliable brings arch, statsmodels and pandas (seconds), which
+  # tables and figures without intervals do not need.
   from rliable import library, metrics
 
   return library, metrics

@@ -1,4 +1,4 @@
-"""Grouping run directories into settings (cmta_jax/run_set.py) and experiments/aggregate.py
+"""Grouping run directories into settings (cmta_jax/run_sets.py) and experiments/aggregate.py
 on a synthetic tree of runs: what may be averaged, and the numbers."""
 
 import json
@@ -9,10 +9,11 @@ import sys
 import numpy as np
 import pytest
 
-from cmta_jax import analysis, run_set, testing
+from cmta_jax import testing
+from cmta_jax.reporting import run_sets, statistics
 from cmta_jax.training import run_dir as run_dir_lib
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 AGGREGATE = os.path.join(REPO, "experiments", "aggregate.py")
 
 
@@ -32,7 +33,7 @@ def test_seeds_of_one_setting_group_and_other_agents_never_share_a_group(tmp_pat
     _write_run(str(tmp_path / "mtsac_s0"), [0.0, 0.2], agent="mtsac", seed=0),
     _write_run(str(tmp_path / "cmta_w64_s0"), [0.0, 0.1], seed=0, hidden_width=64),
   ]
-  groups = run_set.group_by_setting(run_set.load_run(d) for d in run_set.find_run_dirs(runs))
+  groups = run_sets.group_by_setting(run_sets.load_run(d) for d in run_sets.find_run_dirs(runs))
   assert [[os.path.basename(r.run_dir) for r in g] for g in groups] == [
     ["cmta_s0", "cmta_s1"],
     ["mtsac_s0"],
@@ -43,22 +44,22 @@ def test_seeds_of_one_setting_group_and_other_agents_never_share_a_group(tmp_pat
 def test_a_root_is_searched_and_a_directory_given_twice_is_refused(tmp_path):
   a = _write_run(str(tmp_path / "setting" / "s0"), [0.0], seed=0)
   _write_run(str(tmp_path / "setting" / "s1"), [0.0], seed=1)
-  assert run_set.find_run_dirs([str(tmp_path / "setting")]) == [
+  assert run_sets.find_run_dirs([str(tmp_path / "setting")]) == [
     str(tmp_path / "setting" / "s0"),
     str(tmp_path / "setting" / "s1"),
   ]
   with pytest.raises(ValueError, match=r"s0 is given twice \(also as .*s0\); each run counts once"):
-    run_set.find_run_dirs([a, str(tmp_path / "setting" / ".." / "setting" / "s0")])
+    run_sets.find_run_dirs([a, str(tmp_path / "setting" / ".." / "setting" / "s0")])
   os.makedirs(tmp_path / "no_runs" / "logs")
   with pytest.raises(ValueError, match="no_runs holds no run directories"):
-    run_set.find_run_dirs([str(tmp_path / "no_runs")])
+    run_sets.find_run_dirs([str(tmp_path / "no_runs")])
 
 
 def test_two_copies_of_one_seed_are_refused(tmp_path):
   a = _write_run(str(tmp_path / "a"), [0.0, 0.5], seed=3)
   b = _write_run(str(tmp_path / "b"), [0.0, 0.5], seed=3)
   with pytest.raises(ValueError, match=r"b and .*a are the same setting with the same seed \(3\)"):
-    run_set.group_by_setting([run_set.load_run(a), run_set.load_run(b)])
+    run_sets.group_by_setting([run_sets.load_run(a), run_sets.load_run(b)])
 
 
 def test_aggregate_refuses_mixed_settings_naming_the_run_and_the_fields(tmp_path):
@@ -87,7 +88,7 @@ def test_a_corrupt_run_is_named_in_one_line(tmp_path):
   os.makedirs(empty)
   run_dir_lib.write_config(empty, testing.run_config(seed=2))
   with pytest.raises(ValueError, match=r"empty has no metrics.jsonl \(did the run start\?\)"):
-    run_set.load_run(empty)
+    run_sets.load_run(empty)
 
 
 def test_aggregate_numbers_equal_hand_computation(tmp_path):
@@ -109,6 +110,6 @@ def test_aggregate_numbers_equal_hand_computation(tmp_path):
   finals = np.array([[0.4, 0.4], [0.3, 0.3], [0.3, 0.3]])
   middle_half = np.sort(finals.ravel())[1:-1]  # scipy trims floor(0.25 * 6) = 1 at each end
   assert out["final_iqm"] == pytest.approx(middle_half.mean())
-  assert out["final_iqm"] == pytest.approx(analysis.iqm(finals))
+  assert out["final_iqm"] == pytest.approx(statistics.iqm(finals))
   low, high = out["final_iqm_ci95"]
   assert 0.3 <= low <= out["final_iqm"] <= high <= 0.4

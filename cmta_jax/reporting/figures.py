@@ -14,8 +14,9 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from cmta_jax import analysis, cli, run_set
-from cmta_jax.results import Cell
+from cmta_jax import cli, success_curve
+from cmta_jax.reporting import run_sets, statistics
+from cmta_jax.reporting.tables import Cell
 
 DPI = 100
 PANEL_INCHES = (4.8, 3.6)  # width, height of one panel
@@ -65,7 +66,7 @@ def run_curves(evals: Sequence[dict], title: str, path: str) -> str:
     per_task = [r["success"].get(task, np.nan) for r in evals]
     ax.plot(steps, per_task, lw=0.8, alpha=0.35)
   ax.plot(steps, mean, color="black", lw=1.0, alpha=0.6, label="mean over tasks")
-  ax.plot(steps, analysis.smooth(mean), color="black", lw=2.0, label="smoothed (0.8)")
+  ax.plot(steps, success_curve.smooth(mean), color="black", lw=2.0, label="smoothed (0.8)")
   _success_axes(ax, title)
   ax.legend(loc="upper left", fontsize=8)
   return save(figure, path)
@@ -74,7 +75,7 @@ def run_curves(evals: Sequence[dict], title: str, path: str) -> str:
 def _seed_curves(cell: Cell, task: str | None = None) -> tuple[list[int], np.ndarray]:
   """Steps every seed reached and success per seed there: [seeds, steps] (mean over tasks,
   or the one task's)."""
-  steps = run_set.common_eval_steps(cell.runs)
+  steps = run_sets.common_eval_steps(cell.runs)
   if task is None:
     values = [[run.curve[s] for s in steps] for run in cell.runs]
   else:
@@ -83,7 +84,7 @@ def _seed_curves(cell: Cell, task: str | None = None) -> tuple[list[int], np.nda
 
 
 def _iqm_curve(cell: Cell, steps: list[int]) -> np.ndarray:
-  return np.array([analysis.iqm(run_set.score_matrix(cell.runs, s)) for s in steps])
+  return np.array([statistics.iqm(run_sets.score_matrix(cell.runs, s)) for s in steps])
 
 
 def setting_curves(cells: Sequence[Cell], path: str) -> str:
@@ -117,9 +118,9 @@ def performance_profiles(cells: Sequence[Cell], path: str, bootstrap_reps: int) 
   thresholds = np.linspace(0.0, 1.0, 101)
   for ax, column in zip(axes, columns):
     for cell in (c for c in cells if c.column == column):
-      steps = run_set.common_eval_steps(cell.runs)
-      scores = run_set.score_matrix(cell.runs, steps[-1])
-      profile, low, high = analysis.performance_profile(scores, thresholds, bootstrap_reps)
+      steps = run_sets.common_eval_steps(cell.runs)
+      scores = run_sets.score_matrix(cell.runs, steps[-1])
+      profile, low, high = statistics.performance_profile(scores, thresholds, bootstrap_reps)
       colour = colours[cell.label]
       ax.plot(thresholds, profile, color=colour, lw=1.8, label=f"{cell.label} @ {steps[-1]:,}")
       ax.fill_between(thresholds, low, high, color=colour, alpha=0.2, lw=0)

@@ -8,18 +8,19 @@ import sys
 import numpy as np
 import pytest
 
-from cmta_jax import analysis, results, run_set, testing
+from cmta_jax import success_curve, testing
+from cmta_jax.reporting import run_sets, tables
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TABLES = os.path.join(REPO, "experiments", "tables.py")
 write_run = testing.write_synthetic_run
 
 
 def _table(paths: list[str], output=None, skip_bad_runs: bool = False) -> str:
   """The table of `paths`, in process (the command line is tested below)."""
-  runs = results.load_runs(paths, skip_bad_runs)
-  cells = results.arrange(run_set.group_by_setting(runs))
-  return (output or results.markdown)(cells, bootstrap_reps=200)
+  runs = tables.load_runs(paths, skip_bad_runs)
+  cells = tables.arrange(run_sets.group_by_setting(runs))
+  return (output or tables.markdown)(cells, bootstrap_reps=200)
 
 
 def _tables(*args):
@@ -58,7 +59,7 @@ def test_cells_follow_the_saved_config_and_equal_hand_computation(tree):
   assert list(rows)[1:] == ["CMTA", "CMTA (mixture.num_experts=2)", "MT-SAC"]
   # CMTA fixed: seeds share steps 0, 1000, 2000; mean curve 0, 0.5, 0.625.
   mean = np.array([0.0, 0.5, 0.625])
-  smoothed = analysis.smooth(mean)  # 0, 0.1, 0.205
+  smoothed = success_curve.smooth(mean)  # 0, 0.1, 0.205
   assert smoothed.max() == pytest.approx(0.205)
   final_scores = np.array([[1.0, 0.5], [0.5, 0.5]])
   iqm = np.sort(final_scores.ravel())[1:3].mean()  # 0.5
@@ -73,7 +74,7 @@ def test_cells_follow_the_saved_config_and_equal_hand_computation(tree):
 
 
 def test_latex_output_escapes_and_keeps_every_cell(tree):
-  text = _table([tree], results.latex)
+  text = _table([tree], tables.latex)
   assert "\\multicolumn{5}{c}{MT10-Fixed}" in text and "\\multicolumn{5}{c}{MT10-Mixed}" in text
   assert "CMTA (mixture.num\\_experts=2) & 10.00\\% & 50.00\\%" in text
   assert text.count("\\\\") == 2 + 3  # two header lines, three rows

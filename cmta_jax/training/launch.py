@@ -1,0 +1,453 @@
+"""Starting and resuming runs: `train` (one seed) and `train_seeds` (a batch of seeds, each in
+RUN_DIR/seed<K>) check the config, lock the run directories, build the networks, compiled
+steps, environments and replay, restore the newest checkpoint every seed completed, run the
+loop and write the summaries."""
+
+import contextlib
+import functools
+import glob
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from cmta_jax import config as config_lib
+from cmta_jax.agents import registry, sac
+from cmta_jax.envs.config import validate_seed
+from cmta_jax.envs.seed_envs import EnvPool
+from cmta_jax.envs.source import METAWORLD, EnvSource
+from cmta_jax.replay.buffer import ReplayBuffer
+from cmta_jax.replay.memory import check_fits_in_memory, format_bytes
+from cmta_jax.training import devices as devices_lib
+from cmta_jax.training import keys, loop, metrics_log, records, run_state, steps
+from cmta_jax.training import run_dir as run_dir_lib
+from cmta_jax.training import videos as videos_lib
+from cmta_jax.training.checkpointing import Checkpointer, checkpoint_steps
+from cmta_jax.training.metrics_log import MetricsLog
+
+
+def train(
+  run_config: config_lib.RunConfig,
+  run_dir: str,
+  allow_config_change: bool = False,
+  log: Callable[[str], None] = print,
+  envs: EnvSource = METAWORLD,
+  data_parallel: bool = False,
+  devices: Sequence[jax.Device] | None = None,
+  draw_curves: records.DrawCurves | None = None,
+) -> dict:
+  """Trains (or resumes) the run in `run_dir`; returns the summary it also writes to
+  summary.json. `envs` builds the environments (Meta-World unless a test injects others);
+  `data_parallel` splits every batch over `devices` (default: all local devices;
+  docs/seeds.md, "Devices"); `draw_curves` redraws RUN_DIR/curves.png at every evaluation."""
+  seed = run_config.train.seed
+  if run_dir_lib.read_saved_config(run_dir) is None and glob.glob(
+    os.path.join(run_dir, "seed*", run_dir_lib.CONFIG_FILE)
+  ):
+    raise ValueError(
+      f"{run_dir} holds a batch of seeds (seed<K>/); resume it with --seeds, train one of its "
+      "seeds alone with --run_dir=RUN_DIR/seed<K>, or give another --run_dir"
+    )
+  summaries = _train_batch(
+    run_config,
+    {seed: run_dir},
+    allow_config_change=allow_config_change,
+    log=log,
+    envs=envs,
+    env_workers=0,
+    data_parallel=data_parallel,
+    devices=devices,
+    is_batch=False,
+    draw_curves=draw_curves,
+  )
+  return summaries[seed]
+
+
+def train_seeds(
+  run_config: config_lib.RunConfig,
+  run_dir: str,
+  seeds: Sequence[int],
+  allow_config_change: bool = False,
+  log: Callable[[str], None] = print,
+  envs: EnvSource = METAWORLD,
+  env_workers: int = 0,
+  devices: Sequence[jax.Device] | None = None,
+  draw_curves: records.DrawCurves | None = None,
+) -> dict[int, dict | None]:
+  """Trains (or resumes) `seeds` as one batch, each seed in `run_dir/seed<K>` as a normal run
+  directory: the update vmapped over a seed axis, the seeds' environments stepped by
+  `env_workers` processes (0: this process), the seeds spread over `devices` (default: all
+  local devices; docs/seeds.md). Returns {seed: summary, or None for a seed that diverged and was
+  stopped}; raises run_state.TrainingDiverged if every seed diverged."""
+  seeds = check_seeds(seeds)
+  if run_dir_lib.read_saved_config(run_dir) is not None:
+    raise ValueError(
+      f"{run_dir} holds a single-seed run; give the batch another --run_dir (each of its "
+      "seeds trains in RUN_DIR/seed<K>)"
+    )
+  seed_dirs = {seed: seed_run_dir(run_dir, seed) for seed in seeds}
+  return _train_batch(
+    run_config,
+    seed_dirs,
+    allow_config_change=allow_config_change,
+    log=log,
+    envs=envs,
+    env_workers=env_workers,
+    data_parallel=False,
+    devices=devices,
+    is_batch=True,
+    draw_curves=draw_curves,
+  )
+
+
+def _train_batch(
+  run_config: config_lib.RunConfig,
+  seed_dirs: dict[int, str],
+  *,
+  allow_config_change: bool,
+  log: Callable[[str], None],
+  envs: EnvSource,
+  env_workers: int,
+  data_parallel: bool,
+  devices: Sequence[jax.Device] | None,
+  is_batch: bool,
+  draw_curves: records.DrawCurves | None,
+) -> dict[int, dict | None]:
+  """The seeds of `seed_dirs` as one batch (docs/seeds.md); `is_batch`: a batch of seeds
+  (one that diverges stops alone), not a single run."""
+  registry.validate(run_config)
+  _check_schedule(run_config, log)
+  bpt = run_config.train.batch_per_task
+  devices_lib.choose(len(seed_dirs), bpt, data_parallel, devices)  # before anything is written
+  networks = steps.build_networks(run_config, envs)
+  _log_replay_memory(run_config, networks, envs, list(seed_dirs.values()), log)
+  # Everything below happens under the run directories' locks, and nothing in them is
+  # written before each config is known to fit its checkpoints.
+  with contextlib.ExitStack() as locks:
+    for directory in seed_dirs.values():
+      locks.enter_context(run_dir_lib.RunDirLock(directory))
+    configs = []
+    for seed, directory in seed_dirs.items():
+      config = config_lib.replace_fields(run_config, seed=seed)
+      run_dir_lib.check_resume_config(
+        directory,
+        run_dir_lib.read_saved_config(directory),
+        config,
+        allow_config_change,
+        functools.partial(checkpoint_shapes, envs=envs),
+      )
+      configs.append(config)
+    configs = _without_diverged(configs, seed_dirs, log)
+    run, state = start_run(
+      configs,
+      [seed_dirs[c.train.seed] for c in configs],
+      networks,
+      envs,
+      log,
+      env_workers=env_workers,
+      placement=devices_lib.choose(len(configs), bpt, data_parallel, devices),
+      is_batch=is_batch,
+      draw_curves=draw_curves,
+    )
+    try:
+      state = loop.run_to_completion(run, state)
+    finally:
+      run.close()
+    summaries = {seed: None for seed in seed_dirs}
+    for index, seed_run in enumerate(run.seeds):
+      if state.active[index]:
+        summaries[seed_run.seed] = records.write_summary(run, state, index)
+    return summaries
+
+
+def check_seeds(seeds: Sequence[int]) -> tuple[int, ...]:
+  """The seeds as a tuple; ValueError (one line) if none, repeated or out of range."""
+  seeds = tuple(seeds)
+  if not seeds:
+    raise ValueError("no seeds given")
+  for seed in seeds:
+    validate_seed(seed)
+  if len(set(seeds)) != len(seeds):
+    raise ValueError(f"seeds repeat: {list(seeds)}")
+  return seeds
+
+
+def seed_run_dir(run_dir: str, seed: int) -> str:
+  """Where a seed of a batch trains: `run_dir/seed<K>`."""
+  return os.path.join(run_dir, f"seed{seed}")
+
+
+def _log_replay_memory(run_config, networks, envs: EnvSource, run_dirs: list[str], log) -> None:
+  """Checks that the seeds' replay buffers fit in memory, and says what they take. A resume
+  also holds one seed's restored replay at a time besides the buffers."""
+  cfg_train = run_config.train
+  resuming = any(checkpoint_steps(os.path.join(d, "checkpoints")) for d in run_dirs)
+  needed = check_fits_in_memory(
+    len(envs.task_names(run_config.env)),
+    cfg_train.replay_capacity,
+    networks.obs_dim,
+    networks.action_dim,
+    steps.replay_carry_dim(networks),
+    num_seeds=len(run_dirs),
+    resuming=resuming,
+  )
+  per_seed = f" ({len(run_dirs)} seeds)" if len(run_dirs) > 1 else ""
+  restoring = ", one more while resuming" if resuming else ""
+  log(
+    f"replay buffer: {cfg_train.replay_capacity} transitions{per_seed}{restoring} need "
+    f"{format_bytes(needed)}"
+  )
+
+
+def _without_diverged(configs, seed_dirs: dict, log) -> list:
+  """The configs of the seeds that have not diverged in an earlier attempt of the batch."""
+  kept = []
+  for config in configs:
+    marker = os.path.join(seed_dirs[config.train.seed], run_state.DIVERGED_FILE)
+    if os.path.exists(marker):
+      log(f"seed {config.train.seed} diverged earlier ({marker}); left out of this batch")
+    else:
+      kept.append(config)
+  if not kept:
+    raise run_state.TrainingDiverged(
+      f"every seed diverged earlier (see their {run_state.DIVERGED_FILE}); nothing to run"
+    )
+  return kept
+
+
+def _check_schedule(run_config: config_lib.RunConfig, log: Callable[[str], None]) -> None:
+  cfg_env, cfg_train = run_config.env, run_config.train
+  if cfg_train.total_steps % cfg_env.episode_length:
+    raise ValueError(
+      f"total_steps ({cfg_train.total_steps}) must be a multiple of the episode length "
+      f"({cfg_env.episode_length}): runs end, checkpoint and resume at episode starts"
+    )
+  if cfg_train.eval_every > cfg_train.total_steps:
+    log(
+      f"note: eval_every ({cfg_train.eval_every}) > total_steps ({cfg_train.total_steps}): "
+      "evaluation runs only at the start and the end"
+    )
+
+
+def checkpoint_shapes(run_config: config_lib.RunConfig, envs: EnvSource = METAWORLD) -> tuple:
+  """What a config fixes of its checkpoints' arrays: the learner state's leaves (path ->
+  shape, dtype) and the replay buffer's shape. Tracing only, nothing is computed."""
+  registry.validate(run_config)
+  networks = steps.build_networks(run_config, envs)
+  state = jax.eval_shape(
+    lambda key: sac.init_training_state(key, networks, run_config.sac), jax.random.PRNGKey(0)
+  )
+  num_tasks = len(envs.task_names(run_config.env))
+  replay = (
+    num_tasks,
+    run_config.train.replay_capacity // num_tasks,
+    networks.obs_dim,
+    networks.action_dim,
+    steps.replay_carry_dim(networks),
+  )
+  return run_dir_lib.abstract_shapes(state), replay
+
+
+def start_run(
+  configs: Sequence[config_lib.RunConfig],
+  run_dirs: Sequence[str],
+  networks,
+  envs: EnvSource,
+  log: Callable[[str], None],
+  env_workers: int = 0,
+  placement: devices_lib.Placement = devices_lib.SINGLE_DEVICE,
+  is_batch: bool = False,
+  draw_curves: records.DrawCurves | None = None,
+) -> tuple[run_state.Run, run_state.LoopState]:
+  """Builds the batch of `configs` (one per seed, differing only in the seed), then restores
+  the latest checkpoint every seed completed, or starts at step 0. Writes each config.json
+  only once the run really starts or resumes; on an error closes what it built."""
+  base_keys = jnp.stack([keys.run_key(c.train.seed) for c in configs])
+  learners = [
+    sac.init_training_state(keys.stream_key(key, keys.Stream.INIT), networks, configs[0].sac)
+    for key in base_keys
+  ]
+  names = tuple(envs.task_names(configs[0].env))
+  window = steps.burn_in_steps(configs[0], networks)
+  totals = steps.empty_totals(
+    networks,
+    configs[0].sac,
+    learners[0],
+    steps.batch_spec(len(names), configs[0].train.batch_per_task, networks, window),
+  )
+  with contextlib.ExitStack() as on_error:
+    seeds, restored = _open_seeds(
+      configs, run_dirs, networks, envs, learners, totals, log, on_error
+    )
+    pool = EnvPool(envs.make_envs, configs[0].env, [c.train.seed for c in configs], env_workers)
+    on_error.callback(pool.close)
+    run = run_state.Run(
+      config=configs[0],
+      seeds=seeds,
+      task_names=names,
+      task_ids=jnp.arange(len(names), dtype=jnp.int32),
+      networks=networks,
+      envs=pool,
+      act=steps.make_act(networks),
+      train_step=steps.make_train_step(networks, configs[0].sac, placement),
+      diagnostics=steps.make_diagnostics(networks),
+      base_keys=placement.put(base_keys),
+      placement=placement,
+      burn_in_steps=window,
+      log=log,
+      is_batch=is_batch,
+      draw_curves=draw_curves,
+    )
+    state = _initial_loop_state(run, learners, totals, restored)
+    on_error.pop_all()
+  return run, state
+
+
+def _open_seeds(configs, run_dirs, networks, envs, learners, totals, log, on_error):
+  """(one run_state.SeedRun per seed, the restored checkpoints or None): video recorders and
+  checkpointers first (a machine that cannot render fails before anything is written), then
+  the restore (each seed's replay straight into its buffer), then config.json and the
+  metrics logs. Registers every close in `on_error`."""
+  opened = []
+  num_tasks = len(envs.task_names(configs[0].env))
+  for config, directory in zip(configs, run_dirs):
+    videos = videos_lib.make_recorder(config, envs, networks, directory)
+    if videos is not None:
+      on_error.callback(videos.close)
+    # A batch keeps one checkpoint more: see _restore_batch.
+    checkpointer = Checkpointer(directory, config.train.keep_checkpoints + (len(configs) > 1))
+    on_error.callback(checkpointer.close)
+    buffer = _new_replay(config.train, networks, num_tasks)
+    opened.append((config, directory, checkpointer, videos, buffer))
+  restored = _restore_batch(
+    [o[2] for o in opened],
+    [o[4] for o in opened],
+    run_dirs,
+    configs[0].train.total_steps,
+    learners,
+    totals,
+    log,
+  )
+  for config, directory in zip(configs, run_dirs):
+    run_dir_lib.write_config(directory, config)
+  log("config:\n" + json.dumps(config_lib.flatten(configs[0]), indent=1, sort_keys=True))
+  if len(configs) > 1:
+    log(f"seeds: {[c.train.seed for c in configs]} in {os.path.dirname(run_dirs[0])}/seed<K>")
+  seeds = []
+  for config, directory, checkpointer, videos, buffer in opened:
+    metrics_file = MetricsLog(directory, resume_step=None if restored is None else restored[0][0])
+    on_error.callback(metrics_file.close)
+    seeds.append(
+      run_state.SeedRun(
+        config=config,
+        run_dir=directory,
+        buffer=buffer,
+        episode_stats=run_state.EpisodeStats(num_tasks),
+        checkpointer=checkpointer,
+        metrics_file=metrics_file,
+        videos=videos,
+      )
+    )
+  return tuple(seeds), restored
+
+
+def _new_replay(cfg_train: config_lib.TrainConfig, networks, num_tasks: int) -> ReplayBuffer:
+  return ReplayBuffer(
+    num_tasks,
+    cfg_train.replay_capacity,
+    networks.obs_dim,
+    networks.action_dim,
+    steps.replay_carry_dim(networks),
+    seed=cfg_train.seed,
+  )
+
+
+def _restore_batch(checkpointers, buffers, run_dirs, total_steps: int, learners, totals, log):
+  """[(step, state, meta)] per seed at the newest step every seed completed, each seed's
+  replay loaded into its buffer at once (one restored replay in memory at a time); or None
+  for a new batch. A batch killed between its seeds' saves resumes at the step before, or
+  from the start if it was the first round of saves; the newer checkpoints are removed
+  (the batch writes them again, identically)."""
+  latest = [c.steps()[-1] if c.steps() else None for c in checkpointers]
+  for directory, step in zip(run_dirs, latest):
+    if step is not None and step > total_steps:
+      raise ValueError(
+        f"{directory} is already at step {step}, past --total_steps={total_steps}; nothing "
+        f"changed (give --total_steps >= {step} to resume or extend it)"
+      )
+  with_saves = [c.steps() for c in checkpointers if c.steps()]
+  first_round_cut = len({tuple(saves) for saves in with_saves}) == 1 and len(with_saves[0]) == 1
+  if None in latest and with_saves and not first_round_cut:
+    missing = [d for d, s in zip(run_dirs, latest) if s is None]
+    raise ValueError(
+      f"{', '.join(missing)} hold(s) no checkpoint while the batch's other seeds are at step "
+      f"{max(s for s in latest if s is not None)}; a batch's seeds train together: give new "
+      "seeds their own --run_dir"
+    )
+  # Seeds without a checkpoint beside ones with the first round's only: that round was cut
+  # short, and the batch starts again.
+  common = None if None in latest else min(latest)
+  while common is not None:
+    restored = []
+    for checkpointer, buffer, learner in zip(checkpointers, buffers, learners):
+      one = checkpointer.restore_latest(
+        {"train_state": learner, "totals": totals}, log, max_step=common
+      )
+      if one is None:
+        break
+      step, state, replay, meta = one
+      buffer.load_state_dict(replay)
+      del replay
+      restored.append((step, state, meta))
+    restored_steps = {r[0] for r in restored}
+    if len(restored) == len(checkpointers) and restored_steps == {common}:
+      break
+    # A seed fell back past an unreadable checkpoint (or had none left): all follow it.
+    common = min(restored_steps) if len(restored) == len(checkpointers) else None
+  for directory, checkpointer in zip(run_dirs, checkpointers):
+    newer = checkpointer.delete_after(-1 if common is None else common)
+    if newer:
+      log(
+        f"{directory}: checkpoint(s) {newer} are past the last step every seed of the batch "
+        f"completed ({common or 'none: the batch starts again'}), so removed; the batch "
+        "writes them again, identically"
+      )
+  return None if common is None else restored
+
+
+def _initial_loop_state(run: run_state.Run, learners, totals, restored) -> run_state.LoopState:
+  num_seeds = run.num_seeds
+  if restored is None:
+    step, obs, eval_obs = 0, run.env.reset(), run.eval_env.reset()
+    totals = [totals] * num_seeds
+  else:
+    step = restored[0][0]
+    learners = [r[1]["train_state"] for r in restored]
+    totals = [r[1]["totals"] for r in restored]
+    for seed_run, (_, _, meta) in zip(run.seeds, restored):
+      seed_run.episode_stats.load(meta["episode_stats"])
+    obs = run.env.restore([r[2]["env"] for r in restored])
+    eval_obs = run.eval_env.restore([r[2]["eval_env"] for r in restored])
+    where = run.seeds[0].run_dir if num_seeds == 1 else os.path.dirname(run.seeds[0].run_dir)
+    run.log(f"resumed {where} from the checkpoint at step {step}")
+  carry = sac.initial_carry(run.networks, (num_seeds, run.num_tasks))  # episode starts
+  eval_history = tuple(
+    tuple(r for r in metrics_log.read_records(s.run_dir) if r["kind"] == "eval") for s in run.seeds
+  )
+  return run_state.LoopState(
+    step=step,
+    episode_step=0,
+    learner=run.placement.put(steps.stack_seeds(learners)),
+    totals=run.placement.put(steps.stack_seeds(totals)),
+    obs=obs,
+    eval_obs=eval_obs,
+    carry=run.placement.put(carry),
+    carry_host=jax.device_get(carry),
+    eval_history=eval_history,
+    active=(True,) * num_seeds,
+    start_step=step,
+    start_time=time.perf_counter(),
+  )
