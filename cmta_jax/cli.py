@@ -8,6 +8,7 @@ this way; anything else is a bug and keeps its traceback.
 
 import errno
 import functools
+import importlib
 import os
 import signal
 import sys
@@ -104,3 +105,46 @@ def parse_flags(argv: list[str]) -> list[str]:
     return flags.FLAGS(argv)
   except flags.Error as error:
     fail(f"{error} (see --helpfull)")
+
+
+AGENT_MODULE_FLAG = "agent_module"
+
+
+def agent_modules_in(argv: list[str]) -> list[str]:
+  """The modules named by `--agent_module=pkg.mod[,pkg2.mod2]` (given once or more) in
+  `argv`, read before absl parses it: train.py defines flags from what they register."""
+  modules = []
+  for index, arg in enumerate(argv[1:], start=1):
+    value = None
+    if arg.startswith(f"--{AGENT_MODULE_FLAG}="):
+      value = arg.split("=", 1)[1]
+    elif arg == f"--{AGENT_MODULE_FLAG}" and index + 1 < len(argv):
+      value = argv[index + 1]
+    if value is not None:
+      modules += [name.strip() for name in value.split(",") if name.strip()]
+  return modules
+
+
+def import_agent_modules(modules: list[str]) -> None:
+  """Imports `modules`, so the agents they register reach `--agent` and the run configs
+  that name them can be read; a module that fails to import ends the command with a
+  one-line error."""
+  for name in modules:
+    try:
+      importlib.import_module(name)
+    except Exception as error:  # pylint: disable=broad-except
+      fail(
+        f"--{AGENT_MODULE_FLAG}={name}: cannot import it ({type(error).__name__}: "
+        f"{describe(error)}); is its directory on PYTHONPATH?"
+      )
+
+
+def define_agent_module_flag() -> None:
+  """Defines `--agent_module` (read earlier, by `import_agent_modules`) for --help and
+  parsing."""
+  flags.DEFINE_list(
+    AGENT_MODULE_FLAG,
+    [],
+    "Python modules to import first (e.g. my_lab.film_agent): agents they register with "
+    "cmta_jax.agents.registry become --agent choices, their config sections flags.",
+  )

@@ -115,12 +115,21 @@ class MixtureConfig:
   expert_dim: int = _field(64, _positive_int)  # z^j
   lstm_hidden: int = _field(64, _positive_int)
   temporal_attention: bool = True  # False = CMTA w/o TI: attention from z_task only, no LSTM
-  # How the LSTM carry the attention reads is kept fresh (docs/carry_modes.md): stored |
-  # frozen_memory | frozen_lstm | burn_in. burn_in_steps: the window L burn_in replays.
-  carry_mode: str = _field("burn_in", _carry_mode)
-  burn_in_steps: int = _field(20, _positive_int)
   attention_temperature: float = _field(1.0, _positive)
   contrastive_temperature: float = _field(0.1, _positive)  # of the InfoNCE logits (Eq. 3)
+
+  def validate(self) -> None:
+    validate_fields(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class RecurrenceConfig:
+  """How the update keeps a recurrent encoder's carry fresh (docs/carry_modes.md); read for
+  every agent whose encoder declares a recurrence (`Encoder.advance_carry`)."""
+
+  # stored | frozen_memory | frozen_lstm | burn_in. burn_in_steps: the window L burn_in replays.
+  carry_mode: str = _field("burn_in", _carry_mode)
+  burn_in_steps: int = _field(20, _positive_int)
 
   def validate(self) -> None:
     validate_fields(self)
@@ -194,29 +203,92 @@ class TrainConfig:
       )
 
 
+# Sections that agents bring with them (`register_section`, called by `registry.register`):
+# name -> frozen dataclass. A run config holds each at its defaults unless it sets it.
+_PLUGIN_SECTIONS: dict[str, type] = {}
+
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
   """One run: the agent (registry name) and a config per concern. Which sections an agent
   reads is its encoder factory's business (`agents/registry.py`); `registry.validate` adds
-  the checks that depend on the agent."""
+  the checks that depend on the agent. Sections registered by agents are attributes too
+  (`run_config.film`), kept in `plugins`."""
 
   agent: str = "cmta"
   env: EnvConfig = EnvConfig()
   head: HeadConfig = HeadConfig()
   task_encoder: TaskEncoderConfig = TaskEncoderConfig()
   mixture: MixtureConfig = MixtureConfig()
+  recurrence: RecurrenceConfig = RecurrenceConfig()
   softmodu: SoftModuConfig = SoftModuConfig()
   sac: SACConfig = SACConfig()
   train: TrainConfig = TrainConfig()
+  # ((name, section), ...) for registered sections set away from their defaults' object;
+  # a tuple, so the config stays hashable.
+  plugins: tuple = ()
+
+  def __getattr__(self, name: str) -> Any:  # only reached for names that are not fields
+    sections = _plugin_sections(self)
+    if name in sections:
+      return sections[name]
+    raise AttributeError(f"RunConfig has no section or field {name!r}")
+
+  def sections(self) -> dict[str, Any]:
+    """Every section by name: the built-in fields', then the registered agents'."""
+    built_in = {
+      field.name: getattr(self, field.name)
+      for field in dataclasses.fields(self)
+      if dataclasses.is_dataclass(getattr(self, field.name))
+    }
+    return {**built_in, **_plugin_sections(self)}
 
   def validate(self) -> None:
     """Every section's own checks (one-line ValueError); no agent-dependent ones."""
     if not isinstance(self.agent, str) or not self.agent:
       raise ValueError(f"agent must be a registered agent's name, got {self.agent!r}")
-    self.env.validate()
-    for section in (self.head, self.task_encoder, self.mixture, self.softmodu, self.sac):
-      section.validate()
-    self.train.validate(self.env.episode_length)
+    for name, section in self.sections().items():
+      if name == "train":
+        section.validate(self.env.episode_length)
+      elif hasattr(section, "validate"):
+        section.validate()
+      else:
+        validate_fields(section)
+
+
+def _plugin_sections(config: RunConfig) -> dict[str, Any]:
+  given = dict(config.plugins)
+  return {name: given.get(name) or section() for name, section in _PLUGIN_SECTIONS.items()}
+
+
+def register_section(name: str, section: type) -> None:
+  """Adds an agent's config section: a frozen dataclass whose fields all have defaults and
+  whose field names no other section uses (each is its flag). One-line ValueError if not."""
+  if not isinstance(name, str) or not name.isidentifier() or name != name.lower():
+    raise ValueError(f"a config section's name must be lower_snake_case, got {name!r}")
+  taken = {field.name for field in dataclasses.fields(RunConfig)} | set(_PLUGIN_SECTIONS)
+  if name in taken:
+    raise ValueError(f"config section {name!r} exists already")
+  params = getattr(section, "__dataclass_params__", None)
+  if params is None or not params.frozen:
+    raise ValueError(f"config section {name!r}: give a frozen dataclass")
+  try:
+    section()
+  except TypeError:
+    raise ValueError(f"config section {name!r}: every field needs a default") from None
+  names = {path.split(".")[-1]: path for path in flatten(RunConfig()) if path != "agent"}
+  clashes = [f"{f.name} ({names[f.name]})" for f in dataclasses.fields(section) if f.name in names]
+  if clashes:
+    raise ValueError(
+      f"config section {name!r}: field names already used (each field is a flag): "
+      f"{', '.join(clashes)}"
+    )
+  _PLUGIN_SECTIONS[name] = section
+
+
+def unregister_section(name: str) -> None:
+  """Removes a section `register_section` added (for tests that register agents)."""
+  _PLUGIN_SECTIONS.pop(name, None)
 
 
 def _paper(benchmark: str, mode: str) -> RunConfig:
@@ -269,13 +341,22 @@ PRESETS: dict[str, RunConfig] = {
 def replace_path(config: Any, path: str, value: Any) -> Any:
   """Returns `config` with the dotted field `path` (e.g. 'train.seed') set to `value`."""
   head, _, rest = path.partition(".")
+  if isinstance(config, RunConfig) and head in _PLUGIN_SECTIONS:
+    plugins = dict(config.plugins)
+    plugins[head] = replace_path(getattr(config, head), rest, value)
+    return dataclasses.replace(config, plugins=tuple(sorted(plugins.items())))
   if not rest:
     return dataclasses.replace(config, **{head: value})
   return dataclasses.replace(config, **{head: replace_path(getattr(config, head), rest, value)})
 
 
 def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
-  """{'train.seed': 0, ...} for every leaf field."""
+  """{'train.seed': 0, ...} for every leaf field (a run config's registered sections too)."""
+  if isinstance(config, RunConfig):
+    out = {"agent": config.agent}
+    for name, section in config.sections().items():
+      out.update(flatten(section, f"{name}."))
+    return out
   out = {}
   for field in dataclasses.fields(config):
     value = getattr(config, field.name)
@@ -336,15 +417,18 @@ def replace_fields(config: RunConfig, **values: Any) -> RunConfig:
 _RENAMED_PATHS = {
   "sac.contrastive_weight": "sac.auxiliary_weight",
   "sac.contrastive_temperature": "mixture.contrastive_temperature",
+  "mixture.carry_mode": "recurrence.carry_mode",
+  "mixture.burn_in_steps": "recurrence.burn_in_steps",
 }
-_SECTIONS_SPLIT_FROM_NETWORK = ("head", "task_encoder", "mixture", "softmodu")
+_SECTIONS_SPLIT_FROM_NETWORK = ("head", "task_encoder", "mixture", "recurrence", "softmodu")
 
 
 def upgrade_flat(flat: dict[str, Any]) -> dict[str, Any]:
   """A flattened config as written by any earlier version, with today's paths: the old
   `network.X` fields now live in head / task_encoder / mixture / softmodu,
-  `sac.contrastive_weight` is `sac.auxiliary_weight`, and `sac.contrastive_temperature` is
-  `mixture.contrastive_temperature`. Unknown paths are kept as they are."""
+  `sac.contrastive_weight` is `sac.auxiliary_weight`, `sac.contrastive_temperature` is
+  `mixture.contrastive_temperature`, and the carry mode and burn-in window moved from
+  `mixture` to `recurrence`. Unknown paths are kept as they are."""
   moved = {
     f"network.{path.split('.')[-1]}": path
     for path in flatten(RunConfig())

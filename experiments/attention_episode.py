@@ -17,6 +17,7 @@ from absl import app, flags, logging
 from cmta_jax import cli
 
 _RUN_DIR = flags.DEFINE_string("run_dir", None, "The run directory.", required=True)
+cli.define_agent_module_flag()  # for runs of agents defined outside the package
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
 _TASKS = flags.DEFINE_list("tasks", None, "Tasks to show (default: every task).")
 _OUT = flags.DEFINE_string("out", "attention.png", "Image file (.png, .svg or .pdf).")
@@ -26,6 +27,7 @@ def main(argv):
   if len(argv) > 1:
     cli.fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are written --name=value)")
   logging.set_verbosity(logging.WARNING)
+  cli.import_agent_modules(flags.FLAGS.agent_module)
   cli.check_output_file(_OUT.value, cli.FIGURE_FORMATS)
   # Imported only now, so that bad input answers at once.
   from cmta_jax.reporting import figures, inspection

@@ -109,7 +109,7 @@ def main(argv):
   env.close()
   total = update_ms + act_ms + env_ms
   print(
-    f"{_AGENT.value} ({run_config.mixture.carry_mode}) {_BENCHMARK.value} width {_WIDTH.value} B_task {b}: train step "
+    f"{_AGENT.value} ({run_config.recurrence.carry_mode}) {_BENCHMARK.value} width {_WIDTH.value} B_task {b}: train step "
     f"{update_ms:.1f} ms | action selection {act_ms:.2f} ms | env step {env_ms:.1f} ms | "
     f"1/sum = {1e3 / total:.1f} vector steps/s"
   )

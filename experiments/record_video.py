@@ -20,6 +20,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 _RUN_DIR = flags.DEFINE_string("run_dir", None, "The run directory.", required=True)
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Directory for the videos.", required=True)
+cli.define_agent_module_flag()  # for runs of agents defined outside the package
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
 _TASKS = flags.DEFINE_list("tasks", None, "Tasks to record (default: every task).")
 _EPISODES = flags.DEFINE_integer("episodes", 1, "Evaluation episodes per task.")
@@ -46,6 +47,7 @@ def main(argv):
   if len(argv) > 1:
     cli.fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are written --name=value)")
   logging.set_verbosity(logging.WARNING)
+  cli.import_agent_modules(flags.FLAGS.agent_module)
   _check_flags()
   # Imported only now, so that bad input answers at once.
   from cmta_jax.envs.metaworld_env import RenderSpec

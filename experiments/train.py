@@ -18,6 +18,10 @@ from cmta_jax import cli
 from cmta_jax import config as config_lib
 from cmta_jax.agents import registry
 
+# Agents defined outside the package register themselves on import; that must happen before
+# the flags below are defined from the registry and the config's sections.
+cli.import_agent_modules(cli.agent_modules_in(sys.argv))
+
 # The OpenGL backend of MuJoCo's offscreen renderer, for --video_every (read when a renderer
 # is created, never otherwise).
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -64,29 +68,30 @@ _AGENT = flags.DEFINE_enum(
   "Agent: " + "; ".join(f"{k}: {v}" for k, v in registry.agent_help().items()),
 )
 
-_SECTION_HELP = {
-  "env": "environment",
-  "head": "actor/critic heads",
-  "task_encoder": "task encoder",
-  "mixture": "CMTA/CARE mixture encoder",
-  "softmodu": "Soft Modularization encoder",
-  "sac": "SAC update",
-  "train": "schedule",
-}
+cli.define_agent_module_flag()
+
+
+def _section_help(section) -> str:
+  """The first line of a section dataclass's docstring."""
+  return (type(section).__doc__ or type(section).__name__).strip().splitlines()[0].rstrip(".")
 
 
 def _define_config_flags() -> dict[str, str]:
-  """One flag per leaf config field, named by the field (e.g. --seed for train.seed)."""
+  """One flag per leaf config field of every section (the agents' own included), named by the
+  field (e.g. --seed for train.seed)."""
   paths = {}
   defaults = config_lib.RunConfig()
+  sections = defaults.sections()
   for path, default in config_lib.flatten(defaults).items():
     if path == "agent":
       continue
     name = path.split(".")[-1]
     assert name not in paths, f"duplicate config field name {name}"
     paths[name] = path
+    section = sections[path.split(".")[0]]
     help_text = (
-      f"{_SECTION_HELP[path.split('.')[0]]} config `{path}` (default {default!r} or the preset's)"
+      f"`{path}` (default {default!r} or the preset's); {path.split('.')[0]}: "
+      f"{_section_help(section)}"
     )
     current = config_lib.getattr_path(defaults, path)
     if isinstance(current, bool):

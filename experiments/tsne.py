@@ -17,6 +17,7 @@ from absl import app, flags, logging
 from cmta_jax import cli
 
 _RUN_DIRS = flags.DEFINE_list("run_dirs", None, "Run directories, side by side.", required=True)
+cli.define_agent_module_flag()  # for runs of agents defined outside the package
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: each run's newest).")
 _EPISODES = flags.DEFINE_integer("episodes", 10, "Evaluation episodes per task and run.")
 _MAX_POINTS = flags.DEFINE_integer("max_points", 3000, "Points per panel (a seeded subsample).")
@@ -29,6 +30,7 @@ def main(argv):
   if len(argv) > 1:
     cli.fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are written --name=value)")
   logging.set_verbosity(logging.WARNING)
+  cli.import_agent_modules(flags.FLAGS.agent_module)
   for name, value in (("episodes", _EPISODES.value), ("max_points", _MAX_POINTS.value)):
     if value < 1:
       cli.fail(f"--{name} must be positive, got {value}")

@@ -31,7 +31,7 @@ def test_paper_presets_hold_the_paper_settings(name):
   assert flat["head.hidden_layers"] == 3
   assert flat["env.reward_normalization"] is True
   # The carry mode chosen from the CPU evidence (docs/carry_modes.md, BUILD_NOTES.md).
-  assert flat["mixture.carry_mode"] == "burn_in" and flat["mixture.burn_in_steps"] == 20
+  assert flat["recurrence.carry_mode"] == "burn_in" and flat["recurrence.burn_in_steps"] == 20
 
 
 def test_cpu_evidence_differs_from_the_paper_mt10_fixed_preset_only_in_its_budget_fields():
@@ -91,12 +91,12 @@ def test_every_checked_field_carries_its_check_in_metadata():
   # Validation is derived from field metadata: integer fields without a check are the
   # seed (checked by envs.validate_seed) only.
   unchecked = []
-  for section in dataclasses.fields(config_lib.RunConfig):
-    if section.name in ("agent", "env"):
+  for name, section in config_lib.RunConfig().sections().items():
+    if name == "env":
       continue
-    for field in dataclasses.fields(section.type):
+    for field in dataclasses.fields(section):
       if field.type in (int, "int") and "check" not in field.metadata:
-        unchecked.append(f"{section.name}.{field.name}")
+        unchecked.append(f"{name}.{field.name}")
   assert unchecked == ["train.seed"]
 
 
@@ -118,7 +118,7 @@ def test_config_files_of_earlier_versions_read_with_todays_paths():
     "train.seed": 4,
   }
   run_config = config_lib.from_flat(config_lib.upgrade_flat(old))
-  assert run_config.head.hidden_width == 128 and run_config.mixture.carry_mode == "burn_in"
+  assert run_config.head.hidden_width == 128 and run_config.recurrence.carry_mode == "burn_in"
   assert run_config.softmodu.softmodu_layers == 2
   assert run_config.task_encoder.task_feature_dim == 32
   assert run_config.sac.auxiliary_weight == 0.0 and run_config.train.seed == 4

@@ -21,6 +21,7 @@ def make_mixture_encoder(
   task_config: TaskEncoderConfig,
   num_tasks: int,
   obs_dim: int,
+  carry_mode: str = "stored",
   pretrained_task_embeddings: np.ndarray | None = None,
 ) -> Encoder:
   """(s_t, task, carry_in) -> ([z_task; z_enc], carry_out, experts, attention).
@@ -28,7 +29,7 @@ def make_mixture_encoder(
   z_task = g(task) (`task_encoder.py`). Experts f^j(s_t) are one stacked, batched
   MLP. The attention is softmax(W [stop_grad(z_task); h_t] / temperature), with h_t
   from one LSTM step on s_t when `config.temporal_attention`. How the carry is
-  advanced and stored depends on `config.carry_mode` (docs/carry_modes.md):
+  advanced and stored depends on `carry_mode` (docs/carry_modes.md):
     stored, burn_in: h_t and carry_out = lstm(s_t, carry_in), one trained LSTM.
     frozen_memory: h_t = lstm(s_t, carry_in).h with the trained LSTM, while
       carry_out = memory_lstm(s_t, carry_in) from an LSTM that no loss trains
@@ -39,8 +40,8 @@ def make_mixture_encoder(
   """
   temporal = config.temporal_attention
   carry_dim = config.lstm_hidden if temporal else 0
-  frozen_memory = temporal and config.carry_mode == "frozen_memory"
-  frozen_lstm = temporal and config.carry_mode == "frozen_lstm"
+  frozen_memory = temporal and carry_mode == "frozen_memory"
+  frozen_lstm = temporal and carry_mode == "frozen_lstm"
   task_init, task_apply = make_task_encoder(task_config, num_tasks, pretrained_task_embeddings)
   attention_in = task_config.task_feature_dim + carry_dim
 

@@ -2,10 +2,11 @@
 
 Every agent is trained by the same SAC update (`sac.py`); agents differ only in
 their encoder and in the task layout of the actor/critic heads. Adding an agent
-is one module with an encoder factory plus one `register` call (README, "Adding
-an agent"). A malformed entry fails at registration, and an encoder whose
-outputs do not have the promised shapes fails when the agent is built, each
-with a one-line ValueError.
+is one module with an encoder factory, its own config section if it has
+hyperparameters, and one `register` call (README, "Adding an agent"); a module
+outside the package reaches the commands through `--agent_module`. A malformed
+entry fails at registration, and an encoder whose outputs do not have the
+promised shapes fails when the agent is built, each with a one-line ValueError.
 """
 
 import dataclasses
@@ -34,16 +35,26 @@ class AgentSpec(NamedTuple):
   help: str
   # Config defaults of this agent ("section.field" -> value), applied unless given as flags.
   defaults: dict[str, Any] = {}
-  # Whether --temporal_attention / --carry_mode / --burn_in_steps mean anything for it.
-  recurrent_options: bool = False
+  # The encoder-specific sections its factory reads (task_encoder, mixture, softmodu, or
+  # its own); flags of other encoders' sections are refused for it. Every agent reads env,
+  # head, sac and train, and `recurrence` if its encoder declares a recurrence.
+  reads: tuple[str, ...] = ()
+  # Its own config sections, name -> frozen dataclass (registered with the agent; read too).
+  sections: dict[str, type] = {}
+  # Fields the agent fixes ("section.field" -> value): a flag asking for another value is
+  # refused, not ignored.
+  fixed: dict[str, Any] = {}
 
 
 AGENT_SPECS: dict[str, AgentSpec] = {}
 _NO_AUXILIARY = {"sac.auxiliary_weight": 0.0}
+# Sections every agent reads; the others belong to particular encoders.
+SHARED_SECTIONS = ("env", "head", "sac", "train")
 
 
 def register(name: str, spec: AgentSpec) -> None:
-  """Adds an agent; raises ValueError (one line) for a bad name or a malformed spec."""
+  """Adds an agent and its own config sections; raises ValueError (one line) for a bad name
+  or a malformed spec, registering nothing."""
   if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
     raise ValueError(f"agent name must be lower_snake_case, got {name!r}")
   if name in AGENT_SPECS:
@@ -57,11 +68,31 @@ def register(name: str, spec: AgentSpec) -> None:
     )
   if not spec.help.strip():
     raise ValueError(f"agent {name!r}: give a one-line help text")
-  fields = config_lib.flatten(config_lib.RunConfig())
-  unknown = sorted(set(spec.defaults) - set(fields))
-  if unknown:
-    raise ValueError(f"agent {name!r}: unknown config fields in defaults: {', '.join(unknown)}")
+  registered = []
+  try:
+    for section_name, section in spec.sections.items():
+      config_lib.register_section(section_name, section)
+      registered.append(section_name)
+    sections = config_lib.RunConfig().sections()
+    unknown_reads = sorted(set(spec.reads) - set(sections))
+    if unknown_reads:
+      raise ValueError(f"agent {name!r}: reads unknown config sections {', '.join(unknown_reads)}")
+    fields = config_lib.flatten(config_lib.RunConfig())
+    unknown = sorted((set(spec.defaults) | set(spec.fixed)) - set(fields))
+    if unknown:
+      raise ValueError(f"agent {name!r}: unknown config fields in defaults: {', '.join(unknown)}")
+  except ValueError:
+    for section_name in registered:
+      config_lib.unregister_section(section_name)
+    raise
   AGENT_SPECS[name] = spec
+
+
+def unregister(name: str) -> None:
+  """Removes an agent and its own sections (for tests that register agents)."""
+  spec = AGENT_SPECS.pop(name)
+  for section_name in spec.sections:
+    config_lib.unregister_section(section_name)
 
 
 def _state_encoder(run_config, task_names, obs_dim):
@@ -78,7 +109,11 @@ def _soft_modular_encoder(run_config, task_names, obs_dim):
 
 def _cmta_encoder(run_config, task_names, obs_dim):
   return cmta.make_mixture_encoder(
-    run_config.mixture, run_config.task_encoder, len(task_names), obs_dim
+    run_config.mixture,
+    run_config.task_encoder,
+    len(task_names),
+    obs_dim,
+    carry_mode=run_config.recurrence.carry_mode,
   )
 
 
@@ -99,7 +134,7 @@ register(
     _cmta_encoder,
     "shared",
     "CMTA: task encoder + contrastive experts mixed by LSTM temporal attention",
-    recurrent_options=True,
+    reads=("task_encoder", "mixture"),
   ),
 )
 register(
@@ -109,7 +144,11 @@ register(
 register(
   "mtsac_te",
   AgentSpec(
-    _task_state_encoder, "shared", "MT-SAC+TE: [learned task encoding; state]", _NO_AUXILIARY
+    _task_state_encoder,
+    "shared",
+    "MT-SAC+TE: [learned task encoding; state]",
+    _NO_AUXILIARY,
+    reads=("task_encoder",),
   ),
 )
 register(
@@ -125,6 +164,7 @@ register(
     "shared",
     "Soft Modularization: 4x4 modules of width 64 with task-state routing",
     _NO_AUXILIARY,
+    reads=("softmodu",),
   ),
 )
 register(
@@ -133,7 +173,9 @@ register(
     _care_encoder,
     "shared",
     "CARE: experts mixed by attention on a pretrained task-description embedding",
-    {**_NO_AUXILIARY, "mixture.temporal_attention": False},
+    _NO_AUXILIARY,
+    reads=("task_encoder", "mixture"),
+    fixed={"mixture.temporal_attention": False},  # CARE's attention has no temporal input
   ),
 )
 register(
@@ -187,32 +229,50 @@ def check_agent_config(run_config) -> None:
 
 
 def agent_defaults(run_config, explicit: set[str]):
-  """`run_config` with the agent's own defaults for every field not given explicitly."""
+  """`run_config` with the agent's own defaults and fixed values for every field not given
+  explicitly."""
   check_agent(run_config.agent)
-  for path, value in AGENT_SPECS[run_config.agent].defaults.items():
+  spec = AGENT_SPECS[run_config.agent]
+  for path, value in {**spec.defaults, **spec.fixed}.items():
     if path not in explicit:
       run_config = config_lib.replace_path(run_config, path, value)
   return run_config
 
 
+def sections_read(agent: str) -> tuple[str, ...]:
+  """The encoder-specific config sections `agent` reads (its own included)."""
+  spec = AGENT_SPECS[agent]
+  return tuple(spec.reads) + tuple(spec.sections)
+
+
 def check_explicit_fields(run_config, explicit: set[str]) -> None:
   """Flags that were given but cannot act on this agent: a one-line ValueError, not silence."""
-  spec = AGENT_SPECS[run_config.agent]
-  recurrent = spec.recurrent_options and run_config.mixture.temporal_attention
-  if "mixture.temporal_attention" in explicit and not spec.recurrent_options:
+  agent = run_config.agent
+  spec = AGENT_SPECS[agent]
+  for path in sorted(explicit):
+    section, flag = path.split(".")[0], "--" + path.split(".")[-1]
+    if section in SHARED_SECTIONS + ("recurrence",) or section in sections_read(agent):
+      continue
+    readers = [name for name in AGENT_SPECS if section in sections_read(name)]
     raise ValueError(
-      f"--temporal_attention only applies to agents with an LSTM ('cmta'), not {run_config.agent!r}"
+      f"{flag} sets the {section} section, which agent {agent!r} does not read (agents "
+      f"that do: {', '.join(readers) or 'none'})"
     )
-  carry_fields = {"mixture.carry_mode", "mixture.burn_in_steps"} & explicit
-  if carry_fields and not recurrent:
+  for path, value in spec.fixed.items():
+    if path in explicit and config_lib.getattr_path(run_config, path) != value:
+      raise ValueError(
+        f"agent {agent!r} fixes {path} to {value!r}: --{path.split('.')[-1]} cannot change it"
+      )
+  carry_fields = sorted({"recurrence.carry_mode", "recurrence.burn_in_steps"} & explicit)
+  if carry_fields and make_encoder(run_config).advance_carry is None:
     raise ValueError(
-      f"{', '.join('--' + f.split('.')[-1] for f in sorted(carry_fields))} only "
-      "applies to agents with an LSTM ('cmta' with temporal_attention=true)"
+      f"{', '.join('--' + f.split('.')[-1] for f in carry_fields)} only applies to an "
+      f"encoder with a recurrence, and agent {agent!r} has none with this config"
     )
-  if "mixture.burn_in_steps" in explicit and run_config.mixture.carry_mode != "burn_in":
+  if "recurrence.burn_in_steps" in explicit and run_config.recurrence.carry_mode != "burn_in":
     raise ValueError(
       f"--burn_in_steps only applies to --carry_mode=burn_in "
-      f"(carry_mode is {run_config.mixture.carry_mode!r})"
+      f"(carry_mode is {run_config.recurrence.carry_mode!r})"
     )
 
 

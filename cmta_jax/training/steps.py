@@ -120,8 +120,8 @@ def burn_in_steps(run_config: config_lib.RunConfig, networks) -> int:
   """The burn-in window the update's batches carry: L in carry mode `burn_in`, else 0."""
   recurrent = networks.encoder.advance_carry is not None
   return (
-    run_config.mixture.burn_in_steps
-    if (recurrent and run_config.mixture.carry_mode == "burn_in")
+    run_config.recurrence.burn_in_steps
+    if (recurrent and run_config.recurrence.carry_mode == "burn_in")
     else 0
   )
 

@@ -568,8 +568,23 @@ def test_contrastive_term_is_accepted_with_experts(agent):
 @pytest.mark.parametrize("agent", [a for a in registry.AGENTS if a != "cmta"])
 def test_temporal_attention_flag_is_refused_for_agents_other_than_cmta(agent):
   run_config = registry.agent_defaults(RunConfig(agent=agent), explicit=set())
-  with pytest.raises(ValueError, match="--temporal_attention only applies to agents with an LSTM"):
+  run_config = config_lib.replace_path(run_config, "mixture.temporal_attention", True)
+  message = (
+    "agent 'care' fixes mixture.temporal_attention to False"
+    if agent == "care"
+    else f"--temporal_attention sets the mixture section, which agent '{agent}' does not read "
+    r"\(agents that do: cmta, care\)"
+  )
+  with pytest.raises(ValueError, match=message):
     registry.check_explicit_fields(run_config, {"mixture.temporal_attention"})
+
+
+@pytest.mark.parametrize("agent", ["mtsac", "care"])
+def test_flags_of_another_encoders_section_are_refused(agent):
+  run_config = registry.agent_defaults(RunConfig(agent=agent), explicit=set())
+  with pytest.raises(ValueError, match="--softmodu_width sets the softmodu section"):
+    registry.check_explicit_fields(run_config, {"softmodu.softmodu_width"})
+  registry.check_explicit_fields(run_config, {"head.hidden_width", "train.seed"})
 
 
 def test_unknown_agent_is_refused_with_the_choices():

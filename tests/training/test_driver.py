@@ -359,7 +359,7 @@ def _assert_refusals_change_nothing(run_dir: str) -> None:
     # Array shapes differ: never, even with --allow_config_change.
     (dict(hidden_width=64), True, r"other array shapes \(head.hidden_width: saved 32 != now 64"),
     (dict(replay_capacity=20_000), True, r"other array shapes \(train.replay_capacity"),
-    (dict(carry_mode="frozen_memory"), True, r"other array shapes \(mixture.carry_mode"),
+    (dict(carry_mode="frozen_memory"), True, r"other array shapes \(recurrence.carry_mode"),
     (dict(hidden_width=64), False, r"different config .*--allow_config_change"),
     # Below the step already reached.
     (
@@ -614,7 +614,10 @@ def _assert_one_line_error(result, pattern: str, before_config: bool = True) -> 
       r"unknown carry_mode 'fresh'; choose one of stored, frozen_memory, frozen_lstm, burn_in",
     ),
     ("burn_in_steps_without_burn_in", r"--burn_in_steps only applies to --carry_mode=burn_in"),
-    ("carry_mode_without_lstm", r"--carry_mode only applies to agents with an LSTM"),
+    (
+      "carry_mode_without_lstm",
+      r"--carry_mode only applies to an encoder with a recurrence, and agent 'mtsac' has none",
+    ),
     ("zero_burn_in_steps", r"burn_in_steps must be a positive integer, got 0"),
     (
       "contrastive_without_auxiliary_loss",
