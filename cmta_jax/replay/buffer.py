@@ -10,6 +10,9 @@ a transition's carry_in is the previous transition's carry_out, and at an episod
 step it is the zero carry, so storing both would hold the same numbers twice
 (docs/seeds.md, "Replay memory"). The one carry_in that no slot holds, that of the oldest
 surviving transition once the ring has overwritten its predecessor, is kept aside.
+
+The field shapes and the state-dict check are module functions: the device replay
+(`cmta_jax.replay.device`) keeps the same layout and checkpoint format.
 """
 
 from typing import Any
@@ -40,12 +43,17 @@ def _capacity_per_task(num_tasks: int, capacity: int) -> int:
   return per_task
 
 
-def _check_dims(obs_dim: int, action_dim: int, carry_dim: int) -> None:
+def check_shape(
+  num_tasks: int, capacity: int, obs_dim: int, action_dim: int, carry_dim: int
+) -> int:
+  """capacity_per_task of a replay of this shape; ValueError for a shape no replay can have."""
+  per_task = _capacity_per_task(num_tasks, capacity)
   if min(obs_dim, action_dim) < 1 or carry_dim < 0:
     raise ValueError(
       f"need obs_dim >= 1, action_dim >= 1, carry_dim >= 0; "
       f"got {obs_dim}, {action_dim}, {carry_dim}"
     )
+  return per_task
 
 
 def field_shapes(obs_dim: int, action_dim: int, carry_dim: int) -> dict[str, tuple[int, ...]]:
@@ -71,7 +79,8 @@ def saved_fields(shapes: dict[str, tuple[int, ...]]) -> list[str]:
   return [name for name, shape in shapes.items() if 0 not in shape]
 
 
-_TRANSITION_FIELDS = ("obs", "action", "reward", "next_obs", "terminated", "h_out", "c_out")
+# The fields a sampled Transition holds, in its order.
+TRANSITION_FIELDS = ("obs", "action", "reward", "next_obs", "terminated", "h_out", "c_out")
 
 
 class ReplayBuffer:
@@ -81,8 +90,7 @@ class ReplayBuffer:
     self, num_tasks: int, capacity: int, obs_dim: int, action_dim: int, carry_dim: int, seed: int
   ):
     """`capacity` counts transitions over ALL tasks; each task gets capacity // num_tasks slots."""
-    self._capacity_per_task = _capacity_per_task(num_tasks, capacity)
-    _check_dims(obs_dim, action_dim, carry_dim)
+    self._capacity_per_task = check_shape(num_tasks, capacity, obs_dim, action_dim, carry_dim)
     self._num_tasks = num_tasks
     self._obs_dim = obs_dim
     self._action_dim = action_dim
@@ -250,7 +258,7 @@ class ReplayBuffer:
     if not isinstance(burn_in_steps, (int, np.integer)) or burn_in_steps < 0:
       raise ValueError(f"burn_in_steps must be a non-negative int, got {burn_in_steps!r}")
     tasks = np.arange(self._num_tasks)[:, None]  # broadcasts against slots -> [T, B]
-    out = {name: self._storage[name][tasks, slots] for name in _TRANSITION_FIELDS}
+    out = {name: self._storage[name][tasks, slots] for name in TRANSITION_FIELDS}
     burn_in = None
     if burn_in_steps:
       episode_step = self._storage["episode_step"][tasks, slots]
