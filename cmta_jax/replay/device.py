@@ -28,6 +28,10 @@ class DeviceReplay(NamedTuple):
 
   storage: dict  # field -> [T, capacity_per_task, ...] (see `buffer.field_shapes`)
   oldest_in: jax.Array  # [2, T, H] float32: (h, c) carry_in of the oldest surviving slot
+  # [2, T, H] float32: (h, c) carry_out of the oldest slot (zero while empty), read after each
+  # write, so the write that overwrites that slot need not read it first: XLA copies a whole
+  # buffer that one computation reads and then writes in place.
+  oldest_out: jax.Array
   size: jax.Array  # int32 scalar: filled slots per task
   pos: jax.Array  # int32 scalar: next slot to write
 
@@ -53,6 +57,7 @@ def _zeros(
       for name, shape in shapes.items()
     },
     oldest_in=jnp.zeros((2, num_tasks, carry_dim), jnp.float32),
+    oldest_out=jnp.zeros((2, num_tasks, carry_dim), jnp.float32),
     size=jnp.zeros((), jnp.int32),
     pos=jnp.zeros((), jnp.int32),
   )
@@ -84,6 +89,10 @@ def insert(
   chain (carry_in zero at episode_step 0, the previous carry_out after it) cannot be checked
   inside jit. The training loop builds it by construction, feeding back the carry_out it
   stored and zeroing it at episode starts; only carry_in of the oldest slot is kept.
+
+  Jitted with `donate_argnums=0` the write is in place. A jitted step that also samples should
+  sample the replay this returns, not the one it was given: XLA copies a whole buffer that one
+  computation reads before writing it.
   """
   num_tasks, cap = _num_tasks(replay), _capacity(replay)
   values = {
@@ -105,14 +114,10 @@ def insert(
   else:
     # Once the ring is full, the slot after the one overwritten now becomes the oldest; its
     # carry_in is the overwritten slot's carry_out.
-    overwritten = jnp.stack(
-      [
-        lax.dynamic_index_in_dim(replay.storage[name], replay.pos, axis=1, keepdims=False)
-        for name in ("h_out", "c_out")
-      ]
-    )
     oldest_in = jnp.where(
-      replay.size == cap, overwritten, jnp.where(replay.size == 0, new_in, replay.oldest_in)
+      replay.size == cap,
+      replay.oldest_out,
+      jnp.where(replay.size == 0, new_in, replay.oldest_in),
     )
   storage = {
     name: lax.dynamic_update_index_in_dim(
@@ -120,12 +125,15 @@ def insert(
     )
     for name, array in replay.storage.items()
   }
-  return DeviceReplay(
-    storage=storage,
-    oldest_in=oldest_in,
-    size=jnp.minimum(replay.size + 1, cap),
-    pos=(replay.pos + 1) % cap,
+  size, pos = jnp.minimum(replay.size + 1, cap), (replay.pos + 1) % cap
+  oldest = (pos - size) % cap
+  oldest_out = jnp.stack(
+    [
+      lax.dynamic_index_in_dim(storage[name], oldest, axis=1, keepdims=False)
+      for name in ("h_out", "c_out")
+    ]
   )
+  return DeviceReplay(storage, oldest_in, oldest_out, size, pos)
 
 
 def _carry_in(replay: DeviceReplay, tasks: jax.Array, slots: jax.Array) -> LSTMCarry:
@@ -271,11 +279,17 @@ def from_state_dict(
       array[:, :size] = state[name]
     storage[name] = jnp.asarray(array)
   oldest_in = np.zeros((2, num_tasks, carry_dim), np.float32)
+  oldest_out = np.zeros((2, num_tasks, carry_dim), np.float32)
   if carry_dim:
     oldest_in[:] = [state["oldest_h_in"], state["oldest_c_in"]]
+  if carry_dim and size:
+    # The filled prefix is slots 0..size-1, and the oldest is pos when full, else 0.
+    oldest = pos if size == shape["capacity_per_task"] else 0
+    oldest_out[:] = [state["h_out"][:, oldest], state["c_out"][:, oldest]]
   return DeviceReplay(
     storage=storage,
     oldest_in=jnp.asarray(oldest_in),
+    oldest_out=jnp.asarray(oldest_out),
     size=jnp.asarray(size, jnp.int32),
     pos=jnp.asarray(pos, jnp.int32),
   )

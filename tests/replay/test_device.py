@@ -65,6 +65,10 @@ def assert_same_replay(buffer: ReplayBuffer, replay: device.DeviceReplay) -> Non
     assert replay.storage[name].dtype == array.dtype, name
     np.testing.assert_array_equal(replay.storage[name], array, err_msg=name)
   np.testing.assert_array_equal(replay.oldest_in, buffer._oldest_in, err_msg="oldest carry_in")
+  state = buffer.state_dict()
+  oldest = (state["pos"] - state["size"]) % buffer.capacity_per_task
+  oldest_out = np.stack([buffer._storage[name][:, oldest] for name in ("h_out", "c_out")])
+  np.testing.assert_array_equal(replay.oldest_out, oldest_out * (state["size"] > 0))
   assert int(replay.size) == buffer.size_per_task
   assert int(replay.pos) == buffer.state_dict()["pos"]
   assert replay.size.dtype == replay.pos.dtype == jnp.int32
@@ -215,6 +219,27 @@ def test_jitted_insert_is_in_place_and_sample_compiles_once():
     assert batch.obs[0, :, 1].max() <= index
   assert traces == {"insert": 1, "sample": 1}
   assert jit_insert._cache_size() == jit_sample._cache_size() == 1
+
+
+def test_insert_copies_no_stored_field():
+  # In place means no temporary as large as a stored field: an XLA computation that reads a
+  # buffer and then writes it in place gets a whole copy of it instead.
+  replay = device.init(2, 2 * 2000, OBS_DIM, ACTION_DIM, 3)
+  smallest = min(array.nbytes for array in replay.storage.values())
+  step = next(vector_steps(np.random.default_rng(0), 2, 1, 3, max_episode=2))
+  seeds = jax.tree.map(lambda x: np.stack([x, x]), (replay, step))
+
+  def insert_then_sample(replay, step, key):
+    replay = device.insert(replay, **step)
+    return replay, device.sample(replay, key, 16, 4)
+
+  for name, fn, args in [
+    ("insert", lambda replay, step: device.insert(replay, **step), (replay, step)),
+    ("vmapped", lambda replay, step: jax.vmap(device.insert)(replay, **step), seeds),
+    ("insert, then sample", insert_then_sample, (replay, step, jax.random.PRNGKey(0))),
+  ]:
+    compiled = jax.jit(fn, donate_argnums=0).lower(*args).compile()
+    assert compiled.memory_analysis().temp_size_in_bytes < smallest, name
 
 
 def test_vmap_over_seeds_matches_each_seed_alone():
