@@ -10,6 +10,9 @@ a transition's carry_in is the previous transition's carry_out, and at an episod
 step it is the zero carry, so storing both would hold the same numbers twice
 (docs/seeds.md, "Replay memory"). The one carry_in that no slot holds, that of the oldest
 surviving transition once the ring has overwritten its predecessor, is kept aside.
+
+The field shapes and the state-dict check are module functions: the device replay
+(`cmta_jax.replay.device`) keeps the same layout and checkpoint format.
 """
 
 from typing import Any
@@ -40,7 +43,44 @@ def _capacity_per_task(num_tasks: int, capacity: int) -> int:
   return per_task
 
 
-_TRANSITION_FIELDS = ("obs", "action", "reward", "next_obs", "terminated", "h_out", "c_out")
+def check_shape(
+  num_tasks: int, capacity: int, obs_dim: int, action_dim: int, carry_dim: int
+) -> int:
+  """capacity_per_task of a replay of this shape; ValueError for a shape no replay can have."""
+  per_task = _capacity_per_task(num_tasks, capacity)
+  if min(obs_dim, action_dim) < 1 or carry_dim < 0:
+    raise ValueError(
+      f"need obs_dim >= 1, action_dim >= 1, carry_dim >= 0; "
+      f"got {obs_dim}, {action_dim}, {carry_dim}"
+    )
+  return per_task
+
+
+def field_shapes(obs_dim: int, action_dim: int, carry_dim: int) -> dict[str, tuple[int, ...]]:
+  """The stored fields and the shape of one entry (after the [T, capacity_per_task] axes)."""
+  return {
+    "obs": (obs_dim,),
+    "action": (action_dim,),
+    "reward": (),
+    "next_obs": (obs_dim,),
+    "terminated": (),
+    "h_out": (carry_dim,),
+    "c_out": (carry_dim,),
+    "episode_step": (),
+  }
+
+
+def field_dtype(name: str) -> type:
+  return np.int32 if name == "episode_step" else np.float32
+
+
+def saved_fields(shapes: dict[str, tuple[int, ...]]) -> list[str]:
+  # Agents without an LSTM have [T, N, 0] carries: nothing to save, and orbax rejects them.
+  return [name for name, shape in shapes.items() if 0 not in shape]
+
+
+# The fields a sampled Transition holds, in its order.
+TRANSITION_FIELDS = ("obs", "action", "reward", "next_obs", "terminated", "h_out", "c_out")
 
 
 class ReplayBuffer:
@@ -50,33 +90,16 @@ class ReplayBuffer:
     self, num_tasks: int, capacity: int, obs_dim: int, action_dim: int, carry_dim: int, seed: int
   ):
     """`capacity` counts transitions over ALL tasks; each task gets capacity // num_tasks slots."""
-    self._capacity_per_task = _capacity_per_task(num_tasks, capacity)
-    if min(obs_dim, action_dim) < 1 or carry_dim < 0:
-      raise ValueError(
-        f"need obs_dim >= 1, action_dim >= 1, carry_dim >= 0; "
-        f"got {obs_dim}, {action_dim}, {carry_dim}"
-      )
+    self._capacity_per_task = check_shape(num_tasks, capacity, obs_dim, action_dim, carry_dim)
     self._num_tasks = num_tasks
     self._obs_dim = obs_dim
     self._action_dim = action_dim
     self._carry_dim = carry_dim
-    self._trailing = {
-      "obs": (obs_dim,),
-      "action": (action_dim,),
-      "reward": (),
-      "next_obs": (obs_dim,),
-      "terminated": (),
-      "h_out": (carry_dim,),
-      "c_out": (carry_dim,),
-      "episode_step": (),
-    }
+    self._trailing = field_shapes(obs_dim, action_dim, carry_dim)
     # np.zeros maps zero pages lazily: memory is committed as slots are first written,
     # so use replay.memory.check_fits_in_memory up front rather than relying on this to fail.
     self._storage = {
-      name: np.zeros(
-        (num_tasks, self._capacity_per_task) + shape,
-        np.int32 if name == "episode_step" else np.float32,
-      )
+      name: np.zeros((num_tasks, self._capacity_per_task) + shape, field_dtype(name))
       for name, shape in self._trailing.items()
     }
     # carry_in (h, c) of the oldest surviving slot, which no other slot holds once the ring
@@ -235,7 +258,7 @@ class ReplayBuffer:
     if not isinstance(burn_in_steps, (int, np.integer)) or burn_in_steps < 0:
       raise ValueError(f"burn_in_steps must be a non-negative int, got {burn_in_steps!r}")
     tasks = np.arange(self._num_tasks)[:, None]  # broadcasts against slots -> [T, B]
-    out = {name: self._storage[name][tasks, slots] for name in _TRANSITION_FIELDS}
+    out = {name: self._storage[name][tasks, slots] for name in TRANSITION_FIELDS}
     burn_in = None
     if burn_in_steps:
       episode_step = self._storage["episode_step"][tasks, slots]
@@ -295,48 +318,22 @@ class ReplayBuffer:
     )
     state = self._shape_info()
     state.update(size=self._size, pos=self._pos, rng_state=rng_words)
-    for name in self._saved_fields():
+    for name in saved_fields(self._trailing):
       state[name] = self._storage[name][:, : self._size]
     if self._carry_dim:
       state["oldest_h_in"], state["oldest_c_in"] = self._oldest_in
     return state
 
-  def _saved_fields(self) -> list[str]:
-    # Agents without an LSTM have [T, N, 0] carries: nothing to save, and orbax rejects them.
-    return [name for name, array in self._storage.items() if array.size]
-
   def load_state_dict(self, state: dict) -> None:
     """Exact restore of `state_dict()` output into a buffer of the same shape (also of the
-    format before one carry per slot, which stored carry_in and carry_out)."""
-    state = _with_oldest_carry_in(state)
-    for key, value in self._shape_info().items():
-      if int(state[key]) != value:
-        raise ValueError(
-          f"load_state_dict: {key} is {int(state[key])} in the state but {value} in this buffer"
-        )
-    size, pos = int(state["size"]), int(state["pos"])
-    if not (0 <= size <= self._capacity_per_task and 0 <= pos < self._capacity_per_task):
-      raise ValueError(
-        f"load_state_dict: size {size} / pos {pos} out of range for "
-        f"capacity_per_task {self._capacity_per_task}"
-      )
-    expected_fields = {
-      name: (self._num_tasks, size) + self._trailing[name] for name in self._saved_fields()
-    }
-    if self._carry_dim:
-      expected_fields.update(
-        oldest_h_in=(self._num_tasks, self._carry_dim),
-        oldest_c_in=(self._num_tasks, self._carry_dim),
-      )
-    for name, expected in expected_fields.items():
-      if name not in state:
-        raise ValueError(f"load_state_dict: the state has no field {name!r}")
-      if np.shape(state[name]) != expected:
-        raise ValueError(
-          f"load_state_dict: {name} has shape {np.shape(state[name])}, expected {expected}"
-        )
-    words = [int(w) for w in np.asarray(state["rng_state"], dtype=np.uint64)]
-    for name in self._saved_fields():
+    format before one carry per slot, which stored carry_in and carry_out). A state without
+    `rng_state` (written by the device replay, which has no sampler of its own) leaves this
+    buffer's generator where it is."""
+    state, size, pos = checked_state(state, self._shape_info(), "load_state_dict")
+    words = None
+    if "rng_state" in state:  # read before writing anything, so a bad one changes nothing
+      words = [int(w) for w in np.asarray(state["rng_state"], dtype=np.uint64)]
+    for name in saved_fields(self._trailing):
       array = self._storage[name]
       array[:, :size] = state[name]
       # Slots at or past _size were never written (writes fill 0, 1, ... in order), so only
@@ -345,12 +342,13 @@ class ReplayBuffer:
     self._size, self._pos = size, pos
     if self._carry_dim:
       self._oldest_in = np.stack([state["oldest_h_in"], state["oldest_c_in"]]).astype(np.float32)
-    self._rng.bit_generator.state = {
-      "bit_generator": "PCG64",
-      "state": {"state": (words[0] << 64) | words[1], "inc": (words[2] << 64) | words[3]},
-      "has_uint32": words[4],
-      "uinteger": words[5],
-    }
+    if words is not None:
+      self._rng.bit_generator.state = {
+        "bit_generator": "PCG64",
+        "state": {"state": (words[0] << 64) | words[1], "inc": (words[2] << 64) | words[3]},
+        "has_uint32": words[4],
+        "uinteger": words[5],
+      }
 
 
 def sample_seeds(
@@ -366,6 +364,37 @@ def stack_transitions(trees: list) -> Any:
   """Transitions (any trees of arrays) stacked leaf by leaf on a new leading axis, in numpy:
   [S, ...] from S trees of [...]."""
   return jax.tree.map(lambda *leaves: np.stack(leaves), *trees)
+
+
+def checked_state(state: dict, shape: dict[str, int], caller: str) -> tuple[dict, int, int]:
+  """(state, size, pos) of a replay state dict checked against `shape` (the shape ints of
+  `state_dict`), in today's format; one-line ValueErrors that start with `caller`."""
+  state = _with_oldest_carry_in(state)
+  for key, value in shape.items():
+    if int(state[key]) != value:
+      raise ValueError(
+        f"{caller}: {key} is {int(state[key])} in the state but {value} in this buffer"
+      )
+  num_tasks, per_task = shape["num_tasks"], shape["capacity_per_task"]
+  carry_dim = shape["carry_dim"]
+  size, pos = int(state["size"]), int(state["pos"])
+  if not (0 <= size <= per_task and 0 <= pos < per_task):
+    raise ValueError(
+      f"{caller}: size {size} / pos {pos} out of range for capacity_per_task {per_task}"
+    )
+  shapes = field_shapes(shape["obs_dim"], shape["action_dim"], carry_dim)
+  expected_fields = {name: (num_tasks, size) + shapes[name] for name in saved_fields(shapes)}
+  if carry_dim:
+    expected_fields.update(
+      oldest_h_in=(num_tasks, carry_dim),
+      oldest_c_in=(num_tasks, carry_dim),
+    )
+  for name, expected in expected_fields.items():
+    if name not in state:
+      raise ValueError(f"{caller}: the state has no field {name!r}")
+    if np.shape(state[name]) != expected:
+      raise ValueError(f"{caller}: {name} has shape {np.shape(state[name])}, expected {expected}")
+  return state, size, pos
 
 
 def _with_oldest_carry_in(state: dict) -> dict:

@@ -16,6 +16,7 @@ class Stream(enum.IntEnum):
   UPDATE = 1  # the learner's update (policy samples)
   INIT = 2  # parameter initialisation (step-free)
   DIAGNOSTICS = 3  # numpy draw of the replay samples for the attention diagnostics
+  REPLAY = 4  # the update's replay draws
 
 
 def run_key(seed: int) -> jax.Array:

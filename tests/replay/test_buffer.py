@@ -411,3 +411,17 @@ def test_sample_seeds_stacks_each_seeds_own_draw():
     for stacked, own in zip(jax.tree.leaves(batch), jax.tree.leaves(alone)):
       np.testing.assert_array_equal(stacked[index], own)
   assert batch.obs.shape == (2, 2, 8, OBS_DIM) and isinstance(batch.obs, np.ndarray)
+
+
+def test_a_state_without_sampler_state_keeps_the_buffers_own_generator():
+  # The device replay has no sampler of its own and writes no rng_state.
+  source = ReplayBuffer(2, 40, OBS_DIM, ACTION_DIM, CARRY_DIM, seed=3)
+  fill(source, range(15))
+  source.sample(8)
+  state = {k: v for k, v in source.state_dict().items() if k != "rng_state"}
+  restored = ReplayBuffer(2, 40, OBS_DIM, ACTION_DIM, CARRY_DIM, seed=5)
+  restored.load_state_dict(state)
+  same_seed = ReplayBuffer(2, 40, OBS_DIM, ACTION_DIM, CARRY_DIM, seed=5)
+  fill(same_seed, range(15))
+  assert_same_contents(same_seed, restored)
+  assert not np.array_equal(source.sample(16).obs, restored.sample(16).obs)
