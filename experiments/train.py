@@ -9,6 +9,7 @@ Starting on a run directory that holds a checkpoint resumes it exactly.
 """
 
 import dataclasses
+import glob
 import os
 import sys
 
@@ -112,11 +113,20 @@ _FIELD_PATHS = _define_config_flags()
 flags.DEFINE_alias("contrastive_weight", "auxiliary_weight")
 
 
-def resolve_config(argv_flags=flags.FLAGS) -> config_lib.RunConfig:
-  run_config = config_lib.PRESETS[_PRESET.value] if _PRESET.value else config_lib.RunConfig()
-  if _AGENT.value is not None:
-    run_config = dataclasses.replace(run_config, agent=_AGENT.value)
-  run_config = registry.agent_defaults(run_config, explicit=_explicit_paths(argv_flags))
+def resolve_config(argv_flags=flags.FLAGS, saved: dict | None = None) -> config_lib.RunConfig:
+  """The run's config: the preset (or the paper's defaults) and the agent's defaults, then
+  every flag given explicitly. Resuming, the `saved` config.json of the run is the base
+  instead, so today's defaults never change a run already under way; the explicit flags are
+  then compared with it when the run starts (launch.train)."""
+  if saved is not None:
+    run_config = _saved_run_config(saved)
+    if _AGENT.value is not None:
+      run_config = dataclasses.replace(run_config, agent=_AGENT.value)
+  else:
+    run_config = config_lib.PRESETS[_PRESET.value] if _PRESET.value else config_lib.RunConfig()
+    if _AGENT.value is not None:
+      run_config = dataclasses.replace(run_config, agent=_AGENT.value)
+    run_config = registry.agent_defaults(run_config, explicit=_explicit_paths(argv_flags))
   for name, path in _FIELD_PATHS.items():
     value = argv_flags[name].value
     if value is None:
@@ -131,6 +141,35 @@ def resolve_config(argv_flags=flags.FLAGS) -> config_lib.RunConfig:
     run_config = config_lib.replace_path(run_config, path, value)
   registry.check_explicit_fields(run_config, _explicit_paths(argv_flags))
   return run_config
+
+
+def _saved_run_config(saved: dict) -> config_lib.RunConfig:
+  try:
+    return config_lib.from_flat(saved)
+  except ValueError:
+    known = {*config_lib.RunConfig().sections(), "agent"}
+    unknown = sorted({path.split(".")[0] for path in saved} - known)
+    if unknown and saved.get("agent") not in registry.AGENT_SPECS:
+      raise ValueError(
+        f"the run's config.json has sections {', '.join(unknown)} of agent "
+        f"{saved.get('agent')!r}, which is not registered: give the --agent_module that "
+        "defines it"
+      ) from None
+    raise
+
+
+def saved_config(run_dir: str, batch: bool) -> dict | None:
+  """The config.json of the run in `run_dir` (a batch: of its first seed that has one), or
+  None for a new run."""
+  from cmta_jax.training import run_dir as run_dir_lib
+
+  if not batch:
+    return run_dir_lib.read_saved_config(run_dir)
+  for seed_dir in sorted(glob.glob(os.path.join(run_dir, "seed*"))):
+    saved = run_dir_lib.read_saved_config(seed_dir)
+    if saved is not None:
+      return saved
+  return None
 
 
 def _explicit_paths(argv_flags) -> set[str]:
@@ -194,7 +233,22 @@ def main(argv):
     seeds, env_workers = resolve_seeds(run_config)
     if _DATA_PARALLEL.value and _SEEDS.value is not None:
       raise ValueError("--data_parallel trains one run; drop --seeds or --data_parallel")
-  except ValueError as error:
+    which = f"seed{seeds[0]}" if len(seeds) == 1 else f"seeds{_SEEDS.value}"
+    run_dir = _RUN_DIR.value or os.path.join(
+      "runs", f"{run_config.agent}_{run_config.env.benchmark}_{run_config.env.mode}_{which}"
+    )
+    saved = saved_config(run_dir, batch=_SEEDS.value is not None)
+    if saved is not None:
+      run_config = resolve_config(saved=saved)
+      registry.validate(run_config)
+      given = sorted("--" + path.split(".")[-1] for path in _explicit_paths(flags.FLAGS))
+      print(
+        f"resuming {run_dir}: its config.json is the base"
+        + (f"; flags given now: {', '.join(given)}" if given else "")
+        + ("; --preset is not applied to a run under way" if _PRESET.value else ""),
+        flush=True,
+      )
+  except (ValueError, OSError) as error:
     cli.fail(error)
   # Imported only now, so that --help and bad flags answer without loading the driver.
   from cmta_jax.envs.seed_envs import EnvWorkerFailed
@@ -205,10 +259,6 @@ def main(argv):
   from cmta_jax.training.preemption import Preempted
   from cmta_jax.training.run_dir import RunDirInUse
 
-  which = f"seed{seeds[0]}" if len(seeds) == 1 else f"seeds{_SEEDS.value}"
-  run_dir = _RUN_DIR.value or os.path.join(
-    "runs", f"{run_config.agent}_{run_config.env.benchmark}_{run_config.env.mode}_{which}"
-  )
   try:
     if _SEEDS.value is None:
       launch.train(

@@ -20,7 +20,7 @@ from cmta_jax import config as config_lib
 from cmta_jax.agents import registry, sac
 from cmta_jax.envs.metaworld_env import RenderSpec
 from cmta_jax.envs.source import METAWORLD, EnvSource
-from cmta_jax.training import checkpointing, evaluation
+from cmta_jax.training import checkpointing, evaluation, steps
 from cmta_jax.training import run_dir as run_dir_lib
 from cmta_jax.training.checkpointing import Checkpointer
 
@@ -74,13 +74,13 @@ def load_policy(run_dir: str, step: int | None = None, envs: EnvSource = METAWOR
   has no checkpoint (the message lists those there are), or the checkpoint is unreadable.
   """
   run_config = saved_run_config(run_dir)
-  steps = checkpointing.checkpoint_steps(os.path.join(run_dir, "checkpoints"))
-  if not steps:
+  saved_steps = checkpointing.checkpoint_steps(os.path.join(run_dir, "checkpoints"))
+  if not saved_steps:
     raise ValueError(f"{run_dir} has no checkpoint yet")
   if step is None:
-    step = steps[-1]
-  elif step not in steps:
-    raise ValueError(f"{run_dir} has no checkpoint of step {step} (it has steps {steps})")
+    step = saved_steps[-1]
+  elif step not in saved_steps:
+    raise ValueError(f"{run_dir} has no checkpoint of step {step} (it has steps {saved_steps})")
   networks = steps.build_networks(run_config, envs)
   learner = jax.eval_shape(
     lambda key: sac.init_training_state(key, networks, run_config.sac), jax.random.PRNGKey(0)
@@ -93,7 +93,7 @@ def load_policy(run_dir: str, step: int | None = None, envs: EnvSource = METAWOR
     steps.burn_in_steps(run_config, networks),
   )
   totals = jax.eval_shape(lambda: steps.empty_totals(networks, run_config.sac, learner, spec))
-  checkpointer = Checkpointer(run_dir, keep=len(steps))
+  checkpointer = Checkpointer(run_dir, keep=len(saved_steps))
   try:
     state = checkpointer.restore_state(step, {"train_state": learner, "totals": totals})
   finally:

@@ -125,21 +125,13 @@ def check_resume_config(
 ) -> None:
   """Refuses (one-line ConfigMismatch) a resume whose config differs from the saved one.
 
+  The saved config is read as a whole config, so a field it predates has its default.
   `shapes(run_config)` -> a comparable summary of every array shape a checkpoint holds.
-  With `allow_config_change`, fields that leave those shapes alone may change; a field
-  that changes them never may (the checkpoints could not be restored).
+  A field that changes those shapes can never change (the checkpoints could not be
+  restored), and the refusal says so; with `allow_config_change`, other fields may.
   """
   if saved is None:
     return
-  current = config_lib.flatten(run_config)
-  diffs = config_diff(saved, current)
-  if not diffs:
-    return
-  if not allow_config_change:
-    raise ConfigMismatch(
-      f"{run_dir} holds a run with a different config ({'; '.join(diffs)}); "
-      "use another --run_dir or pass --allow_config_change"
-    )
   try:
     saved_config = config_lib.from_flat(saved)
   except (TypeError, ValueError) as error:
@@ -147,9 +139,17 @@ def check_resume_config(
       f"{os.path.join(run_dir, CONFIG_FILE)} cannot be read as a config "
       f"({error}); use another --run_dir"
     ) from None
+  diffs = config_diff(config_lib.flatten(saved_config), config_lib.flatten(run_config))
+  if not diffs:
+    return
   saved_shapes = shapes(saved_config)
   if shapes(run_config) == saved_shapes:
-    return
+    if allow_config_change:
+      return
+    raise ConfigMismatch(
+      f"{run_dir} holds a run with a different config ({'; '.join(diffs)}); "
+      "use another --run_dir or pass --allow_config_change"
+    )
   # Name the fields that change shapes: each one applied alone to the saved config.
   reshaping = []
   for key in diffs:

@@ -360,7 +360,8 @@ def _assert_refusals_change_nothing(run_dir: str) -> None:
     (dict(hidden_width=64), True, r"other array shapes \(head.hidden_width: saved 32 != now 64"),
     (dict(replay_capacity=20_000), True, r"other array shapes \(train.replay_capacity"),
     (dict(carry_mode="frozen_memory"), True, r"other array shapes \(recurrence.carry_mode"),
-    (dict(hidden_width=64), False, r"different config .*--allow_config_change"),
+    (dict(hidden_width=64), False, r"other array shapes .* can never change on resume"),
+    (dict(log_every=80), False, r"different config .*--allow_config_change"),
     # Below the step already reached.
     (
       dict(total_steps=TOTAL_STEPS // 4),
@@ -521,7 +522,7 @@ def cli_failures(baseline_run, tmp_path_factory, compilation_cache_dir):
     "zero_burn_in_steps": {"carry_mode": "burn_in", "burn_in_steps": 0},
     "contrastive_without_auxiliary_loss": {"agent": "mtsac", "contrastive_weight": 1.0},
     "absurd_replay": {"replay_capacity": 10**12},
-    "config_mismatch": {"seed": 1, "hidden_width": 64},
+    "config_mismatch": {"seed": 1, "log_every": 80},
     "only_checkpoint_corrupt": {},
     "reshaping_change": {"hidden_width": 64, "allow_config_change": True},
     "past_total_steps": {"total_steps": TOTAL_STEPS // 2},
@@ -650,7 +651,7 @@ def test_absurd_replay_capacity_names_one_that_fits(cli_failures):
 def test_config_mismatch_is_refused_listing_fields(cli_failures):
   line = _assert_one_line_error(cli_failures["config_mismatch"], r"different config")
   assert "train.seed: saved 0 != now 1" in line
-  assert "head.hidden_width: saved 32 != now 64" in line
+  assert "train.log_every: saved 40 != now 80" in line
   assert "--allow_config_change" in line
 
 
@@ -719,6 +720,47 @@ def test_allow_config_change_forces_resume(baseline_run, tmp_path):
   assert summary["steps"] == TOTAL_STEPS
   with open(os.path.join(run_dir, "config.json")) as f:
     assert '"train.log_every": 80' in f.read()
+
+
+@pytest.mark.slow
+def test_a_resume_reads_its_own_config_not_todays_defaults(
+  baseline_run, tmp_path, compilation_cache_dir
+):
+  # As if the run had been started when the carry mode and critic_tau defaulted otherwise:
+  # the same command, extended, resumes on the run's own values without a config change.
+  run_dir = _copy_run(baseline_run[0], tmp_path)
+  path = os.path.join(run_dir, "config.json")
+  with open(path) as f:
+    saved = json.load(f)
+  saved.update({"recurrence.carry_mode": "stored", "sac.critic_tau": 0.01})
+  with open(path, "w") as f:
+    json.dump(saved, f)
+  env = subprocess_env(compilation_cache_dir)
+  base = [sys.executable, TRAIN_SCRIPT, f"--run_dir={run_dir}"]
+  refused = subprocess.run(
+    [*base, "--critic_tau=0.02"], env=env, capture_output=True, text=True, timeout=CLI_TIMEOUT
+  )
+  assert refused.returncode == 1
+  assert refused.stderr.strip().splitlines() == [
+    f"error: {run_dir} holds a run with a different config (sac.critic_tau: saved 0.01 != now "
+    "0.02); use another --run_dir or pass --allow_config_change"
+  ]
+  extended = subprocess.run(
+    [*base, f"--total_steps={TOTAL_STEPS + 2 * EPISODE_LENGTH}"],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=CLI_TIMEOUT,
+  )
+  assert extended.returncode == 0, extended.stderr[-2000:]
+  assert f"resuming {run_dir}: its config.json is the base; flags given now: --total_steps" in (
+    extended.stdout
+  )
+  with open(path) as f:
+    now = json.load(f)
+  assert now["recurrence.carry_mode"] == "stored" and now["sac.critic_tau"] == 0.01
+  assert now["train.total_steps"] == TOTAL_STEPS + 2 * EPISODE_LENGTH
+  assert checkpoint_steps(run_dir)[-1] == TOTAL_STEPS + 2 * EPISODE_LENGTH
 
 
 # ---------------------------------------------------------------- divergence
