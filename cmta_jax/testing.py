@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cmta_jax import config as config_lib
-from cmta_jax.agents import registry
+from cmta_jax.agents import registry, sac
 from cmta_jax.envs import metaworld_env
 from cmta_jax.envs.config import EnvConfig
 from cmta_jax.envs.metaworld_env import StepResult
@@ -265,3 +265,24 @@ def point_tasks(goal_in_obs: bool) -> EnvSource:
     action_dim=ACTION_DIM,
     make_envs=make_envs,
   )
+
+
+def make_task_loss(networks, config):
+  """ONE task's loss on its own slice: (params, target_params, batch [B, ...], task_id [],
+  noise_next [B, A], noise_now [B, A]) -> (objective, metrics), scalars. `make_loss` on a
+  group of one; for analysis and tests (the update uses `make_loss` on all tasks at once)."""
+  loss = sac.make_loss(networks, config)
+
+  def task_loss(params, target_params, batch, task_id, noise_next, noise_now):
+    group = lambda x: jnp.asarray(x)[None]
+    objective, metrics = loss(
+      params,
+      target_params,
+      jax.tree.map(group, batch),
+      group(jnp.asarray(task_id, jnp.int32)),
+      group(noise_next),
+      group(noise_now),
+    )
+    return objective[0], jax.tree.map(lambda m: m[0], metrics)
+
+  return task_loss

@@ -73,25 +73,21 @@ cli.define_agent_module_flag()
 
 
 def _section_help(section) -> str:
-  """The first line of a section dataclass's docstring."""
-  return (type(section).__doc__ or type(section).__name__).strip().splitlines()[0].rstrip(".")
+  """The first sentence of a section dataclass's docstring."""
+  paragraph = (type(section).__doc__ or type(section).__name__).strip().split("\n\n")[0]
+  return " ".join(paragraph.split()).split(". ")[0].rstrip(".")
 
 
 def _define_config_flags() -> dict[str, str]:
   """One flag per leaf config field of every section (the agents' own included), named by the
   field (e.g. --seed for train.seed)."""
-  paths = {}
   defaults = config_lib.RunConfig()
-  sections = defaults.sections()
-  for path, default in config_lib.flatten(defaults).items():
-    if path == "agent":
-      continue
-    name = path.split(".")[-1]
-    assert name not in paths, f"duplicate config field name {name}"
-    paths[name] = path
+  sections, flat = defaults.sections(), config_lib.flatten(defaults)
+  paths = config_lib.field_paths()
+  for name, path in paths.items():
     section = sections[path.split(".")[0]]
     help_text = (
-      f"`{path}` (default {default!r} or the preset's); {path.split('.')[0]}: "
+      f"`{path}` (default {flat[path]!r} or the preset's); {path.split('.')[0]}: "
       f"{_section_help(section)}"
     )
     current = config_lib.getattr_path(defaults, path)

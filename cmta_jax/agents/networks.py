@@ -19,7 +19,6 @@ activation (BUILD_NOTES, "Update efficiency").
 from collections.abc import Callable
 from typing import NamedTuple
 
-import chex
 import jax
 import jax.numpy as jnp
 
@@ -168,11 +167,3 @@ def make_critic(
     return q[..., 0]
 
   return Critic(init=init, apply=apply)
-
-
-def check_encoder_output(
-  out: EncoderOutput, groups: int, batch: int, feature_dim: int, carry_dim: int
-) -> None:
-  """chex boundary check (static shapes, so free under jit)."""
-  chex.assert_shape(out.features, (groups, batch, feature_dim))
-  chex.assert_shape([out.carry.h, out.carry.c], (groups, batch, carry_dim))

@@ -197,27 +197,6 @@ def make_loss(networks: AgentNetworks, config: SACConfig):
   return loss
 
 
-def make_task_loss(networks: AgentNetworks, config: SACConfig):
-  """ONE task's loss on its own slice: (params, target_params, batch [B, ...], task_id [],
-  noise_next [B, A], noise_now [B, A]) -> (objective, metrics), scalars. `make_loss` on a
-  group of one; for analysis and tests (the update uses `make_loss` on all tasks at once)."""
-  loss = make_loss(networks, config)
-
-  def task_loss(params, target_params, batch: Transition, task_id, noise_next, noise_now):
-    group = lambda x: jnp.asarray(x)[None]
-    objective, metrics = loss(
-      params,
-      target_params,
-      jax.tree.map(group, batch),
-      group(jnp.asarray(task_id, jnp.int32)),
-      group(noise_next),
-      group(noise_now),
-    )
-    return objective[0], jax.tree.map(lambda m: m[0], metrics)
-
-  return task_loss
-
-
 def polyak(target: Params, online: Params, tau: float) -> Params:
   return jax.tree.map(lambda t, o: (1.0 - tau) * t + tau * o, target, online)
 

@@ -126,7 +126,7 @@ def _task_loss_terms(agent: str, num_tasks: int, auxiliary_weight: float | None 
   """params -> (objective, metrics) of task_id's loss alone on the setup's batch:
   the other tasks' terms are simply not part of it."""
   setup = _setup(agent, num_tasks)
-  task_loss = sac.make_task_loss(setup.networks, _sac_config(agent, auxiliary_weight))
+  task_loss = testing.make_task_loss(setup.networks, _sac_config(agent, auxiliary_weight))
   noise_next, noise_now = jnp.asarray(
     np.random.default_rng(3).normal(size=(2, BATCH_PER_TASK, setup.networks.action_dim)),
     jnp.float32,

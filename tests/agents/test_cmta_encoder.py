@@ -10,9 +10,14 @@ import pytest
 from absl.testing import parameterized
 
 from cmta_jax.agents import sac
-from cmta_jax.agents.networks import check_encoder_output
 from cmta_jax.config import RunConfig, SACConfig
 from cmta_jax.nn import layers
+
+
+def check_encoder_output(out, groups: int, batch: int, feature_dim: int, carry_dim: int) -> None:
+  """chex boundary check (static shapes, so free under jit)."""
+  chex.assert_shape(out.features, (groups, batch, feature_dim))
+  chex.assert_shape([out.carry.h, out.carry.c], (groups, batch, carry_dim))
 
 
 def _task_inputs(setup, task_id: int):

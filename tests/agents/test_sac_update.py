@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cmta_jax import testing
 from cmta_jax.agents import cmta, sac
 from cmta_jax.config import HeadConfig, MixtureConfig, SACConfig
 
@@ -347,7 +348,7 @@ def test_each_task_temperature_follows_its_own_entropy(helpers):
 def test_task_vmap_equals_a_python_loop_over_tasks(helpers):
   """The vmapped update equals T separate per-task losses averaged with weight 1/T."""
   setup = helpers.learner_setup()
-  task_loss = sac.make_task_loss(setup.networks, setup.sac_config)
+  task_loss = testing.make_task_loss(setup.networks, setup.sac_config)
   value_and_grad = helpers.fast_jit(jax.value_and_grad(task_loss, has_aux=True))
   noise_next, noise_now = _noise(helpers, setup)
   num_tasks = setup.networks.num_tasks
