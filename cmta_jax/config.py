@@ -13,6 +13,7 @@ from typing import Any
 from cmta_jax.envs.config import EnvConfig, validate_seed
 
 CARRY_MODES = ("stored", "frozen_memory", "frozen_lstm", "burn_in")
+REPLAY_PLACEMENTS = ("device", "host")
 
 
 # ---------------------------------------------------------------- field checks
@@ -58,6 +59,11 @@ def _fraction_below_one(name: str, value: Any) -> None:  # [0, 1)
 def _carry_mode(name: str, value: Any) -> None:
   if value not in CARRY_MODES:
     raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(CARRY_MODES)}")
+
+
+def _replay_placement(name: str, value: Any) -> None:
+  if value not in REPLAY_PLACEMENTS:
+    raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(REPLAY_PLACEMENTS)}")
 
 
 def _field(default: Any, check: Callable[[str, Any], None] | None = None) -> Any:
@@ -178,6 +184,12 @@ class TrainConfig:
   warmup_steps: int = _field(1_500, _non_negative_int)  # uniform random actions, no updates
   batch_per_task: int = _field(128, _positive_int)
   replay_capacity: int = _field(5_000_000, _positive_int)  # transitions over all tasks
+  # Where the replay lives (docs/seeds.md, "Replay"): device = the learner's accelerator,
+  # sampled inside the update call; host = host memory (JAX's CPU backend), each batch
+  # sampled there and sent to the learner. The same draws either way.
+  replay_placement: str = _field("device", _replay_placement)
+  # Gradient updates per vector step, one call (a lax.scan of THE update); 1 = the paper's.
+  updates_per_step: int = _field(1, _positive_int)
   eval_every: int = _field(3_000, _positive_int)
   eval_episodes: int = _field(1, _positive_int)  # per task
   log_every: int = _field(500, _positive_int)

@@ -48,6 +48,12 @@ _LOOP_EPISODE = flags.DEFINE_integer(
 _ENV_WORKERS = flags.DEFINE_integer(
   "env_workers", None, "Environment workers of the loop runs (default: one per core, <= S)."
 )
+_REPLAY = flags.DEFINE_bool(
+  "replay",
+  False,
+  "Host time per vector step spent on replay, MT10/MT50 x S = 1, 8 at paper sizes: the host "
+  "buffer (gather, stack, transfer, add) against the device replay (the step's insert call).",
+)
 _SKIP_AGENTS = flags.DEFINE_bool(
   "skip_agents", False, "Skip the per-agent update table (only the seeds axis)."
 )
@@ -217,7 +223,11 @@ def time_seed_batch(num_seeds: int, width: int, batch_per_task: int, calls: int)
   )
   totals = steps.empty_totals(networks, run_config.sac, states[0], spec)
   holder = {"state": steps.stack_seeds(states), "totals": steps.stack_seeds([totals] * num_seeds)}
-  train_step = steps.make_train_step(networks, run_config.sac)
+  # The update alone, on a given batch ([S, K=1, ...]), as with a replay in host memory.
+  batch = jax.tree.map(lambda x: x[:, None], batch)
+  train_step = steps.make_train_step(
+    networks, run_config.sac, steps.ReplayDraw(b, window), sample_inside=False
+  )
   counter = iter(range(10**9))
 
   def one_call():
@@ -276,6 +286,92 @@ def time_loop(num_seeds: int, width: int, batch_per_task: int, episode_length: i
     "steps_per_sec": steps_per_sec,
     "seed_steps_per_sec": num_seeds * steps_per_sec,
   }
+
+
+def replay_host_time(calls: int) -> dict:
+  """{"MT10 S=1": ms, ...}: milliseconds of the host's main thread per vector step spent on
+  replay, the device's own compute not counted (paper sizes: observations 39, actions 4,
+  LSTM 64, batch 128 per task, burn-in 20). Prints the host buffer's figure beside it."""
+  import jax
+  import numpy as np
+
+  from cmta_jax.replay import device as device_replay
+  from cmta_jax.replay.buffer import ReplayBuffer, stack_transitions
+  from cmta_jax.training import steps
+  from cmta_jax.types import LSTMCarry
+
+  obs_dim, action_dim, carry_dim, batch, window = 39, 4, 64, 128, 20
+  rng = np.random.default_rng(0)
+  out = {}
+  print("host time per vector step on replay (ms; device compute not counted)")
+  print(f"{'setting':<10} {'host buffer':>12} {'device replay':>14}")
+  for num_tasks in (10, 50):
+    # The host buffer, filled (2M transitions): S seeds' draws are S draws of this one.
+    host = ReplayBuffer(num_tasks, 2_000_000, obs_dim, action_dim, carry_dim, seed=0)
+    state = host.state_dict()
+    host.load_state_dict(_filled_state(state, 150, rng))
+    for num_seeds in (1, 8):
+
+      def host_step():
+        batch_ = stack_transitions(
+          [host.sample(batch, window) for _ in range(num_seeds)]
+        )  # fmt: skip
+        jax.block_until_ready(jax.device_put(batch_))
+
+      host_ms = 1e3 * _median_seconds(host_step, max(3, calls // 5))
+      # The device replay: the host's part of a step is the insert call (its transitions
+      # sent over, the call dispatched); the capacity does not change it (written in place),
+      # so a small one keeps 8 seeds in memory here.
+      replay = device_replay.init_seeds(num_seeds, num_tasks, 4096 * num_tasks, 39, 4, 64)
+      insert = steps.make_insert()
+      zeros = np.zeros((num_seeds, num_tasks, carry_dim), np.float32)
+      carry = jax.device_put(LSTMCarry(zeros, zeros))
+      holder = {"replay": replay}
+      step_data = [
+        rng.normal(size=(num_seeds, num_tasks, n)).astype(np.float32)
+        for n in (obs_dim, action_dim, obs_dim)
+      ]
+      reward = np.zeros((num_seeds, num_tasks), np.float32)
+      timed = []
+      for i in range(calls + 3):
+        jax.block_until_ready(holder["replay"])
+        start = time.perf_counter()
+        holder["replay"] = insert(
+          holder["replay"], step_data[0], step_data[1], reward, step_data[2], reward, carry,
+          carry, i % 150,
+        )  # fmt: skip
+        timed.append(time.perf_counter() - start)
+      device_ms = 1e3 * float(np.median(timed[3:]))
+      name = f"MT{num_tasks} S={num_seeds}"
+      out[name] = device_ms
+      print(f"{name:<10} {host_ms:12.2f} {device_ms:14.3f}", flush=True)
+      del replay, holder
+  return out
+
+
+def _filled_state(state: dict, episode_length: int, rng) -> dict:
+  """A full host replay state of `state`'s shape: random transitions in episodes."""
+  import numpy as np
+
+  num_tasks, per_task = int(state["num_tasks"]), int(state["capacity_per_task"])
+  filled = dict(state)
+  for name, trailing in (
+    ("obs", 39),
+    ("action", 4),
+    ("next_obs", 39),
+    ("h_out", 64),
+    ("c_out", 64),
+  ):
+    filled[name] = rng.normal(size=(num_tasks, per_task, trailing)).astype(np.float32)
+  filled["reward"] = rng.normal(size=(num_tasks, per_task)).astype(np.float32)
+  filled["terminated"] = np.zeros((num_tasks, per_task), np.float32)
+  filled["episode_step"] = np.broadcast_to(
+    np.arange(per_task, dtype=np.int32) % episode_length, (num_tasks, per_task)
+  ).copy()
+  filled["oldest_h_in"] = np.zeros((num_tasks, 64), np.float32)
+  filled["oldest_c_in"] = np.zeros((num_tasks, 64), np.float32)
+  filled.update(size=per_task, pos=0)
+  return filled
 
 
 def seeds_axis(counts, loop_counts, width, batch_per_task, calls, episode_length, workers):
@@ -339,6 +435,8 @@ def main(argv):
     f"{jax.devices()[0].platform}, jax {jax.__version__}"
   )
   report = {} if _SKIP_AGENTS.value else agent_table(agents)
+  if _REPLAY.value:
+    report["host_replay_ms_per_step"] = replay_host_time(_CALLS.value)
   report["seeds_axis"] = seeds_axis(
     counts,
     loop_counts,

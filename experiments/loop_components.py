@@ -33,6 +33,7 @@ def main(argv):
   from cmta_jax.envs.config import EnvConfig
   from cmta_jax.envs.metaworld_env import MultiTaskEnv, task_names
   from cmta_jax.training.steps import (
+    ReplayDraw,
     batch_spec,
     burn_in_steps,
     empty_totals,
@@ -60,10 +61,12 @@ def main(argv):
   rng = np.random.default_rng(0)
   spec = batch_spec(t, b, networks, burn_in_steps(run_config, networks))
   batch = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), spec)
-  train_step = make_train_step(networks, sac_config)
+  window = burn_in_steps(run_config, networks)
+  train_step = make_train_step(networks, sac_config, ReplayDraw(b, window), sample_inside=False)
   totals = empty_totals(networks, sac_config, state, spec)
   # One seed: the loop's functions take a leading seed axis (docs/seeds.md).
   state, totals, batch = (stack_seeds([x]) for x in (state, totals, batch))
+  batch = jax.tree.map(lambda x: x[:, None], batch)  # [S, K=1, ...]: one update per call
   key = stack_seeds([jax.random.PRNGKey(0)])
 
   def median_ms(fn, calls):

@@ -45,6 +45,75 @@ def init(
   return _zeros(num_tasks, per_task, obs_dim, action_dim, carry_dim)
 
 
+def init_seeds(
+  num_seeds: int,
+  num_tasks: int,
+  capacity: int,
+  obs_dim: int,
+  action_dim: int,
+  carry_dim: int,
+  sharding=None,
+) -> DeviceReplay:
+  """Empty replays of `num_seeds` seeds, [S, ...] leaves, made in place by one compiled call:
+  with `sharding` (a `jax.sharding.Sharding` of the [S, ...] arrays) directly where they
+  live, never first on another device."""
+  per_task = host.check_shape(num_tasks, capacity, obs_dim, action_dim, carry_dim)
+  one = jax.eval_shape(lambda: _zeros(num_tasks, per_task, obs_dim, action_dim, carry_dim))
+  make = lambda: jax.tree.map(lambda x: jnp.zeros((num_seeds, *x.shape), x.dtype), one)
+  return jax.jit(make, out_shardings=sharding)()
+
+
+def load_seed(replay: DeviceReplay, index: int, state: dict) -> DeviceReplay:
+  """`replay` ([S, ...], empty at seed `index`) with that seed's slot holding a state dict
+  of `to_state_dict` or `ReplayBuffer.state_dict` format; written in place (the replay is
+  donated), so restoring S seeds holds one restored state on the host at a time."""
+  storage = replay.storage
+  shape = {
+    "num_tasks": storage["obs"].shape[1],
+    "capacity_per_task": storage["obs"].shape[2],
+    "obs_dim": storage["obs"].shape[3],
+    "action_dim": storage["action"].shape[3],
+    "carry_dim": storage["h_out"].shape[3],
+  }
+  state, size, pos = host.checked_state(state, shape, "load_seed")
+  prefix = {name: np.asarray(state[name]) for name in storage if name in state}
+  oldest_in, oldest_out = _oldest_carries(state, shape, size, pos)
+  return _write_seed(replay, index, prefix, oldest_in, oldest_out, size, pos)
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _write_seed(replay, index, prefix, oldest_in, oldest_out, size, pos) -> DeviceReplay:
+  def put(stacked, one):  # one seed's value at `index` (a prefix of the slots for storage)
+    return lax.dynamic_update_slice(
+      stacked, one[None].astype(stacked.dtype), (index,) + (0,) * one.ndim
+    )
+
+  return DeviceReplay(
+    storage={
+      name: put(array, prefix[name]) if name in prefix else array
+      for name, array in replay.storage.items()
+    },
+    oldest_in=put(replay.oldest_in, oldest_in),
+    oldest_out=put(replay.oldest_out, oldest_out),
+    size=replay.size.at[index].set(size),
+    pos=replay.pos.at[index].set(pos),
+  )
+
+
+def _oldest_carries(state: dict, shape: dict, size: int, pos: int) -> tuple[np.ndarray, ...]:
+  """(oldest_in, oldest_out), each [2, T, H], of a checked state dict."""
+  num_tasks, carry_dim = shape["num_tasks"], shape["carry_dim"]
+  oldest_in = np.zeros((2, num_tasks, carry_dim), np.float32)
+  oldest_out = np.zeros((2, num_tasks, carry_dim), np.float32)
+  if carry_dim:
+    oldest_in[:] = [state["oldest_h_in"], state["oldest_c_in"]]
+  if carry_dim and size:
+    # The filled prefix is slots 0..size-1, and the oldest is pos when full, else 0.
+    oldest = pos if size == shape["capacity_per_task"] else 0
+    oldest_out[:] = [state["h_out"][:, oldest], state["c_out"][:, oldest]]
+  return oldest_in, oldest_out
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
 def _zeros(
   num_tasks: int, per_task: int, obs_dim: int, action_dim: int, carry_dim: int
@@ -236,24 +305,27 @@ def _shape_info(replay: DeviceReplay) -> dict[str, int]:
   }
 
 
-def to_state_dict(replay: DeviceReplay) -> dict:
-  """The host buffer's `state_dict()` format, as numpy arrays, of one seed's replay (index a
-  batch of seeds first): shape ints, size, pos, the filled prefix of every field of nonzero
-  size, and oldest_h_in / oldest_c_in when carry_dim > 0.
+def to_state_dict(replay: DeviceReplay, index: int | None = None) -> dict:
+  """The host buffer's `state_dict()` format, as numpy arrays, of one seed's replay (seed
+  `index` of a batch [S, ...], or a replay without a seed axis): shape ints, size, pos, the
+  filled prefix of every field of nonzero size, and oldest_h_in / oldest_c_in when
+  carry_dim > 0.
 
   It has no `rng_state`: draws come from keyed streams, not from a sampler with state. A host
-  buffer loading it keeps its own generator.
+  buffer loading it keeps its own generator. The prefix is cut on the device, so the host
+  holds one seed's filled slots, never the whole batch.
   """
-  size = int(replay.size)
-  state = _shape_info(replay)
-  state.update(size=size, pos=int(replay.pos))
-  shapes = {name: array.shape[2:] for name, array in replay.storage.items()}
-  # Host copies, sliced there (slicing on the device would compile once per size). A copy,
-  # not a view: a live view of a CPU array would stop the next insert from donating it.
+  seed = () if index is None else (index,)
+  size, pos = int(replay.size[seed]), int(replay.pos[seed])
+  state = _shape_info(jax.eval_shape(lambda: jax.tree.map(lambda leaf: leaf[seed], replay)))
+  state.update(size=size, pos=pos)
+  shapes = {name: array.shape[len(seed) + 2 :] for name, array in replay.storage.items()}
   for name in host.saved_fields(shapes):
-    state[name] = np.array(replay.storage[name])[:, :size]
+    # One indexing op (seed and prefix at once), then a host copy (np.array), never a view
+    # that would keep a device buffer alive.
+    state[name] = np.array(replay.storage[name][(*seed, slice(None), slice(0, size))])
   if state["carry_dim"]:
-    state["oldest_h_in"], state["oldest_c_in"] = np.array(replay.oldest_in)
+    state["oldest_h_in"], state["oldest_c_in"] = np.array(replay.oldest_in[seed])
   return state
 
 
@@ -278,14 +350,7 @@ def from_state_dict(
     if array.size:
       array[:, :size] = state[name]
     storage[name] = jnp.asarray(array)
-  oldest_in = np.zeros((2, num_tasks, carry_dim), np.float32)
-  oldest_out = np.zeros((2, num_tasks, carry_dim), np.float32)
-  if carry_dim:
-    oldest_in[:] = [state["oldest_h_in"], state["oldest_c_in"]]
-  if carry_dim and size:
-    # The filled prefix is slots 0..size-1, and the oldest is pos when full, else 0.
-    oldest = pos if size == shape["capacity_per_task"] else 0
-    oldest_out[:] = [state["h_out"][:, oldest], state["c_out"][:, oldest]]
+  oldest_in, oldest_out = _oldest_carries(state, shape, size, pos)
   return DeviceReplay(
     storage=storage,
     oldest_in=jnp.asarray(oldest_in),

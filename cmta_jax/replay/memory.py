@@ -34,6 +34,15 @@ def _available_memory_bytes() -> int | None:
     return None
 
 
+def device_memory_available(device) -> int | None:
+  """Bytes free on an accelerator as JAX reports them (limit - in use), or None where JAX
+  does not report them (the CPU backend: use host memory)."""
+  stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+  if not stats or "bytes_limit" not in stats:
+    return None
+  return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+
+
 def check_fits_in_memory(
   num_tasks: int,
   capacity: int,
@@ -42,18 +51,20 @@ def check_fits_in_memory(
   carry_dim: int,
   available_bytes: int | None = None,
   num_seeds: int = 1,
-  resuming: bool = False,
+  extra: int = 0,
+  where: str = "host memory",
+  otherwise: str = "",
 ) -> int:
-  """Returns the bytes `num_seeds` buffers of this shape (one per seed of a batch) need, plus
-  one more while `resuming` (a seed's restored replay is held while it is loaded); raises
-  MemoryError if they would not fit.
+  """Returns the bytes `num_seeds` replays of this shape (one per seed of a batch) plus
+  `extra` more (e.g. the one seed's replay a checkpoint save or restore holds besides them)
+  need in `where`; raises MemoryError (one line, naming the largest capacity that fits, then
+  `otherwise`) if they would not fit.
 
-  The arrays are allocated with np.zeros, whose pages are committed lazily, so
-  an oversized buffer would otherwise only fail (OOM kill) hours into a run.
-  If `available_bytes` is None it is read from the OS; if the OS cannot tell,
-  the check is skipped and only the byte count is returned.
+  Pages of host arrays are committed lazily, so an oversized replay would otherwise only fail
+  (OOM kill) hours into a run. If `available_bytes` is None it is read from the OS; if the OS
+  cannot tell, the check is skipped and only the byte count is returned.
   """
-  buffers = num_seeds + bool(resuming)
+  buffers = num_seeds + extra
   needed = buffers * ReplayBuffer.bytes_needed(num_tasks, capacity, obs_dim, action_dim, carry_dim)
   if available_bytes is None:
     available_bytes = _available_memory_bytes()
@@ -65,13 +76,14 @@ def check_fits_in_memory(
     aside = 2 * num_tasks * carry_dim * FLOAT_BYTES  # the oldest slot's carry_in
     largest = ((usable // buffers - aside) // bytes_per_transition) // num_tasks * num_tasks
     what = f"replay buffer{'s of ' + str(num_seeds) + ' seeds' if num_seeds > 1 else ''}"
-    if resuming:
-      what += " and one restored replay (resuming)"
+    if extra:
+      what += f" and {extra} more while a checkpoint is saved or restored"
     per = ", per seed" if num_seeds > 1 else ""
     verb = "need" if buffers > 1 else "needs"
     raise MemoryError(
       f"{what} {verb} {needed} B ({format_bytes(needed)}) but only {available_bytes} B "
-      f"({format_bytes(available_bytes)}) are available ({_MEMORY_FRACTION:.0%} usable); "
-      f"largest capacity that fits: {largest} ({largest // num_tasks} per task{per})"
+      f"({format_bytes(available_bytes)}) are available in {where} ({_MEMORY_FRACTION:.0%} "
+      f"usable); largest capacity that fits: {largest} ({largest // num_tasks} per task{per})"
+      + otherwise
     )
   return needed

@@ -45,15 +45,64 @@ class Placement:
     spec = P() if self.data_parallel else P(SEED_AXIS)
     return jax.device_put(tree, NamedSharding(self.mesh, spec))
 
-  def put_batch(self, batch):
-    """An update batch [S, T, B, ...]: split over seeds, or over B when data parallel."""
+  def put_batch(self, batch, batch_axis: int = 2):
+    """Update batches [S, ..., B, ...] (B at `batch_axis`): split over seeds, or over B when
+    data parallel; on the first device without a mesh."""
     if self.mesh is None:
-      return batch
-    spec = P(None, None, DATA_AXIS) if self.data_parallel else P(SEED_AXIS)
+      return jax.device_put(batch, jax.local_devices()[0])
+    spec = P(*(None,) * batch_axis, DATA_AXIS) if self.data_parallel else P(SEED_AXIS)
     return jax.device_put(batch, NamedSharding(self.mesh, spec))
+
+  def sharding(self):
+    """How seed-stacked trees are laid out (`put`); None: the default device."""
+    if self.mesh is None:
+      return None
+    return NamedSharding(self.mesh, P() if self.data_parallel else P(SEED_AXIS))
 
 
 SINGLE_DEVICE = Placement(None)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplayPlace:
+  """Where a batch of seeds' replay lives (`train.replay_placement`): laid out over the
+  learner's devices as its state is (`on_host` False), or in host memory, on JAX's CPU
+  backend (`on_host` True), from where each update's batches are sent to the learner."""
+
+  placement: Placement
+  on_host: bool = False
+
+  def sharding(self):
+    if self.on_host:
+      return jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    return self.placement.sharding()
+
+  def put(self, tree):
+    """Host arrays (or the learner's) where the replay lives."""
+    if self.on_host:
+      return jax.device_put(tree, jax.devices("cpu")[0])
+    return self.placement.put(tree)
+
+  def to_learner(self, batch, batch_axis: int = 2):
+    """A batch drawn where the replay lives, on the learner's devices."""
+    if not self.on_host:
+      return batch
+    return self.placement.put_batch(batch, batch_axis)
+
+  def memory_device(self) -> jax.Device:
+    """A device whose memory holds (part of) the replay."""
+    if self.on_host:
+      return jax.devices("cpu")[0]
+    return (
+      jax.local_devices()[0] if self.placement.mesh is None else self.placement.mesh.devices.flat[0]
+    )
+
+  def replays_per_device(self, num_seeds: int) -> int:
+    """How many seeds' replays one device holds: all on the host or one device; the seeds'
+    share when they are spread over devices; a whole copy on each device when data parallel."""
+    if self.on_host or self.placement.mesh is None or self.placement.data_parallel:
+      return num_seeds
+    return num_seeds // self.placement.num_devices
 
 
 def choose(

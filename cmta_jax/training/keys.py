@@ -15,7 +15,7 @@ class Stream(enum.IntEnum):
   ACT = 0  # action selection: exploration noise, warm-up actions, evaluation
   UPDATE = 1  # the learner's update (policy samples)
   INIT = 2  # parameter initialisation (step-free)
-  DIAGNOSTICS = 3  # numpy draw of the replay samples for the attention diagnostics
+  DIAGNOSTICS = 3  # the replay draws of the attention diagnostics
   REPLAY = 4  # the update's replay draws
 
 

@@ -19,13 +19,14 @@ from cmta_jax.agents import registry, sac
 from cmta_jax.envs.config import validate_seed
 from cmta_jax.envs.seed_envs import EnvPool
 from cmta_jax.envs.source import METAWORLD, EnvSource
-from cmta_jax.replay.buffer import ReplayBuffer
-from cmta_jax.replay.memory import check_fits_in_memory, format_bytes
+from cmta_jax.replay import device as device_replay
+from cmta_jax.replay import memory
 from cmta_jax.training import devices as devices_lib
+from cmta_jax.training import diagnostics as diagnostics_lib
 from cmta_jax.training import keys, loop, metrics_log, records, run_state, steps
 from cmta_jax.training import run_dir as run_dir_lib
 from cmta_jax.training import videos as videos_lib
-from cmta_jax.training.checkpointing import Checkpointer, checkpoint_steps
+from cmta_jax.training.checkpointing import Checkpointer
 from cmta_jax.training.metrics_log import MetricsLog
 
 
@@ -121,9 +122,10 @@ def _train_batch(
   registry.validate(run_config)
   _check_schedule(run_config, log)
   bpt = run_config.train.batch_per_task
-  devices_lib.choose(len(seed_dirs), bpt, data_parallel, devices)  # before anything is written
+  # Before anything is written: the devices, then the replays' memory.
+  placement = devices_lib.choose(len(seed_dirs), bpt, data_parallel, devices)
   networks = steps.build_networks(run_config, envs)
-  _log_replay_memory(run_config, networks, envs, list(seed_dirs.values()), log)
+  _check_replay_memory(run_config, networks, envs, len(seed_dirs), placement, log)
   # Everything below happens under the run directories' locks, and nothing in them is
   # written before each config is known to fit its checkpoints.
   with contextlib.ExitStack() as locks:
@@ -180,25 +182,49 @@ def seed_run_dir(run_dir: str, seed: int) -> str:
   return os.path.join(run_dir, f"seed{seed}")
 
 
-def _log_replay_memory(run_config, networks, envs: EnvSource, run_dirs: list[str], log) -> None:
-  """Checks that the seeds' replay buffers fit in memory, and says what they take. A resume
-  also holds one seed's restored replay at a time besides the buffers."""
+def _check_replay_memory(
+  run_config, networks, envs: EnvSource, num_seeds: int, placement, log
+) -> None:
+  """Checks, before anything is built or written, that the seeds' replays fit where
+  `train.replay_placement` puts them, and says what they take. Host memory also holds one
+  seed's replay while a checkpoint is saved or restored, at the start of a run as on resume,
+  so a run that starts can always resume on the same machine."""
   cfg_train = run_config.train
-  resuming = any(checkpoint_steps(os.path.join(d, "checkpoints")) for d in run_dirs)
-  needed = check_fits_in_memory(
+  place = devices_lib.ReplayPlace(placement, cfg_train.replay_placement == "host")
+  shape = (
     len(envs.task_names(run_config.env)),
     cfg_train.replay_capacity,
     networks.obs_dim,
     networks.action_dim,
     steps.replay_carry_dim(networks),
-    num_seeds=len(run_dirs),
-    resuming=resuming,
   )
-  per_seed = f" ({len(run_dirs)} seeds)" if len(run_dirs) > 1 else ""
-  restoring = ", one more while resuming" if resuming else ""
+  device = place.memory_device()
+  available = memory.device_memory_available(device)
+  seeds = f" ({num_seeds} seeds)" if num_seeds > 1 else ""
+  if available is None:  # host memory (the CPU backend): the replays and the one transient
+    needed = memory.check_fits_in_memory(*shape, num_seeds=num_seeds, extra=1)
+    log(
+      f"replay: {cfg_train.replay_capacity} transitions{seeds} in host memory need "
+      f"{memory.format_bytes(needed)} (one seed's more while checkpointing)"
+    )
+    return
+  on_device = place.replays_per_device(num_seeds)
+  fits_on_host = True
+  try:
+    memory.check_fits_in_memory(*shape, num_seeds=num_seeds, extra=1)
+  except MemoryError:
+    fits_on_host = False
+  needed = memory.check_fits_in_memory(
+    *shape,
+    available_bytes=available,
+    num_seeds=on_device,
+    where=f"the memory of {device.device_kind} {device.id}",
+    otherwise="; or --replay_placement=host (host memory holds it)" if fits_on_host else "",
+  )
+  memory.check_fits_in_memory(*shape, num_seeds=0, extra=1)  # a checkpoint's copy on the host
   log(
-    f"replay buffer: {cfg_train.replay_capacity} transitions{per_seed}{restoring} need "
-    f"{format_bytes(needed)}"
+    f"replay: {cfg_train.replay_capacity} transitions{seeds} on {device.device_kind} need "
+    f"{memory.format_bytes(needed)} per device"
   )
 
 
@@ -271,17 +297,32 @@ def start_run(
     for key in base_keys
   ]
   names = tuple(envs.task_names(configs[0].env))
-  window = steps.burn_in_steps(configs[0], networks)
+  cfg_train = configs[0].train
+  draw = steps.replay_draw(configs[0], networks)
   totals = steps.empty_totals(
     networks,
     configs[0].sac,
     learners[0],
-    steps.batch_spec(len(names), configs[0].train.batch_per_task, networks, window),
+    steps.batch_spec(len(names), draw.batch_per_task, networks, draw.burn_in_steps),
   )
-  with contextlib.ExitStack() as on_error:
-    seeds, restored = _open_seeds(
-      configs, run_dirs, networks, envs, learners, totals, log, on_error
+  replay_place = devices_lib.ReplayPlace(placement, cfg_train.replay_placement == "host")
+
+  def empty_replay():
+    return device_replay.init_seeds(
+      len(configs),
+      len(names),
+      cfg_train.replay_capacity,
+      networks.obs_dim,
+      networks.action_dim,
+      steps.replay_carry_dim(networks),
+      sharding=replay_place.sharding(),
     )
+
+  with contextlib.ExitStack() as on_error:
+    seeds, restored, replay = _open_seeds(
+      configs, run_dirs, networks, envs, learners, totals, empty_replay, log, on_error
+    )
+    diagnostics = steps.make_diagnostics(networks)
     pool = EnvPool(envs.make_envs, configs[0].env, [c.train.seed for c in configs], env_workers)
     on_error.callback(pool.close)
     run = run_state.Run(
@@ -292,25 +333,38 @@ def start_run(
       networks=networks,
       envs=pool,
       act=steps.make_act(networks),
-      train_step=steps.make_train_step(networks, configs[0].sac, placement),
-      diagnostics=steps.make_diagnostics(networks),
+      train_step=steps.make_train_step(
+        networks, configs[0].sac, draw, placement, sample_inside=not replay_place.on_host
+      ),
+      insert=steps.make_insert(),
+      sample=steps.make_sample(draw) if replay_place.on_host else None,
+      diagnostics=diagnostics,
+      diagnostic_batches=None
+      if diagnostics is None
+      else steps.make_diagnostic_batches(
+        diagnostics_lib.DIAGNOSTIC_SAMPLES_PER_TASK,
+        draw.burn_in_steps,
+        configs[0].env.episode_length,
+      ),
       base_keys=placement.put(base_keys),
+      replay_keys=replay_place.put(base_keys),
       placement=placement,
-      burn_in_steps=window,
+      replay_place=replay_place,
+      burn_in_steps=draw.burn_in_steps,
       log=log,
       is_batch=is_batch,
       draw_curves=draw_curves,
     )
-    state = _initial_loop_state(run, learners, totals, restored)
+    state = _initial_loop_state(run, learners, totals, restored, replay)
     on_error.pop_all()
   return run, state
 
 
-def _open_seeds(configs, run_dirs, networks, envs, learners, totals, log, on_error):
-  """(one run_state.SeedRun per seed, the restored checkpoints or None): video recorders and
-  checkpointers first (a machine that cannot render fails before anything is written), then
-  the restore (each seed's replay straight into its buffer), then config.json and the
-  metrics logs. Registers every close in `on_error`."""
+def _open_seeds(configs, run_dirs, networks, envs, learners, totals, empty_replay, log, on_error):
+  """(one run_state.SeedRun per seed, the restored checkpoints or None, the seeds' replay):
+  video recorders and checkpointers first (a machine that cannot render fails before anything
+  is written), then the restore (each seed's replay straight into its slot of the batch's
+  replay), then config.json and the metrics logs. Registers every close in `on_error`."""
   opened = []
   num_tasks = len(envs.task_names(configs[0].env))
   for config, directory in zip(configs, run_dirs):
@@ -320,11 +374,10 @@ def _open_seeds(configs, run_dirs, networks, envs, learners, totals, log, on_err
     # A batch keeps one checkpoint more: see _restore_batch.
     checkpointer = Checkpointer(directory, config.train.keep_checkpoints + (len(configs) > 1))
     on_error.callback(checkpointer.close)
-    buffer = _new_replay(config.train, networks, num_tasks)
-    opened.append((config, directory, checkpointer, videos, buffer))
-  restored = _restore_batch(
+    opened.append((config, directory, checkpointer, videos))
+  restored, replay = _restore_batch(
     [o[2] for o in opened],
-    [o[4] for o in opened],
+    empty_replay,
     run_dirs,
     configs[0].train.total_steps,
     learners,
@@ -337,40 +390,29 @@ def _open_seeds(configs, run_dirs, networks, envs, learners, totals, log, on_err
   if len(configs) > 1:
     log(f"seeds: {[c.train.seed for c in configs]} in {os.path.dirname(run_dirs[0])}/seed<K>")
   seeds = []
-  for config, directory, checkpointer, videos, buffer in opened:
+  for config, directory, checkpointer, videos in opened:
     metrics_file = MetricsLog(directory, resume_step=None if restored is None else restored[0][0])
     on_error.callback(metrics_file.close)
     seeds.append(
       run_state.SeedRun(
         config=config,
         run_dir=directory,
-        buffer=buffer,
         episode_stats=run_state.EpisodeStats(num_tasks),
         checkpointer=checkpointer,
         metrics_file=metrics_file,
         videos=videos,
       )
     )
-  return tuple(seeds), restored
+  return tuple(seeds), restored, replay
 
 
-def _new_replay(cfg_train: config_lib.TrainConfig, networks, num_tasks: int) -> ReplayBuffer:
-  return ReplayBuffer(
-    num_tasks,
-    cfg_train.replay_capacity,
-    networks.obs_dim,
-    networks.action_dim,
-    steps.replay_carry_dim(networks),
-    seed=cfg_train.seed,
-  )
-
-
-def _restore_batch(checkpointers, buffers, run_dirs, total_steps: int, learners, totals, log):
-  """[(step, state, meta)] per seed at the newest step every seed completed, each seed's
-  replay loaded into its buffer at once (one restored replay in memory at a time); or None
-  for a new batch. A batch killed between its seeds' saves resumes at the step before, or
-  from the start if it was the first round of saves; the newer checkpoints are removed
-  (the batch writes them again, identically)."""
+def _restore_batch(checkpointers, empty_replay, run_dirs, total_steps: int, learners, totals, log):
+  """([(step, state, meta)] per seed at the newest step every seed completed, or None for a
+  new batch; the seeds' replay, `empty_replay()` with each seed's restored replay loaded
+  into its slot at once, so one restored replay is on the host at a time). A batch killed
+  between its seeds' saves resumes at the step before, or from the start if it was the
+  first round of saves; the newer checkpoints are removed (the batch writes them again,
+  identically)."""
   latest = [c.steps()[-1] if c.steps() else None for c in checkpointers]
   for directory, step in zip(run_dirs, latest):
     if step is not None and step > total_steps:
@@ -390,23 +432,26 @@ def _restore_batch(checkpointers, buffers, run_dirs, total_steps: int, learners,
   # Seeds without a checkpoint beside ones with the first round's only: that round was cut
   # short, and the batch starts again.
   common = None if None in latest else min(latest)
+  replay = empty_replay()
   while common is not None:
     restored = []
-    for checkpointer, buffer, learner in zip(checkpointers, buffers, learners):
+    for index, (checkpointer, learner) in enumerate(zip(checkpointers, learners)):
       one = checkpointer.restore_latest(
         {"train_state": learner, "totals": totals}, log, max_step=common
       )
       if one is None:
         break
-      step, state, replay, meta = one
-      buffer.load_state_dict(replay)
-      del replay
+      step, state, seed_replay, meta = one
+      replay = device_replay.load_seed(replay, index, seed_replay)
+      del seed_replay
       restored.append((step, state, meta))
     restored_steps = {r[0] for r in restored}
     if len(restored) == len(checkpointers) and restored_steps == {common}:
       break
     # A seed fell back past an unreadable checkpoint (or had none left): all follow it.
     common = min(restored_steps) if len(restored) == len(checkpointers) else None
+    replay = None  # (dropped before the next one is made)
+    replay = empty_replay()
   for directory, checkpointer in zip(run_dirs, checkpointers):
     newer = checkpointer.delete_after(-1 if common is None else common)
     if newer:
@@ -415,10 +460,12 @@ def _restore_batch(checkpointers, buffers, run_dirs, total_steps: int, learners,
         f"completed ({common or 'none: the batch starts again'}), so removed; the batch "
         "writes them again, identically"
       )
-  return None if common is None else restored
+  return (None if common is None else restored), replay
 
 
-def _initial_loop_state(run: run_state.Run, learners, totals, restored) -> run_state.LoopState:
+def _initial_loop_state(
+  run: run_state.Run, learners, totals, restored, replay
+) -> run_state.LoopState:
   num_seeds = run.num_seeds
   if restored is None:
     step, obs, eval_obs = 0, run.env.reset(), run.eval_env.reset()
@@ -445,7 +492,7 @@ def _initial_loop_state(run: run_state.Run, learners, totals, restored) -> run_s
     obs=obs,
     eval_obs=eval_obs,
     carry=run.placement.put(carry),
-    carry_host=jax.device_get(carry),
+    replay=replay,
     eval_history=eval_history,
     active=(True,) * num_seeds,
     start_step=step,

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cmta_jax.agents import sac
-from cmta_jax.replay.buffer import sample_seeds
+from cmta_jax.replay import device as device_replay
 from cmta_jax.training import diagnostics, records, run_state, steps
 from cmta_jax.training.evaluation import evaluate
 from cmta_jax.training.preemption import Preempted, StopSignals
@@ -52,8 +52,10 @@ def run_to_completion(run: run_state.Run, state: run_state.LoopState) -> run_sta
 
 
 def collect_and_update(run: run_state.Run, state: run_state.LoopState) -> run_state.LoopState:
-  """One vector step of every seed: act in every task, dispatch one update (asynchronously,
-  so the environments step while it runs), step the environments, store the transitions."""
+  """One vector step of every seed: act in every task, dispatch the update call (it draws its
+  batches from the replay itself, and runs asynchronously while the environments step),
+  step the environments, write the transitions into the replay (one more call). The host
+  gathers nothing: only this step's transitions cross to where the replay lives."""
   cfg_train = run.config.train
   mode = "random" if state.step < cfg_train.warmup_steps else "explore"
   actions, carry_out = run.act(
@@ -72,31 +74,33 @@ def collect_and_update(run: run_state.Run, state: run_state.LoopState) -> run_st
     actions = np.where(np.isfinite(actions), actions, 0.0)
   learner, totals = state.learner, state.totals
   if state.step >= cfg_train.warmup_steps and state.step > 0:  # (warm-up 0: from the 2nd step)
-    batch = sample_seeds([s.buffer for s in run.seeds], cfg_train.batch_per_task, run.burn_in_steps)
-    learner, totals = run.train_step(
-      learner, totals, run.placement.put_batch(batch), run.base_keys, state.step
-    )
+    source = state.replay
+    if run.sample is not None:  # replay in host memory: draw there, send the batches over
+      batches = run.sample(state.replay, run.replay_keys, state.step)
+      source = run.replay_place.to_learner(batches, batch_axis=3)  # [S, K, T, B, ...]
+    learner, totals = run.train_step(learner, totals, source, run.base_keys, state.step)
   result = run.env.step(actions)
-  carry_out_host = jax.device_get(carry_out)
+  put = run.replay_place.put
+  replay = run.insert(
+    state.replay,
+    put(state.obs),
+    put(actions),
+    put(result.reward),
+    put(result.next_obs),
+    put(result.terminated),
+    put(state.carry),
+    put(carry_out),
+    state.episode_step,
+  )
   for index, seed_run in enumerate(run.seeds):
-    seed_run.buffer.add(
-      state.obs[index],
-      actions[index],
-      result.reward[index],
-      result.next_obs[index],
-      result.terminated[index],
-      steps.seed_slice(state.carry_host, index),
-      steps.seed_slice(carry_out_host, index),
-      episode_step=np.full(run.num_tasks, state.episode_step),
-    )
     seed_run.episode_stats.add_step(
       result.success[index], result.raw_reward[index], result.episode_start
     )
   if result.episode_start:
-    carry = sac.initial_carry(run.networks, (run.num_seeds, run.num_tasks))
-    carry, carry_host, episode_step = run.placement.put(carry), jax.device_get(carry), 0
+    carry = run.placement.put(sac.initial_carry(run.networks, (run.num_seeds, run.num_tasks)))
+    episode_step = 0
   else:
-    carry, carry_host, episode_step = carry_out, carry_out_host, state.episode_step + 1
+    carry, episode_step = carry_out, state.episode_step + 1
   return dataclasses.replace(
     state,
     step=state.step + 1,
@@ -105,7 +109,7 @@ def collect_and_update(run: run_state.Run, state: run_state.LoopState) -> run_st
     totals=totals,
     obs=result.obs,
     carry=carry,
-    carry_host=carry_host,
+    replay=replay,
   )
 
 
@@ -196,7 +200,7 @@ def save_checkpoint(run: run_state.Run, state: run_state.LoopState) -> run_state
     seed_run.checkpointer.save(
       state.step,
       {"train_state": steps.seed_slice(learner, index), "totals": steps.seed_slice(totals, index)},
-      seed_run.buffer.state_dict(),
+      device_replay.to_state_dict(state.replay, index),
       json.loads(json.dumps(meta, default=_json_default)),
     )
   return state

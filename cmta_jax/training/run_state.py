@@ -14,7 +14,7 @@ import numpy as np
 from cmta_jax import config as config_lib
 from cmta_jax.agents import sac
 from cmta_jax.envs.seed_envs import EnvPool, SeedEnvs
-from cmta_jax.replay.buffer import ReplayBuffer
+from cmta_jax.replay.device import DeviceReplay
 from cmta_jax.training import devices as devices_lib
 from cmta_jax.training import steps
 from cmta_jax.training import videos as videos_lib
@@ -70,11 +70,10 @@ class EpisodeStats:
 @dataclasses.dataclass(frozen=True)
 class SeedRun:
   """One seed's host side: its config (`train.seed` is the seed), its run directory and what
-  the loop writes there, its replay and its training-episode statistics."""
+  the loop writes there, and its training-episode statistics."""
 
   config: config_lib.RunConfig
   run_dir: str
-  buffer: ReplayBuffer
   episode_stats: "EpisodeStats"
   checkpointer: Checkpointer
   metrics_file: MetricsLog
@@ -104,10 +103,15 @@ class Run:
   networks: Any
   envs: EnvPool
   act: Callable
-  train_step: Callable
+  train_step: Callable  # steps.make_train_step: samples inside unless `sample` is given
+  insert: Callable  # steps.make_insert: one vector step of every seed into the replay
+  sample: Callable | None  # steps.make_sample, for a replay in host memory; else None
   diagnostics: Callable | None  # jitted, vmapped attention diagnostics; None without temporal input
+  diagnostic_batches: Callable | None  # steps.make_diagnostic_batches, with `diagnostics`
   base_keys: jax.Array  # [S, 2]: each seed's run key, as its solo run derives it
+  replay_keys: jax.Array  # the same keys where the replay lives
   placement: devices_lib.Placement
+  replay_place: devices_lib.ReplayPlace
   burn_in_steps: int
   log: Callable[[str], None]
   task_ids: jax.Array  # [T] int32 on the device, built once: it is an input of every step
@@ -151,7 +155,7 @@ class LoopState:
   obs: np.ndarray  # [S, T, obs_dim], what the policy acts on next
   eval_obs: np.ndarray  # [S, T, obs_dim], the evaluation envs' next episode start
   carry: sac.LSTMCarry  # [S, T, H] on the device, fed to the next action selection
-  carry_host: sac.LSTMCarry  # the same carry on the host, stored with the next transition
+  replay: DeviceReplay  # [S, ...] where `Run.replay_place` says; replaced (donated) each step
   eval_history: tuple[tuple[dict, ...], ...]  # per seed: every evaluation record so far
   active: tuple[bool, ...]  # per seed: False once it diverged (it is stopped, not removed)
   start_step: int  # the step this process started (or resumed) at, for the step rate

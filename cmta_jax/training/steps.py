@@ -7,7 +7,7 @@ rollout and evaluation, and the attention diagnostics; plus the shapes they are 
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +17,7 @@ from cmta_jax import config as config_lib
 from cmta_jax.agents import carry as carry_lib
 from cmta_jax.agents import registry, sac
 from cmta_jax.envs.source import METAWORLD, EnvSource
+from cmta_jax.replay import device as device_replay
 from cmta_jax.training import devices as devices_lib
 from cmta_jax.training import keys
 from cmta_jax.types import BurnIn
@@ -24,17 +25,60 @@ from cmta_jax.types import BurnIn
 DIVERGENCE_THRESHOLD = 1e8
 
 
+class ReplayDraw(NamedTuple):
+  """What each update reads from replay (static): `updates_per_step` batches of
+  `batch_per_task` transitions per task, with burn-in windows of `burn_in_steps` (0: none)."""
+
+  batch_per_task: int
+  burn_in_steps: int = 0
+  updates_per_step: int = 1
+
+
+def replay_draw(run_config: config_lib.RunConfig, networks) -> ReplayDraw:
+  cfg_train = run_config.train
+  return ReplayDraw(
+    cfg_train.batch_per_task, burn_in_steps(run_config, networks), cfg_train.updates_per_step
+  )
+
+
+def _replay_keys(base_key: jax.Array, step, count: int) -> jax.Array:
+  """[count] keys of the replay draws at `step`: a pure function of (seed, step), so nothing
+  of the sampler is checkpointed and a resumed run draws what the uninterrupted one would."""
+  key = keys.step_key(base_key, keys.Stream.REPLAY, step)
+  return jax.vmap(lambda k: jax.random.fold_in(key, k))(jnp.arange(count))
+
+
 def make_train_step(
-  networks, sac_config, placement: devices_lib.Placement = devices_lib.SINGLE_DEVICE
+  networks,
+  sac_config,
+  draw: ReplayDraw,
+  placement: devices_lib.Placement = devices_lib.SINGLE_DEVICE,
+  sample_inside: bool = True,
 ):
-  """THE update vmapped over the seed axis, with metric accumulation and a divergence flag
-  per seed, as one jitted call; state and sums donated. Data parallel: under `shard_map`,
-  each device updates on its slice of the batch and the gradients are averaged."""
+  """`draw.updates_per_step` applications of THE update (a `lax.scan`), vmapped over the
+  seed axis, with metric sums and a divergence flag per seed, as one jitted call; learner
+  state and sums donated:
+
+    (learner [S], totals [S], source, base_keys [S, 2], step) -> (learner, totals)
+
+  `sample_inside`: `source` is the replay ([S, ...] `DeviceReplay`, on the learner's
+  devices) and each update's batch is drawn from it inside the call. Otherwise `source` is
+  the batches `make_sample` drew ([S, K, T, B, ...]). Data parallel: under `shard_map` each
+  device updates on its slice of every batch (the full batch is drawn on each, from the
+  replicated replay with the same keys, then sliced) and the gradients are averaged."""
   axis_name = devices_lib.DATA_AXIS if placement.data_parallel else None
   update = sac.make_update_fn(networks, sac_config, axis_name=axis_name)
+  count = draw.updates_per_step
 
-  def one_seed(state, totals, batch, base_key, step):
-    state, metrics = update(state, batch, keys.step_key(base_key, keys.Stream.UPDATE, step))
+  def this_shard(batch):
+    if axis_name is None:
+      return batch
+    local = draw.batch_per_task // placement.num_devices
+    start = jax.lax.axis_index(axis_name) * local
+    return jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, start, local, axis=1), batch)
+
+  def one_update(state, totals, batch, key):
+    state, metrics = update(state, batch, key)
     critic_loss = metrics["critic_loss"]
     bad = jnp.any(~jnp.isfinite(critic_loss)) | jnp.any(critic_loss > DIVERGENCE_THRESHOLD)
     for value in metrics.values():
@@ -46,17 +90,76 @@ def make_train_step(
     }
     return state, totals
 
+  def one_seed(state, totals, source, base_key, step):
+    update_key = keys.step_key(base_key, keys.Stream.UPDATE, step)
+    update_keys = jax.vmap(lambda k: jax.random.fold_in(update_key, k))(jnp.arange(count))
+
+    def body(carry, inputs):
+      k, update_key, replay_key = inputs
+      if sample_inside:
+        batch = device_replay.sample(source, replay_key, draw.batch_per_task, draw.burn_in_steps)
+      else:
+        batch = jax.tree.map(lambda x: x[k], source)
+      return one_update(*carry, this_shard(batch), update_key), None
+
+    inputs = (jnp.arange(count), update_keys, _replay_keys(base_key, step, count))
+    (state, totals), _ = jax.lax.scan(body, (state, totals), inputs)
+    return state, totals
+
   train_step = jax.vmap(one_seed, in_axes=(0, 0, 0, 0, None))
   if placement.data_parallel:
-    replicated, split = P(), P(None, None, devices_lib.DATA_AXIS)
+    replicated = P()
+    source = replicated if sample_inside else P(None, None, None, devices_lib.DATA_AXIS)
     train_step = jax.shard_map(
       train_step,
       mesh=placement.mesh,
-      in_specs=(replicated, replicated, split, replicated, replicated),
+      in_specs=(replicated, replicated, source, replicated, replicated),
       out_specs=replicated,
       check_vma=False,  # the gradients and metrics are pmean-ed, so the outputs agree
     )
   return jax.jit(train_step, donate_argnums=(0, 1))
+
+
+def make_sample(draw: ReplayDraw):
+  """Replay kept in host memory: (replay [S, ...], base_keys [S, 2], step) -> the batches
+  [S, K, T, B, ...] the train step reads, drawn where the replay lives, with the keys that
+  `make_train_step(sample_inside=True)` draws with."""
+
+  def one_seed(replay, base_key, step):
+    return jax.vmap(
+      lambda key: device_replay.sample(replay, key, draw.batch_per_task, draw.burn_in_steps)
+    )(_replay_keys(base_key, step, draw.updates_per_step))
+
+  return jax.jit(jax.vmap(one_seed, in_axes=(0, 0, None)))
+
+
+def make_insert():
+  """(replay [S, ...], obs [S, T, obs_dim], action, reward [S, T], next_obs, terminated,
+  carry_in, carry_out [S, T, H], episode_step) -> replay with every seed's vector step
+  written; one jitted call, the replay donated (written in place)."""
+
+  def insert(replay, obs, action, reward, next_obs, terminated, carry_in, carry_out, episode):
+    episode_step = jnp.full(reward.shape, episode, jnp.int32)
+    return jax.vmap(device_replay.insert)(
+      replay, obs, action, reward, next_obs, terminated, carry_in, carry_out, episode_step
+    )
+
+  return jax.jit(insert, donate_argnums=0)
+
+
+def make_diagnostic_batches(samples_per_task: int, window: int, episode_length: int):
+  """(replay [S, ...], base_keys, step) -> (used, exact): each seed's replay transitions for
+  the attention diagnostics (docs/carry_modes.md), drawn from its DIAGNOSTICS stream at
+  `step`, gathered as the update sees them (the run's burn-in `window`, 0 = stored carries)
+  and exactly (a window of a whole episode)."""
+
+  def one_seed(replay, base_key, step):
+    key = keys.step_key(base_key, keys.Stream.DIAGNOSTICS, step)
+    slots = device_replay.draw_slots(replay, key, samples_per_task)
+    used = device_replay.gather(replay, slots, window)
+    return used, device_replay.gather(replay, slots, episode_length)
+
+  return jax.jit(jax.vmap(one_seed, in_axes=(0, 0, None)))
 
 
 def empty_totals(networks, sac_config, state, batch_shape_example):

@@ -19,8 +19,9 @@ from cmta_jax.agents import carry as carry_lib
 from cmta_jax.agents import sac
 from cmta_jax.config import SACConfig
 from cmta_jax.nn import layers
+from cmta_jax.replay import device as device_replay
 from cmta_jax.replay.buffer import ReplayBuffer
-from cmta_jax.training.diagnostics import attention_batches
+from cmta_jax.training import keys, steps
 from cmta_jax.types import LSTMCarry
 
 NUM_TASKS, EPISODE_LENGTH, EPISODES, BATCH = 3, 12, 3, 8
@@ -113,13 +114,26 @@ def _train(helpers, setup, state, buffer: ReplayBuffer, updates: int, window: in
 
 
 def _diagnostics(helpers, setup, state, buffer: ReplayBuffer, window: int) -> dict:
+  # The loop's own diagnostic draw, on this buffer's transitions as a batch of one seed.
   diagnostics = jax.jit(carry_lib.make_attention_diagnostics(setup.networks.encoder))
-  used, exact = attention_batches(
-    [buffer], [np.random.default_rng(0)], window, EPISODE_LENGTH, samples_per_task=16
-  )
+  batches = steps.make_diagnostic_batches(64, window, EPISODE_LENGTH)
+  replay = device_replay.from_state_dict(buffer.state_dict(), *_replay_shape(buffer, setup))
+  seed_axis = lambda tree: jax.tree.map(lambda leaf: leaf[None], tree)
+  used, exact = batches(seed_axis(replay), keys.run_key(0)[None], 0)
   one_seed = lambda tree: jax.tree.map(lambda leaf: leaf[0], tree)
   values = diagnostics(state.params["encoder"], one_seed(used), one_seed(exact))
   return {name: float(value) for name, value in values.items()}
+
+
+def _replay_shape(buffer: ReplayBuffer, setup) -> tuple[int, ...]:
+  networks = setup.networks
+  return (
+    buffer.num_tasks,
+    buffer.num_tasks * buffer.capacity_per_task,
+    networks.obs_dim,
+    networks.action_dim,
+    networks.encoder.carry_dim,
+  )
 
 
 def _encoder_gradients(helpers, state, part: str) -> dict:
@@ -307,6 +321,6 @@ def test_attention_staleness_tells_fresh_from_stale_carries(
   trained = _train(helpers, setup, setup.state, buffer, updates=10, window=window)
   after = _diagnostics(helpers, setup, trained, buffer, window)
   if stale_after_training:
-    assert after["attention_staleness"] > 1e-2, after
+    assert after["attention_staleness"] > 2e-3, after  # (fresh: below 1e-5)
   else:
     assert after["attention_staleness"] < 1e-5, after

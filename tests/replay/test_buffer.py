@@ -258,8 +258,10 @@ def test_memory_check_names_a_capacity_that_fits():
     check_fits_in_memory(*args, available_bytes=8 * needed, num_seeds=8)
   largest = int(str(info.value).split("largest capacity that fits: ")[1].split()[0])
   assert 8 * ReplayBuffer.bytes_needed(10, largest, 39, 4, 64) <= 0.8 * 8 * needed
-  # A resume holds one restored replay besides the buffers.
-  assert check_fits_in_memory(*args, available_bytes=20 * needed, resuming=True) == 2 * needed
+  # A checkpoint save or restore holds one seed's replay besides the buffers.
+  assert check_fits_in_memory(*args, available_bytes=20 * needed, extra=1) == 2 * needed
+  with pytest.raises(MemoryError, match=r"and 1 more while a checkpoint is saved or restored"):
+    check_fits_in_memory(*args, available_bytes=2 * needed, extra=1)
 
 
 def test_memory_check_reads_the_os():

@@ -297,6 +297,31 @@ def test_host_state_loads_into_the_device_replay_and_back(carry_dim, num_steps):
 
 
 @pytest.mark.parametrize("carry_dim", [4, 0])
+def test_seeds_load_one_at_a_time_into_a_batch_and_save_one_at_a_time(carry_dim):
+  # A resume of a batch: each seed's checkpointed state (the host format, its sampler state
+  # included) into its slot of an empty [S, ...] replay; a save: one seed's state back.
+  rng = np.random.default_rng(5)
+  buffers = []
+  for num_steps in (27, 6):  # one seed wrapped, one partly filled
+    buffer, _ = make_pair(3, 10, carry_dim)
+    for step in vector_steps(rng, 3, num_steps, carry_dim, max_episode=7):
+      buffer.add(**step)
+    buffers.append(buffer)
+  replay = device.init_seeds(2, 3, 30, OBS_DIM, ACTION_DIM, carry_dim)
+  for index, buffer in enumerate(buffers):
+    replay = device.load_seed(replay, index, buffer.state_dict())
+  for index, buffer in enumerate(buffers):
+    one = jax.tree.map(lambda leaf: leaf[index], replay)
+    assert_same_replay(buffer, one)
+    slots = every_slot(3, 10, buffer.size_per_task, rng)
+    assert_same_batch(buffer.gather(slots, 3), gather(one, slots, 3))
+    saved, expected = device.to_state_dict(replay, index), buffer.state_dict()
+    assert set(saved) == set(expected) - {"rng_state"}
+    for name, value in saved.items():
+      np.testing.assert_array_equal(value, expected[name], err_msg=name)
+
+
+@pytest.mark.parametrize("carry_dim", [4, 0])
 def test_device_state_loads_into_a_host_buffer(carry_dim):
   rng = np.random.default_rng(8)
   reference, replay = make_pair(3, 10, carry_dim)

@@ -8,6 +8,7 @@ import pytest
 
 from cmta_jax import config as config_lib
 from cmta_jax import testing
+from cmta_jax.replay import device as device_replay
 from cmta_jax.training import keys, launch, loop, metrics_log, steps
 
 WARMUP = 30  # two point-task episodes
@@ -29,13 +30,22 @@ def _start(tmp_path, carry_mode: str = "frozen_memory"):
 def test_collect_and_update_stores_transitions_and_resets_carries_at_episode_ends(tmp_path):
   run, state = _start(tmp_path)
   try:
-    assert (state.step, state.episode_step, len(run.seeds[0].buffer)) == (0, 0, 0)
+    assert (state.step, state.episode_step, state.replay.size.tolist()) == (0, 0, [0])
     for expected_step in range(1, WARMUP + 1):
       state = loop.collect_and_update(run, state)
       assert state.step == expected_step
       assert state.episode_step == expected_step % testing.EPISODE_LENGTH
-      assert len(run.seeds[0].buffer) == NUM_TASKS * expected_step
-      carry_is_zero = all(not np.any(x) for x in jax.tree.leaves(state.carry_host))
+      assert state.replay.size.tolist() == [expected_step]  # one transition per task
+      # The replay holds the step's transition with the carry the policy produced...
+      stored = device_replay.to_state_dict(state.replay, 0)
+      assert (
+        stored["episode_step"][:, -1].tolist()
+        == [(expected_step - 1) % testing.EPISODE_LENGTH] * NUM_TASKS
+      )
+      if state.episode_step:
+        np.testing.assert_array_equal(stored["h_out"][:, -1], np.asarray(state.carry.h[0]))
+      # ... and the carry fed to the next action is zero exactly at episode starts.
+      carry_is_zero = all(not np.any(x) for x in jax.tree.leaves(state.carry))
       assert carry_is_zero == (state.episode_step == 0)  # the LSTM moves the carry in-episode
     assert state.totals["count"].tolist() == [0]  # warm-up: no updates
     state = loop.collect_and_update(run, state)
@@ -72,15 +82,17 @@ def test_evaluate_then_checkpoint_then_restart_resumes_the_loop_state(tmp_path):
       state = loop.collect_and_update(run, state)
     loop.save_checkpoint(run, state)
     assert run.seeds[0].checkpointer.steps() == [WARMUP]
-    saved_obs, saved_buffer = state.obs, run.seeds[0].buffer.state_dict()
+    saved_obs, saved_replay = state.obs, device_replay.to_state_dict(state.replay, 0)
   finally:
     run.close()
   run, resumed = _start(tmp_path)
   try:
     assert (resumed.step, resumed.episode_step) == (WARMUP, 0)
     np.testing.assert_array_equal(resumed.obs, saved_obs)
-    for name, value in run.seeds[0].buffer.state_dict().items():
-      np.testing.assert_array_equal(value, saved_buffer[name])
+    restored_replay = device_replay.to_state_dict(resumed.replay, 0)
+    assert restored_replay.keys() == saved_replay.keys()
+    for name, value in restored_replay.items():
+      np.testing.assert_array_equal(value, saved_replay[name])
     assert [r["step"] for r in resumed.eval_history[0]] == [0]
     for a, b in zip(jax.tree.leaves(resumed.learner), jax.tree.leaves(state.learner)):
       np.testing.assert_array_equal(a, b)
@@ -98,3 +110,37 @@ def test_key_streams_keep_their_numbers():
     expected = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(3), int(stream)), 7)
     np.testing.assert_array_equal(keys.step_key(base, stream, 7), expected)
   assert len({tuple(np.asarray(keys.step_key(base, s, 7))) for s in keys.Stream}) == 5
+
+
+@pytest.mark.slow
+def test_replay_in_host_memory_draws_and_trains_as_on_the_device(tmp_path):
+  # The same keyed draws wherever the replay lives: on the device (drawn inside the update
+  # call) or in host memory (drawn there, the batches sent over); and K updates per step.
+  finals = {}
+  for name, fields in (
+    ("device", {}),
+    ("host", {"replay_placement": "host"}),
+    ("two_updates", {"updates_per_step": 2}),
+  ):
+    run_config = config_lib.replace_fields(_config("burn_in"), **fields)
+    envs = testing.point_tasks(goal_in_obs=False)
+    networks = steps.build_networks(run_config, envs)
+    directory = str(tmp_path / name)
+    run, state = launch.start_run([run_config], [directory], networks, envs, log=lambda line: None)
+    try:
+      assert (run.sample is None) == (name != "host")
+      for _ in range(WARMUP + 5):
+        state = loop.collect_and_update(run, state)
+      finals[name] = (jax.device_get(state.learner.params), int(state.totals["count"][0]))
+      state = loop.write_train_log(run, state)  # the diagnostics draw where the replay lives
+      assert "attention_staleness" in metrics_log.read_records(directory)[-1]
+    finally:
+      run.close()
+  assert finals["device"][1] == finals["host"][1] == 5 and finals["two_updates"][1] == 10
+  for a, b in zip(jax.tree.leaves(finals["host"][0]), jax.tree.leaves(finals["device"][0])):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  moved = [
+    not np.allclose(a, b)
+    for a, b in zip(jax.tree.leaves(finals["two_updates"][0]), jax.tree.leaves(finals["device"][0]))
+  ]
+  assert any(moved)  # twice the updates: other parameters

@@ -15,6 +15,7 @@ import pytest
 from cmta_jax import config as config_lib
 from cmta_jax import testing
 from cmta_jax.envs.seed_envs import EnvWorkerFailed
+from cmta_jax.replay import device as device_replay
 from cmta_jax.reporting import figures
 from cmta_jax.training import launch, loop, metrics_log, run_state, steps
 
@@ -41,8 +42,8 @@ def _start(directory, seeds):
   return launch.start_run(configs, dirs, networks, ENVS, log=lambda line: None)
 
 
-def _replay(run, index: int) -> dict:
-  return {k: np.asarray(v) for k, v in run.seeds[index].buffer.state_dict().items()}
+def _replay(state, index: int) -> dict:
+  return device_replay.to_state_dict(state.replay, index)
 
 
 @pytest.mark.slow
@@ -55,12 +56,12 @@ def test_a_seed_in_a_batch_of_three_reproduces_its_solo_run(tmp_path):
       batch_state = loop.collect_and_update(batch, batch_state)
     # Warm-up: the same transitions and actions, bit for bit (uniform actions from the same
     # keys, the same episodes); the carries the LSTM computed, to rounding.
-    alone, batched = _replay(solo, 0), _replay(batch, 1)
+    alone, batched = _replay(solo_state, 0), _replay(batch_state, 1)
     for name in ("obs", "action", "reward", "next_obs", "terminated", "episode_step"):
       np.testing.assert_array_equal(batched[name], alone[name], err_msg=name)
     for name in ("h_out", "c_out"):
       np.testing.assert_allclose(batched[name], alone[name], rtol=RTOL, atol=ATOL)
-    assert not np.array_equal(_replay(batch, 0)["action"], alone["action"])  # seeds differ
+    assert not np.array_equal(_replay(batch_state, 0)["action"], alone["action"])  # seeds differ
     for _ in range(UPDATES):
       solo_state = loop.collect_and_update(solo, solo_state)
       batch_state = loop.collect_and_update(batch, batch_state)
