@@ -432,6 +432,9 @@ _RENAMED_PATHS = {
   "mixture.carry_mode": "recurrence.carry_mode",
   "mixture.burn_in_steps": "recurrence.burn_in_steps",
 }
+# What a config written before a field existed ran with, where that is not today's default:
+# before carry modes, the update fed the stored carries (Algorithm 1 as printed).
+_IMPLIED_BY_ABSENCE = {"recurrence.carry_mode": "stored"}
 _SECTIONS_SPLIT_FROM_NETWORK = ("head", "task_encoder", "mixture", "recurrence", "softmodu")
 
 
@@ -447,4 +450,8 @@ def upgrade_flat(flat: dict[str, Any]) -> dict[str, Any]:
     if path.split(".")[0] in _SECTIONS_SPLIT_FROM_NETWORK
   }
   renames = {**moved, **_RENAMED_PATHS}
-  return {renames.get(path, path): value for path, value in flat.items()}
+  upgraded = {renames.get(path, path): value for path, value in flat.items()}
+  if upgraded and "agent" in upgraded:  # a whole config, not a single path
+    for path, value in _IMPLIED_BY_ABSENCE.items():
+      upgraded.setdefault(path, value)
+  return upgraded

@@ -141,3 +141,13 @@ def test_every_field_path_an_earlier_version_wrote_has_a_place_today():
   assert config_lib.upgrade_flat({"sac.contrastive_temperature": 0.5}) == {
     "mixture.contrastive_temperature": 0.5
   }
+
+
+def test_a_config_written_before_carry_modes_reads_as_the_stored_carries_it_ran():
+  before_carry_modes = {"agent": "cmta", "mixture.num_experts": 6, "train.seed": 1}
+  upgraded = config_lib.upgrade_flat(before_carry_modes)
+  assert upgraded["recurrence.carry_mode"] == "stored"
+  assert config_lib.from_flat(upgraded).recurrence.carry_mode == "stored"
+  # A config that names its carry mode keeps it.
+  named = config_lib.upgrade_flat({**before_carry_modes, "mixture.carry_mode": "burn_in"})
+  assert named["recurrence.carry_mode"] == "burn_in"

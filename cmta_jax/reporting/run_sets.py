@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from cmta_jax import config as config_lib
 from cmta_jax import success_curve
 from cmta_jax.reporting import statistics
 from cmta_jax.training import metrics_log
@@ -26,6 +27,7 @@ BOOKKEEPING_FIELDS = frozenset(
     "train.keep_checkpoints",
     "train.video_every",
     "env.vector_strategy",
+    "train.replay_placement",  # where the replay lives; the same draws
   }
 )
 
@@ -73,7 +75,10 @@ def load_run(run_dir: str) -> LoadedRun:
   evals = tuple(r for r in metrics_log.read_records(run_dir) if r["kind"] == "eval")
   if not evals:
     raise ValueError(f"{run_dir} has no evaluation records yet")
-  return LoadedRun(run_dir=run_dir, config=config, evals=evals)
+  # Fields the config predates take their defaults, as on resume, so that runs of different
+  # versions group by what they ran, not by which fields their files list.
+  defaults = config_lib.flatten(config_lib.RunConfig())
+  return LoadedRun(run_dir=run_dir, config={**defaults, **config}, evals=evals)
 
 
 def find_run_dirs(paths: Sequence[str]) -> list[str]:

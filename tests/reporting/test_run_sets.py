@@ -113,3 +113,18 @@ def test_aggregate_numbers_equal_hand_computation(tmp_path):
   assert out["final_iqm"] == pytest.approx(statistics.iqm(finals))
   low, high = out["final_iqm_ci95"]
   assert 0.3 <= low <= out["final_iqm"] <= high <= 0.4
+
+
+def test_runs_of_versions_with_and_without_a_newer_field_group_together(tmp_path):
+  old = str(tmp_path / "old")
+  new = str(tmp_path / "new")
+  testing.write_synthetic_run(old, [0.1, 0.2], agent="mtsac", seed=0)
+  testing.write_synthetic_run(new, [0.2, 0.3], agent="mtsac", seed=1)
+  path = os.path.join(old, "config.json")
+  with open(path) as f:
+    saved = json.load(f)
+  del saved["train.updates_per_step"], saved["train.replay_placement"]  # predates them
+  with open(path, "w") as f:
+    json.dump(saved, f)
+  runs = [run_sets.load_run(old), run_sets.load_run(new)]
+  assert len(run_sets.group_by_setting(runs)) == 1
