@@ -62,6 +62,12 @@ _DATA_PARALLEL = flags.DEFINE_bool(
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
   "allow_config_change", False, "Resume a run directory even if its saved config differs."
 )
+_ACCEPT_HISTORY_LOSS = flags.DEFINE_bool(
+  "accept_history_loss",
+  False,
+  "Resume although metrics.jsonl lacks records its checkpoint says it had (deleted or cut "
+  "short); the loss is recorded in changes.jsonl. Without it such a resume is refused.",
+)
 _AGENT = flags.DEFINE_enum(
   "agent",
   None,
@@ -263,6 +269,7 @@ def main(argv):
         allow_config_change=_ALLOW_CONFIG_CHANGE.value,
         data_parallel=_DATA_PARALLEL.value,
         draw_curves=figures.run_curves,
+        accept_history_loss=_ACCEPT_HISTORY_LOSS.value,
       )
       summaries = {}
     else:
@@ -273,6 +280,7 @@ def main(argv):
         allow_config_change=_ALLOW_CONFIG_CHANGE.value,
         env_workers=env_workers,
         draw_curves=figures.run_curves,
+        accept_history_loss=_ACCEPT_HISTORY_LOSS.value,
       )
     diverged = [seed for seed, summary in summaries.items() if summary is None]
     if diverged:

@@ -4,6 +4,7 @@ steps, environments and replay, restore the newest checkpoint every seed complet
 loop and write the summaries."""
 
 import contextlib
+import dataclasses
 import functools
 import glob
 import json
@@ -21,13 +22,14 @@ from cmta_jax.envs.seed_envs import EnvPool
 from cmta_jax.envs.source import METAWORLD, EnvSource
 from cmta_jax.replay import device as device_replay
 from cmta_jax.replay import memory
+from cmta_jax.training import change_log, keys, loop, metrics_log, records, run_state, steps
 from cmta_jax.training import devices as devices_lib
 from cmta_jax.training import diagnostics as diagnostics_lib
-from cmta_jax.training import keys, loop, metrics_log, records, run_state, steps
 from cmta_jax.training import run_dir as run_dir_lib
 from cmta_jax.training import videos as videos_lib
 from cmta_jax.training.checkpointing import Checkpointer
 from cmta_jax.training.metrics_log import MetricsLog
+from cmta_jax.training.preemption import StopSignals
 
 
 def train(
@@ -39,11 +41,13 @@ def train(
   data_parallel: bool = False,
   devices: Sequence[jax.Device] | None = None,
   draw_curves: records.DrawCurves | None = None,
+  accept_history_loss: bool = False,
 ) -> dict:
   """Trains (or resumes) the run in `run_dir`; returns the summary it also writes to
   summary.json. `envs` builds the environments (Meta-World unless a test injects others);
   `data_parallel` splits every batch over `devices` (default: all local devices;
-  docs/seeds.md, "Devices"); `draw_curves` redraws RUN_DIR/curves.png at every evaluation."""
+  docs/seeds.md, "Devices"); `draw_curves` redraws RUN_DIR/curves.png at every evaluation;
+  `accept_history_loss` resumes although metrics.jsonl lacks records (docs/resume.md)."""
   seed = run_config.train.seed
   if run_dir_lib.read_saved_config(run_dir) is None and glob.glob(
     os.path.join(run_dir, "seed*", run_dir_lib.CONFIG_FILE)
@@ -63,6 +67,7 @@ def train(
     devices=devices,
     is_batch=False,
     draw_curves=draw_curves,
+    accept_history_loss=accept_history_loss,
   )
   return summaries[seed]
 
@@ -77,6 +82,7 @@ def train_seeds(
   env_workers: int = 0,
   devices: Sequence[jax.Device] | None = None,
   draw_curves: records.DrawCurves | None = None,
+  accept_history_loss: bool = False,
 ) -> dict[int, dict | None]:
   """Trains (or resumes) `seeds` as one batch, each seed in `run_dir/seed<K>` as a normal run
   directory: the update vmapped over a seed axis, the seeds' environments stepped by
@@ -101,6 +107,7 @@ def train_seeds(
     devices=devices,
     is_batch=True,
     draw_curves=draw_curves,
+    accept_history_loss=accept_history_loss,
   )
 
 
@@ -116,9 +123,12 @@ def _train_batch(
   devices: Sequence[jax.Device] | None,
   is_batch: bool,
   draw_curves: records.DrawCurves | None,
+  accept_history_loss: bool,
 ) -> dict[int, dict | None]:
   """The seeds of `seed_dirs` as one batch (docs/seeds.md); `is_batch`: a batch of seeds
-  (one that diverges stops alone), not a single run."""
+  (one that diverges stops alone), not a single run. From the moment the run directories
+  are locked, SIGTERM or Ctrl-C stops the run with Preempted (a checkpoint first, where
+  training has begun)."""
   registry.validate(run_config)
   _check_schedule(run_config, log)
   bpt = run_config.train.batch_per_task
@@ -131,10 +141,11 @@ def _train_batch(
   with contextlib.ExitStack() as locks:
     for directory in seed_dirs.values():
       locks.enter_context(run_dir_lib.RunDirLock(directory))
-    configs = []
+    stop = locks.enter_context(StopSignals(log))
+    configs, config_changes = [], {}
     for seed, directory in seed_dirs.items():
       config = config_lib.replace_fields(run_config, seed=seed)
-      run_dir_lib.check_resume_config(
+      config_changes[seed] = run_dir_lib.check_resume_config(
         directory,
         run_dir_lib.read_saved_config(directory),
         config,
@@ -153,9 +164,10 @@ def _train_batch(
       placement=devices_lib.choose(len(configs), bpt, data_parallel, devices),
       is_batch=is_batch,
       draw_curves=draw_curves,
+      resume=ResumeTerms(config_changes, accept_history_loss),
     )
     try:
-      state = loop.run_to_completion(run, state)
+      state = loop.run_to_completion(run, state, stop)
     finally:
       run.close()
     summaries = {seed: None for seed in seed_dirs}
@@ -163,6 +175,16 @@ def _train_batch(
       if state.active[index]:
         summaries[seed_run.seed] = records.write_summary(run, state, index)
     return summaries
+
+
+@dataclasses.dataclass(frozen=True)
+class ResumeTerms:
+  """What a launch accepted about the runs it resumes: each seed's config changes (field,
+  saved value, value now; run_dir.check_resume_config) and whether a resume may go on
+  although metrics.jsonl lacks records its checkpoint says it had."""
+
+  config_changes: dict = dataclasses.field(default_factory=dict)
+  accept_history_loss: bool = False
 
 
 def check_seeds(seeds: Sequence[int]) -> tuple[int, ...]:
@@ -287,10 +309,12 @@ def start_run(
   placement: devices_lib.Placement = devices_lib.SINGLE_DEVICE,
   is_batch: bool = False,
   draw_curves: records.DrawCurves | None = None,
+  resume: ResumeTerms = ResumeTerms(),
 ) -> tuple[run_state.Run, run_state.LoopState]:
   """Builds the batch of `configs` (one per seed, differing only in the seed), then restores
   the latest checkpoint every seed completed, or starts at step 0. Writes each config.json
-  only once the run really starts or resumes; on an error closes what it built."""
+  only once the run really starts or resumes, and records what the resume accepted
+  (`resume`) in each changes.jsonl; on an error closes what it built."""
   base_keys = jnp.stack([keys.run_key(c.train.seed) for c in configs])
   learners = [
     sac.init_training_state(keys.stream_key(key, keys.Stream.INIT), networks, configs[0].sac)
@@ -320,7 +344,7 @@ def start_run(
 
   with contextlib.ExitStack() as on_error:
     seeds, restored, replay = _open_seeds(
-      configs, run_dirs, networks, envs, learners, totals, empty_replay, log, on_error
+      configs, run_dirs, networks, envs, learners, totals, empty_replay, log, on_error, resume
     )
     diagnostics = steps.make_diagnostics(networks)
     pool = EnvPool(envs.make_envs, configs[0].env, [c.train.seed for c in configs], env_workers)
@@ -360,11 +384,14 @@ def start_run(
   return run, state
 
 
-def _open_seeds(configs, run_dirs, networks, envs, learners, totals, empty_replay, log, on_error):
+def _open_seeds(
+  configs, run_dirs, networks, envs, learners, totals, empty_replay, log, on_error, resume
+):
   """(one run_state.SeedRun per seed, the restored checkpoints or None, the seeds' replay):
   video recorders and checkpointers first (a machine that cannot render fails before anything
   is written), then the restore (each seed's replay straight into its slot of the batch's
-  replay), then config.json and the metrics logs. Registers every close in `on_error`."""
+  replay; refused if a seed's metrics.jsonl lacks records), then config.json, what the resume
+  accepted (changes.jsonl) and the metrics logs. Registers every close in `on_error`."""
   opened = []
   num_tasks = len(envs.task_names(configs[0].env))
   for config, directory in zip(configs, run_dirs):
@@ -375,7 +402,7 @@ def _open_seeds(configs, run_dirs, networks, envs, learners, totals, empty_repla
     checkpointer = Checkpointer(directory, config.train.keep_checkpoints + (len(configs) > 1))
     on_error.callback(checkpointer.close)
     opened.append((config, directory, checkpointer, videos))
-  restored, replay = _restore_batch(
+  restored, replay, losses = _restore_batch(
     [o[2] for o in opened],
     empty_replay,
     run_dirs,
@@ -383,16 +410,38 @@ def _open_seeds(configs, run_dirs, networks, envs, learners, totals, empty_repla
     learners,
     totals,
     log,
+    resume.accept_history_loss,
   )
-  for config, directory in zip(configs, run_dirs):
+  step = None if restored is None else restored[0][0]
+  for config, directory, loss in zip(configs, run_dirs, losses):
     run_dir_lib.write_config(directory, config)
+    _record_resume_terms(
+      directory, step, resume.config_changes.get(config.train.seed, []), loss, log
+    )
   log("config:\n" + json.dumps(config_lib.flatten(configs[0]), indent=1, sort_keys=True))
   if len(configs) > 1:
     log(f"seeds: {[c.train.seed for c in configs]} in {os.path.dirname(run_dirs[0])}/seed<K>")
   seeds = []
   for config, directory, checkpointer, videos in opened:
-    metrics_file = MetricsLog(directory, resume_step=None if restored is None else restored[0][0])
+    metrics_file = MetricsLog(directory, resume_step=step)
     on_error.callback(metrics_file.close)
+    if metrics_file.moved_aside is not None:
+      change_log.append(
+        directory,
+        [
+          {
+            "kind": "moved_aside",
+            "step": step or 0,
+            "from": metrics_log.METRICS_FILE,
+            "to": os.path.basename(metrics_file.moved_aside),
+          }
+        ],
+      )
+      log(
+        f"{metrics_file.path} held records past step {step or 0}, where the run goes on: "
+        f"the file as it was is kept as {metrics_file.moved_aside} (recorded in "
+        f"{change_log.CHANGES_FILE})"
+      )
     seeds.append(
       run_state.SeedRun(
         config=config,
@@ -406,10 +455,44 @@ def _open_seeds(configs, run_dirs, networks, envs, learners, totals, empty_repla
   return tuple(seeds), restored, replay
 
 
-def _restore_batch(checkpointers, empty_replay, run_dirs, total_steps: int, learners, totals, log):
+def _record_resume_terms(directory: str, step: int | None, changes, loss, log) -> None:
+  """Appends to RUN_DIR/changes.jsonl, and says on the console, the config changes and the
+  lost history a resume at `step` accepted. Without a checkpoint the run starts again at
+  step 0 under the new config, which is then simply its config."""
+  if step is None:
+    if changes:
+      fields = ", ".join(field for field, _, _ in changes)
+      log(f"{directory}: config changed ({fields}) with no checkpoint: the run starts at step 0")
+    return
+  entries = [
+    {"kind": "config", "step": step, "field": field, "old": old, "new": new}
+    for field, old, new in changes
+  ]
+  if loss is not None:
+    kept, expected = loss
+    entries.append(
+      {"kind": "history_loss", "step": step, "records_kept": kept, "records_expected": expected}
+    )
+  change_log.append(directory, entries)
+  for entry in entries:
+    log(f"{directory}: {change_log.describe(entry)} (recorded in {change_log.CHANGES_FILE})")
+
+
+def _restore_batch(
+  checkpointers,
+  empty_replay,
+  run_dirs,
+  total_steps: int,
+  learners,
+  totals,
+  log,
+  accept_history_loss: bool,
+):
   """([(step, state, meta)] per seed at the newest step every seed completed, or None for a
   new batch; the seeds' replay, `empty_replay()` with each seed's restored replay loaded
-  into its slot at once, so one restored replay is on the host at a time). A batch killed
+  into its slot at once, so one restored replay is on the host at a time; per seed, None or
+  the (records kept, records expected) of a metrics.jsonl that lacks records, where
+  `accept_history_loss`, else metrics_log.HistoryLost before anything changes). A batch killed
   between its seeds' saves resumes at the step before, or from the start if it was the
   first round of saves; the newer checkpoints are removed (the batch writes them again,
   identically)."""
@@ -452,6 +535,12 @@ def _restore_batch(checkpointers, empty_replay, run_dirs, total_steps: int, lear
     common = min(restored_steps) if len(restored) == len(checkpointers) else None
     replay = None  # (dropped before the next one is made)
     replay = empty_replay()
+  losses = [None] * len(run_dirs)
+  if common is not None:
+    losses = [
+      metrics_log.check_history(directory, common, meta.get("metrics_records"), accept_history_loss)
+      for directory, (_, _, meta) in zip(run_dirs, restored)
+    ]
   for directory, checkpointer in zip(run_dirs, checkpointers):
     newer = checkpointer.delete_after(-1 if common is None else common)
     if newer:
@@ -460,7 +549,7 @@ def _restore_batch(checkpointers, empty_replay, run_dirs, total_steps: int, lear
         f"completed ({common or 'none: the batch starts again'}), so removed; the batch "
         "writes them again, identically"
       )
-  return (None if common is None else restored), replay
+  return (None if common is None else restored), replay, losses
 
 
 def _initial_loop_state(

@@ -11,6 +11,7 @@ resumed run draws what the uninterrupted run would have (docs/seeds.md).
 import dataclasses
 import json
 import os
+import time
 from typing import Any
 
 import jax
@@ -28,20 +29,24 @@ class Interrupted(Exception):
   """A second Ctrl-C stopped the run at once; it resumes from its last checkpoint."""
 
 
-def run_to_completion(run: run_state.Run, state: run_state.LoopState) -> run_state.LoopState:
+def run_to_completion(
+  run: run_state.Run, state: run_state.LoopState, stop: StopSignals
+) -> run_state.LoopState:
   """Steps until total_steps, logging, evaluating and checkpointing on schedule. A stop
-  signal (SIGTERM, first Ctrl-C) checkpoints at the next episode end and raises Preempted;
-  a second Ctrl-C raises Interrupted at once."""
+  signal (SIGTERM, first Ctrl-C; `stop`, active since the run directory was locked)
+  checkpoints at the next episode end and raises Preempted; one that came during start-up or
+  the first evaluation stops before training; a second Ctrl-C raises Interrupted at once."""
   total_steps = run.config.train.total_steps
   try:
-    with StopSignals(run.log) as stop:
-      if state.step == 0:
-        state = evaluate_now(run, state)
-      while state.step < total_steps:
-        state = collect_and_update(run, state)
-        state = after_step(run, state)
-        if stop.requested and state.episode_step == 0 and state.step < total_steps:
-          _stop_at_episode_end(run, state, stop.requested)
+    _stop_before_training(run, state, stop)
+    if state.step == 0:
+      state = evaluate_now(run, state)
+      _stop_before_training(run, state, stop)
+    while state.step < total_steps:
+      state = collect_and_update(run, state)
+      state = after_step(run, state)
+      if stop.requested and state.episode_step == 0 and state.step < total_steps:
+        _stop_at_episode_end(run, state, stop.requested)
   except KeyboardInterrupt:
     raise Interrupted(
       f"interrupted at step {state.step} of {total_steps}; last checkpoint: "
@@ -49,6 +54,22 @@ def run_to_completion(run: run_state.Run, state: run_state.LoopState) -> run_sta
       "resume"
     ) from None
   return state
+
+
+def _stop_before_training(run: run_state.Run, state: run_state.LoopState, stop) -> None:
+  """Raises Preempted if a stop signal came before training began (while the run was
+  building, restoring or evaluating at step 0): nothing new to save."""
+  if not stop.requested:
+    return
+  if state.step == 0:
+    raise Preempted(
+      f"stopped by {stop.requested} before training began: there is no checkpoint to resume "
+      "from yet; the same command starts the run again"
+    )
+  raise Preempted(
+    f"stopped by {stop.requested} before training resumed; its checkpoint at step {state.step} "
+    f"in {_checkpoint_dirs(run)} is unchanged; run the same command to resume"
+  )
 
 
 def collect_and_update(run: run_state.Run, state: run_state.LoopState) -> run_state.LoopState:
@@ -79,6 +100,8 @@ def collect_and_update(run: run_state.Run, state: run_state.LoopState) -> run_st
       batches = run.sample(state.replay, run.replay_keys, state.step)
       source = run.replay_place.to_learner(batches, batch_axis=3)  # [S, K, T, B, ...]
     learner, totals = run.train_step(learner, totals, source, run.base_keys, state.step)
+    if state.update_clock is None:
+      state = dataclasses.replace(state, update_clock=(state.step + 1, time.perf_counter()))
   result = run.env.step(actions)
   put = run.replay_place.put
   replay = run.insert(
@@ -196,6 +219,7 @@ def save_checkpoint(run: run_state.Run, state: run_state.LoopState) -> run_state
       "env": env_states[index],
       "eval_env": eval_states[index],
       "episode_stats": seed_run.episode_stats.state(),
+      "metrics_records": seed_run.metrics_file.records,  # what a resume must find there
     }
     seed_run.checkpointer.save(
       state.step,

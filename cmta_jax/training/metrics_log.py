@@ -6,6 +6,7 @@ the file never holds a duplicate or a missing step. TensorBoard event files
 are written with tensorboardX, which purges events after the resume step.
 """
 
+import glob
 import json
 import math
 import os
@@ -76,17 +77,72 @@ def _free_name(path: str) -> str:
   return candidate
 
 
+class HistoryLost(ValueError):
+  """metrics.jsonl lacks records that a run's checkpoint says it had."""
+
+
+def check_history(
+  run_dir: str, step: int, expected_records: int | None, accept_loss: bool
+) -> tuple[int, int] | None:
+  """Before resuming RUN_DIR at checkpoint `step`: are the metrics records up to it all there?
+
+  `expected_records`: how many records metrics.jsonl held when the checkpoint was written
+  (None for checkpoints that predate that count: then at least one record is expected).
+  Returns None if nothing is missing, else (records kept, records expected) when
+  `accept_loss`; otherwise raises HistoryLost in one line naming a backup that holds them
+  (metrics.jsonl.*), if there is one.
+  """
+  path = os.path.join(run_dir, METRICS_FILE)
+  kept = sum(r["step"] <= step for r in read_records(run_dir))
+  expected = 1 if expected_records is None else expected_records
+  if kept >= expected:
+    return None
+  if accept_loss:
+    return kept, expected
+  have = "is missing" if not os.path.exists(path) else f"holds {kept} of them"
+  backups = [
+    candidate
+    for candidate in sorted(glob.glob(path + ".*"))
+    if not candidate.endswith(".tmp") and _count_up_to(candidate, step) >= expected
+  ]
+  way_out = (
+    f"restore it from {backups[-1]} (cp {backups[-1]} {path})"
+    if backups
+    else "restore it from a backup"
+  )
+  raise HistoryLost(
+    f"{path} {have}, but the checkpoint at step {step} follows {expected} records: resuming "
+    f"would lose the run's history up to step {step}; {way_out}, or pass "
+    "--accept_history_loss to resume without it"
+  )
+
+
+def _count_up_to(path: str, step: int) -> int:
+  """Records at steps <= `step` in a copy of metrics.jsonl (0 if it cannot be read)."""
+  try:
+    with open(path) as f:
+      records = [json.loads(line) for line in f if line.strip()]
+  except (OSError, ValueError):
+    return 0
+  return sum(
+    isinstance(r, dict) and isinstance(r.get("step"), int) and r["step"] <= step for r in records
+  )
+
+
 class MetricsLog:
   def __init__(self, run_dir: str, resume_step: int | None):
-    """resume_step: the checkpoint step being resumed (records after it are dropped), or None."""
+    """resume_step: the checkpoint step being resumed (records after it are dropped), or None.
+    `moved_aside`: where the file was copied before records were dropped from it, or None."""
     self.path = os.path.join(run_dir, METRICS_FILE)
     records = read_records(run_dir)
     kept = [r for r in records if resume_step is not None and r["step"] <= resume_step]
+    self.moved_aside = None
     if len(kept) < len(records):
       # Records past the checkpoint are re-produced identically; keep the old file anyway,
       # so that a restart from scratch (e.g. after an unreadable only checkpoint) loses nothing.
-      backup = _free_name(self.path + ".replaced")
-      shutil.copyfile(self.path, backup)
+      self.moved_aside = _free_name(self.path + ".replaced")
+      shutil.copyfile(self.path, self.moved_aside)
+    self.records = len(kept)  # in the file: the count a checkpoint notes
     tmp = self.path + ".tmp"
     with open(tmp, "w") as f:
       for record in kept:
@@ -104,6 +160,7 @@ class MetricsLog:
     self._file.write(json.dumps(record) + "\n")
     self._file.flush()
     os.fsync(self._file.fileno())
+    self.records += 1
     step, kind = record["step"], record["kind"]
     for name, value in record.items():
       if name in ("step", "kind"):

@@ -81,7 +81,7 @@ def progress_line(
 ) -> str:
   total_steps = run.config.train.total_steps
   rate = records[0][1]["time/steps_per_sec"]
-  eta = (total_steps - state.step) / rate if rate > 0 else float("nan")
+  eta = eta_seconds(total_steps, state.step, state.update_clock, time.perf_counter())
 
   def mean(name):
     return float(np.mean([r[name] for _, r in records]))
@@ -97,13 +97,28 @@ def progress_line(
     losses += f" | attention staleness {mean('attention_staleness'):.3f}"
   train_success = [r["train_success"] for _, r in records if "train_success" in r]
   line = (
-    f"step {state.step}/{total_steps} | {rate:.1f} steps/s | ETA {hms(eta)} | {losses} | "
+    f"step {state.step}/{total_steps} | {rate:.1f} steps/s | "
+    f"ETA {hms(eta) if np.isfinite(eta) else '? (timed once updates run)'} | {losses} | "
     f"train success {np.mean(train_success) if train_success else float('nan'):.2f} | "
     f"last eval success {np.mean([state.last_success(i) for i, _ in records]):.2f}"
   )
   if run.num_seeds > 1:
     line += f" (mean of {len(records)} seeds)"
   return line
+
+
+def eta_seconds(
+  total_steps: int, step: int, update_clock: tuple[int, float] | None, now: float
+) -> float:
+  """Seconds until `total_steps` at the rate measured since the first update of this process
+  (`LoopState.update_clock`), evaluations and checkpoints included; NaN before that rate is
+  known (warm-up's random steps run several times faster than steps with updates)."""
+  if step >= total_steps:
+    return 0.0
+  if update_clock is None or step <= update_clock[0] or now <= update_clock[1]:
+    return float("nan")
+  rate = (step - update_clock[0]) / (now - update_clock[1])
+  return (total_steps - step) / rate
 
 
 def write_summary(run: run_state.Run, state: run_state.LoopState, index: int = 0) -> dict:

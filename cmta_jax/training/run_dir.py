@@ -21,6 +21,8 @@ LOCK_FILE = ".lock"
 # Fields that may change when a run is resumed without --allow_config_change: extending a
 # run is normal.
 RESUMABLE_CHANGES = ("train.total_steps",)
+# Fields that say what a run is: they can never change on resume, whatever the shapes.
+IDENTITY_FIELDS = ("agent", "env.benchmark", "env.mode", "recurrence.carry_mode", "train.seed")
 
 
 class ConfigMismatch(ValueError):
@@ -104,16 +106,22 @@ def write_config(run_dir: str, run_config: config_lib.RunConfig) -> None:
   os.replace(tmp, path)
 
 
+def changed_fields(saved: dict, current: dict) -> list[tuple[str, object, object]]:
+  """(field, saved value, value now) for every field of two flat configs that differs."""
+  return [
+    (key, saved.get(key, "<missing>"), current.get(key, "<missing>"))
+    for key in sorted(set(saved) | set(current))
+    if saved.get(key, "<missing>") != current.get(key, "<missing>")
+  ]
+
+
 def config_diff(saved: dict, current: dict) -> list[str]:
   """'field: saved X != now Y' for every field that differs, except RESUMABLE_CHANGES."""
-  diffs = []
-  for key in sorted(set(saved) | set(current)):
-    if key in RESUMABLE_CHANGES:
-      continue
-    before, now = saved.get(key, "<missing>"), current.get(key, "<missing>")
-    if before != now:
-      diffs.append(f"{key}: saved {before!r} != now {now!r}")
-  return diffs
+  return [
+    f"{key}: saved {before!r} != now {now!r}"
+    for key, before, now in changed_fields(saved, current)
+    if key not in RESUMABLE_CHANGES
+  ]
 
 
 def check_resume_config(
@@ -122,8 +130,10 @@ def check_resume_config(
   run_config: config_lib.RunConfig,
   allow_config_change: bool,
   shapes,
-) -> None:
-  """Refuses (one-line ConfigMismatch) a resume whose config differs from the saved one.
+) -> list[tuple[str, object, object]]:
+  """Refuses (one-line ConfigMismatch) a resume whose config differs from the saved one;
+  returns the changes it accepts: (field, saved value, value now), RESUMABLE_CHANGES
+  included, [] for a new run.
 
   The saved config is read as a whole config, so a field it predates has its default.
   `shapes(run_config)` -> a comparable summary of every array shape a checkpoint holds.
@@ -131,7 +141,7 @@ def check_resume_config(
   restored), and the refusal says so; with `allow_config_change`, other fields may.
   """
   if saved is None:
-    return
+    return []
   try:
     saved_config = config_lib.from_flat(saved)
   except (TypeError, ValueError) as error:
@@ -139,13 +149,16 @@ def check_resume_config(
       f"{os.path.join(run_dir, CONFIG_FILE)} cannot be read as a config "
       f"({error}); use another --run_dir"
     ) from None
-  diffs = config_diff(config_lib.flatten(saved_config), config_lib.flatten(run_config))
+  saved_flat, current_flat = config_lib.flatten(saved_config), config_lib.flatten(run_config)
+  changes = changed_fields(saved_flat, current_flat)
+  diffs = config_diff(saved_flat, current_flat)
   if not diffs:
-    return
+    return changes
+  identity = [d for d in diffs if d.split(":")[0] in IDENTITY_FIELDS]
   saved_shapes = shapes(saved_config)
-  if shapes(run_config) == saved_shapes:
+  if not identity and shapes(run_config) == saved_shapes:
     if allow_config_change:
-      return
+      return changes
     raise ConfigMismatch(
       f"{run_dir} holds a run with a different config ({'; '.join(diffs)}); "
       "use another --run_dir or pass --allow_config_change"
@@ -154,6 +167,8 @@ def check_resume_config(
   reshaping = []
   for key in diffs:
     path = key.split(":")[0]
+    if path in IDENTITY_FIELDS:
+      continue
     try:
       one_change = config_lib.replace_path(
         saved_config, path, config_lib.getattr_path(run_config, path)
@@ -162,9 +177,14 @@ def check_resume_config(
         reshaping.append(key)
     except (AttributeError, TypeError, ValueError):
       reshaping.append(key)
+  what = [
+    *(["a run of another agent, task set, carry mode or seed"] if identity else []),
+    *(["checkpoints of other array shapes"] if reshaping or not identity else []),
+  ]
   raise ConfigMismatch(
-    f"{run_dir} holds checkpoints of other array shapes ({'; '.join(reshaping or diffs)}): these "
-    "fields can never change on resume, even with --allow_config_change; use another --run_dir"
+    f"{run_dir} holds {' and '.join(what)} ({'; '.join(identity + (reshaping or []) or diffs)}): "
+    "these fields can never change on resume, even with --allow_config_change; use another "
+    "--run_dir"
   )
 
 

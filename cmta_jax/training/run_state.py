@@ -160,6 +160,9 @@ class LoopState:
   active: tuple[bool, ...]  # per seed: False once it diverged (it is stopped, not removed)
   start_step: int  # the step this process started (or resumed) at, for the step rate
   start_time: float  # time.perf_counter() then
+  # (step, time.perf_counter()) just after this process's first update call returned (its
+  # compilation done): the ETA's rate is measured from there, not from warm-up's faster steps.
+  update_clock: tuple[int, float] | None = None
 
   def last_success(self, index: int) -> float:
     history = self.eval_history[index]
