@@ -18,6 +18,7 @@ from absl import app, flags, logging
 from cmta_jax import cli
 from cmta_jax import config as config_lib
 from cmta_jax.agents import registry
+from cmta_jax.training import run_dir as run_dir_lib
 
 # Agents defined outside the package register themselves on import; that must happen before
 # the flags below are defined from the registry and the config's sections.
@@ -163,8 +164,6 @@ def _saved_run_config(saved: dict) -> config_lib.RunConfig:
 def saved_config(run_dir: str, batch: bool) -> dict | None:
   """The config.json of the run in `run_dir` (a batch: of its first seed that has one), or
   None for a new run."""
-  from cmta_jax.training import run_dir as run_dir_lib
-
   if not batch:
     return run_dir_lib.read_saved_config(run_dir)
   for seed_dir in sorted(glob.glob(os.path.join(run_dir, "seed*"))):
@@ -242,6 +241,11 @@ def main(argv):
     saved = saved_config(run_dir, batch=_SEEDS.value is not None)
     if saved is not None:
       run_config = resolve_config(saved=saved)
+      # A resume that changes what the run is (its agent, say) is refused as such before the
+      # new values are validated.
+      run_dir_lib.check_identity(
+        run_dir, config_lib.flatten(_saved_run_config(saved)), config_lib.flatten(run_config)
+      )
       registry.validate(run_config)
       given = sorted("--" + path.split(".")[-1] for path in _explicit_paths(flags.FLAGS))
       print(

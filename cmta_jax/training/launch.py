@@ -139,9 +139,9 @@ def _train_batch(
   # Everything below happens under the run directories' locks, and nothing in them is
   # written before each config is known to fit its checkpoints.
   with contextlib.ExitStack() as locks:
+    stop = locks.enter_context(StopSignals(log))  # (before the lock: no moment without it)
     for directory in seed_dirs.values():
       locks.enter_context(run_dir_lib.RunDirLock(directory))
-    stop = locks.enter_context(StopSignals(log))
     configs, config_changes = [], {}
     for seed, directory in seed_dirs.items():
       config = config_lib.replace_fields(run_config, seed=seed)

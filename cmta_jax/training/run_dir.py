@@ -154,9 +154,9 @@ def check_resume_config(
   diffs = config_diff(saved_flat, current_flat)
   if not diffs:
     return changes
-  identity = [d for d in diffs if d.split(":")[0] in IDENTITY_FIELDS]
+  check_identity(run_dir, saved_flat, current_flat)
   saved_shapes = shapes(saved_config)
-  if not identity and shapes(run_config) == saved_shapes:
+  if shapes(run_config) == saved_shapes:
     if allow_config_change:
       return changes
     raise ConfigMismatch(
@@ -167,8 +167,6 @@ def check_resume_config(
   reshaping = []
   for key in diffs:
     path = key.split(":")[0]
-    if path in IDENTITY_FIELDS:
-      continue
     try:
       one_change = config_lib.replace_path(
         saved_config, path, config_lib.getattr_path(run_config, path)
@@ -177,15 +175,30 @@ def check_resume_config(
         reshaping.append(key)
     except (AttributeError, TypeError, ValueError):
       reshaping.append(key)
-  what = [
-    *(["a run of another agent, task set, carry mode or seed"] if identity else []),
-    *(["checkpoints of other array shapes"] if reshaping or not identity else []),
-  ]
   raise ConfigMismatch(
-    f"{run_dir} holds {' and '.join(what)} ({'; '.join(identity + (reshaping or []) or diffs)}): "
-    "these fields can never change on resume, even with --allow_config_change; use another "
-    "--run_dir"
+    f"{run_dir} holds checkpoints of other array shapes ({'; '.join(reshaping or diffs)}): {_NEVER}"
   )
+
+
+def check_identity(run_dir: str, saved: dict, current: dict) -> None:
+  """Refuses (one-line ConfigMismatch) a resume that changes a field of IDENTITY_FIELDS
+  (`saved`, `current`: flat configs); the CLI asks this before it validates the new config,
+  so the refusal is about the run, not about the new agent's options."""
+  changed = [
+    f"{key}: saved {before!r} != now {now!r}"
+    for key, before, now in changed_fields(saved, current)
+    if key in IDENTITY_FIELDS
+  ]
+  if changed:
+    raise ConfigMismatch(
+      f"{run_dir} holds a run of another agent, task set, carry mode or seed "
+      f"({'; '.join(changed)}): {_NEVER}"
+    )
+
+
+_NEVER = (
+  "these fields can never change on resume, even with --allow_config_change; use another --run_dir"
+)
 
 
 def abstract_shapes(tree) -> dict:
