@@ -47,7 +47,7 @@ def train(
   summary.json. `envs` builds the environments (Meta-World unless a test injects others);
   `data_parallel` splits every batch over `devices` (default: all local devices;
   docs/seeds.md, "Devices"); `draw_curves` redraws RUN_DIR/curves.png at every evaluation;
-  `accept_history_loss` resumes although metrics.jsonl lacks records (docs/resume.md)."""
+  `accept_history_loss` resumes although metrics.jsonl lacks records (README, "Resume")."""
   seed = run_config.train.seed
   if run_dir_lib.read_saved_config(run_dir) is None and glob.glob(
     os.path.join(run_dir, "seed*", run_dir_lib.CONFIG_FILE)
