@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Creates ./.venv (if missing) and installs the package with its test extra.
-# Idempotent: re-installs only when pyproject.toml changed since the last install.
+# Creates ./.venv (if missing) and installs the exact versions of requirements.lock (the
+# package's dependencies and its test extra, as the tests and BUILD_NOTES.md ran them), then
+# the package itself. Idempotent: re-installs only when pyproject.toml or the lock changed.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -9,9 +10,10 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 stamp=".venv/.cmta_jax_installed"
-want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+want="$(cat pyproject.toml requirements.lock | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e ".[test]"
+  .venv/bin/python -m pip install --quiet -r requirements.lock
+  .venv/bin/python -m pip install --quiet --no-deps -e .
   echo "$want" > "$stamp"
 fi
