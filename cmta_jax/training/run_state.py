@@ -161,9 +161,10 @@ class LoopState:
   start_step: int  # the step this process started (or resumed) at, for the step rate
   start_time: float  # time.perf_counter() then
 
-  def last_success(self, index: int) -> float:
+  def last_success(self, index: int) -> float | None:
+    """Seed `index`'s mean success at its last evaluation (None before the first)."""
     history = self.eval_history[index]
-    return history[-1]["mean_success"] if history else float("nan")
+    return history[-1]["mean_success"] if history else None
 
 
 def active_seeds(run: Run, state: LoopState):
