@@ -71,7 +71,7 @@ def _success_axes(ax, title: str, steps: Sequence[int]) -> None:
   distinct = sorted(set(steps))
   if not distinct:
     ax.set_xticks([])
-    ax.text(0.5, 0.5, "no evaluation yet", transform=ax.transAxes, ha="center", va="center")
+    ax.text(0.5, 0.5, "nothing to draw yet", transform=ax.transAxes, ha="center", va="center")
   elif len(distinct) == 1:  # matplotlib would span a fraction of a step around it
     step = distinct[0]
     ax.set_xticks(sorted({0, step}))
@@ -214,7 +214,7 @@ def performance_profiles_figure(cells: Sequence[Cell], bootstrap_reps: int) -> F
       ax.fill_between(thresholds, low, high, color=colour, alpha=0.2, lw=0)
       drawn = True
     if not drawn:
-      ax.text(0.5, 0.5, "no evaluation yet", transform=ax.transAxes, ha="center", va="center")
+      ax.text(0.5, 0.5, "nothing to draw yet", transform=ax.transAxes, ha="center", va="center")
     ax.set_title(f"{column}: performance profile", fontsize=10)
     ax.set_xlabel("success rate threshold tau")
     ax.set_ylabel("fraction of (seed, task) above tau")

@@ -141,9 +141,17 @@ def test_a_variant_without_evaluations_is_named_in_the_legend(tmp_path):
   evaluated = testing.write_synthetic_run(str(tmp_path / "cmta_s0"), [0.0, 0.5], seed=0)
   waiting = testing.write_synthetic_run(str(tmp_path / "cmta_s1"), [], seed=1)
   mtsac = testing.write_synthetic_run(str(tmp_path / "mtsac"), [0.0, 1.0], agent="mtsac")
-  figure = figures.setting_curves_figure(_cells(evaluated, waiting, mtsac))
-  legend = [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
+  mixed = testing.write_synthetic_run(str(tmp_path / "mixed"), [], mode="mixed")
+  fixed_panel, mixed_panel = figures.setting_curves_figure(
+    _cells(evaluated, waiting, mtsac, mixed)
+  ).axes
+  legend = [t.get_text() for t in fixed_panel.get_legend().get_texts()]
   assert legend == ["CMTA (2 seeds): no common evaluation yet (seed 1 has none)", "MT-SAC (1 seed)"]
+  assert [t.get_text() for t in mixed_panel.get_legend().get_texts()] == [
+    "CMTA (1 seed): no evaluation yet"
+  ]
+  assert [t.get_text() for t in mixed_panel.texts] == ["nothing to draw yet"]
+  assert list(mixed_panel.get_xticks()) == []
   with pytest.raises(figures.NothingToDraw, match="no run has an evaluation yet"):
     figures.setting_curves_figure(_cells(waiting))
 
