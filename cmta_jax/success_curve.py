@@ -19,10 +19,11 @@ def smooth(points: Sequence[float], factor: float = SMOOTHING_FACTOR) -> np.ndar
 
 
 def summarize_curve(success: Sequence[float]) -> dict:
-  """max smoothed, max and final of one (possibly seed-averaged) success curve."""
+  """max smoothed, max and final of one (possibly seed-averaged) success curve; ValueError
+  for a curve without points (a run not evaluated yet has none of these)."""
   success = np.asarray(success, dtype=np.float64)
   if success.size == 0:
-    return {"max_smoothed": float("nan"), "max": float("nan"), "final": float("nan")}
+    raise ValueError("a success curve without evaluations has no max or final")
   return {
     "max_smoothed": float(smooth(success).max()),
     "max": float(success.max()),

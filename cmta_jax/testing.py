@@ -35,11 +35,14 @@ def write_synthetic_run(
   seed: int = 0,
   tasks: tuple[str, ...] = ("task-a", "task-b"),
   eval_every: int = 1000,
+  first_eval: int = 0,
   **fields,
 ) -> str:
   """A run directory as the driver leaves it (config.json, metrics.jsonl with eval and
-  train records), for report and table tests. `curve` holds one entry per evaluation:
-  a success value for every task, or a list with one value per task."""
+  train records), for report and table tests. `curve` holds one entry per evaluation, at
+  steps first_eval, first_eval + eval_every, ...: a success value for every task, or a list
+  with one value per task. An empty curve leaves an empty metrics.jsonl (a run that has
+  started but logged nothing yet)."""
   os.makedirs(run_dir)
   from cmta_jax.training import run_dir as run_dir_lib  # the driver's modules load lazily
 
@@ -48,9 +51,10 @@ def write_synthetic_run(
     for i, entry in enumerate(curve):
       per_task = list(entry) if isinstance(entry, (list, tuple)) else [entry] * len(tasks)
       success = dict(zip(tasks, per_task, strict=True))
-      record = {"step": eval_every * i, "kind": "eval", "mean_success": float(np.mean(per_task))}
+      step = first_eval + eval_every * i
+      record = {"step": step, "kind": "eval", "mean_success": float(np.mean(per_task))}
       f.write(json.dumps({**record, "success": success}) + "\n")
-      f.write(json.dumps({"step": eval_every * i, "kind": "train", "updates": 10}) + "\n")
+      f.write(json.dumps({"step": step, "kind": "train", "updates": 10}) + "\n")
   return run_dir
 
 

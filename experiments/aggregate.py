@@ -7,7 +7,9 @@ Prints, for the seed-averaged mean-success curve: max smoothed (factor 0.8),
 max and final; and across seeds and tasks at the last common step: the
 interquartile mean of success with a 95% stratified bootstrap confidence interval
 (rliable). Only evaluation steps that
-every seed reached are used. The runs must be seeds of one setting (the same
+every seed reached are used; while a seed has no evaluation yet there is none, and
+it says so ("no evaluation yet", or which seeds have none) with a JSON line of seeds
+and evaluations (0). The runs must be seeds of one setting (the same
 saved config but for the seed and bookkeeping fields, `cmta_jax/run_sets.py`):
 runs of different settings, a directory given twice, two runs with one seed or
 an unreadable run stop it with a one-line error naming the run.
@@ -33,16 +35,20 @@ def main(paths: list[str]) -> dict:
       "aggregate one setting at a time"
     )
   result = run_sets.summarize_setting(runs)
-  low, high = result["final_iqm_ci95"]
-  seeds = ", ".join(str(run.seed) for run in runs)
-  print(
-    f"{len(runs)} seeds ({seeds}), {result['evaluations']} common evaluation steps up to "
-    f"{result['steps']}"
-  )
-  print(
-    f"max smoothed {result['max_smoothed']:.4f} | max {result['max']:.4f} | final {result['final']:.4f}"
-    f" | final IQM {result['final_iqm']:.4f} [{low:.4f}, {high:.4f}]"
-  )
+  seeds = f"{len(runs)} seed{'s' if len(runs) > 1 else ''} ({', '.join(str(r.seed) for r in runs)})"
+  count = result["evaluations"]
+  if not count:
+    print(f"{seeds}: {result['not_evaluated']}")
+  else:
+    if count == 1:
+      print(f"{seeds}, one common evaluation so far, at step {result['steps']}")
+    else:
+      print(f"{seeds}, {count} common evaluation steps up to {result['steps']}")
+    low, high = result["final_iqm_ci95"]
+    print(
+      f"max smoothed {result['max_smoothed']:.4f} | max {result['max']:.4f} | "
+      f"final {result['final']:.4f} | final IQM {result['final_iqm']:.4f} [{low:.4f}, {high:.4f}]"
+    )
   print(json.dumps(result))
   return result
 

@@ -11,8 +11,15 @@ after --out with the setting appended (curves_MT10-Fixed.png). With --profile, t
 performance profiles (rliable): per setting, the fraction of (seed, task) success rates
 above each threshold at the last common evaluation (curves_profile.png). Each training
 run also keeps its own curves.png in its run directory.
+
+Runs still young are drawn as they are: a variant with one evaluation so far as markers,
+one without an evaluation yet named so in the legend. A figure with nothing to draw (no
+variant evaluated yet) is not written: a "not written" line names it and says why (one
+line in all when no run has an evaluation yet), and the command still succeeds. Every
+figure written is named on a "wrote" line.
 """
 
+import functools
 import os
 
 from absl import app, flags, logging
@@ -42,14 +49,25 @@ def main(argv):
   from cmta_jax.reporting import figures, run_sets, tables
 
   runs = tables.load_runs(paths, _SKIP_BAD_RUNS.value)
+  if not any(run.evals for run in runs):
+    print(f"no figure written: no run has an evaluation yet ({', '.join(r.run_dir for r in runs)})")
+    return
   cells = tables.arrange(run_sets.group_by_setting(runs))
-  print(f"wrote {figures.setting_curves(cells, _OUT.value)}")
   stem, extension = os.path.splitext(_OUT.value)
+  # (path, draw(path)) of every figure asked for.
+  drawings = [(_OUT.value, functools.partial(figures.setting_curves, cells))]
   if _PROFILE.value:
-    print(f"wrote {figures.performance_profiles(cells, f'{stem}_profile{extension}', 2000)}")
+    profiles = functools.partial(figures.performance_profiles, cells, bootstrap_reps=2000)
+    drawings.append((f"{stem}_profile{extension}", profiles))
   if _PER_TASK.value:
     for column in dict.fromkeys(c.column for c in cells):
-      print(f"wrote {figures.per_task_curves(cells, column, f'{stem}_{column}{extension}')}")
+      per_task = functools.partial(figures.per_task_curves, cells, column)
+      drawings.append((f"{stem}_{column}{extension}", per_task))
+  for path, draw in drawings:
+    try:
+      print(f"wrote {draw(path)}")
+    except figures.NothingToDraw as nothing:
+      print(f"not written: {path} (nothing to draw: {nothing})")
 
 
 if __name__ == "__main__":

@@ -9,16 +9,24 @@ table with a row per task: evaluation success at each of the last
 episodes that ended in the last `--train_window` steps. With several runs it
 ends with a task x run table of the mean over the last evaluations, for
 comparing agents at the same budget.
+
+Steps read as 150, 1.5k, 2.4M (exact). A young run is reported as it is: "No evaluation
+yet." (and no table), "One evaluation so far: ...", a training window longer than the run
+as "last 300 steps (the whole run)", a run with fewer evaluations than --last_evals named
+above the comparison, and "-" where there is no number (no training episode in the window,
+no wall-clock recorded).
 """
 
+import math
 import os
 
 import numpy as np
 from absl import app, flags
 
 from cmta_jax import cli, success_curve
-from cmta_jax.training.metrics_log import read_records
-from cmta_jax.training.run_dir import read_saved_config
+from cmta_jax.step_labels import step_label
+from cmta_jax.training.metrics_log import METRICS_FILE, read_records
+from cmta_jax.training.run_dir import CONFIG_FILE, read_saved_config
 
 _LAST_EVALS = flags.DEFINE_integer("last_evals", 5, "Evaluations per task shown (the last N).")
 _TRAIN_WINDOW = flags.DEFINE_integer(
@@ -27,21 +35,24 @@ _TRAIN_WINDOW = flags.DEFINE_integer(
 
 
 class RunSummary:
-  """What the report needs from one run directory."""
+  """What the report needs from one run directory (evaluated yet or not)."""
 
   def __init__(self, run_dir: str):
     if not os.path.isdir(run_dir):
       raise ValueError(f"{run_dir} is not a directory (give run directories)")
     records = read_records(run_dir)
+    config = read_saved_config(run_dir)
+    if config is None and not records:
+      raise ValueError(
+        f"{run_dir} has neither {CONFIG_FILE} nor records in {METRICS_FILE} "
+        "(is it a run directory?)"
+      )
     self.evals = [r for r in records if r["kind"] == "eval"]
     self.trains = [r for r in records if r["kind"] == "train"]
-    if not self.evals:
-      raise ValueError(f"{run_dir} has no evaluation records (is it a run directory?)")
-    config = read_saved_config(run_dir) or {}
     self.run_dir = run_dir
-    self.agent = config.get("agent", "?")
-    self.tasks = list(self.evals[-1]["success"])
-    self.last_step = max(r["step"] for r in records)
+    self.agent = (config or {}).get("agent", "?")
+    self.tasks = list(self.evals[-1]["success"]) if self.evals else []
+    self.last_step = max((r["step"] for r in records), default=None)
 
   def curve(self) -> tuple[list[int], np.ndarray]:
     return [r["step"] for r in self.evals], np.array([r["mean_success"] for r in self.evals])
@@ -49,49 +60,90 @@ class RunSummary:
   def last_eval_success(self, count: int) -> dict[str, list[float]]:
     return {task: [r["success"][task] for r in self.evals[-count:]] for task in self.tasks}
 
-  def train_success(self, window: int) -> dict[str, float]:
-    """Per-task success of training episodes logged in the last `window` steps (mean of records)."""
+  def covers_whole_run(self, window: int) -> bool:
+    """Whether the last `window` steps reach back to the run's start."""
+    return window >= (self.last_step or 0)
+
+  def train_success(self, window: int) -> dict[str, float | None]:
+    """Per-task success of training episodes logged in the last `window` steps (mean of
+    records); None for a task without such records."""
     recent = [
-      r
+      r["train_success_per_task"]
       for r in self.trains
-      if "train_success_per_task" in r and r["step"] > self.last_step - window
+      if "train_success_per_task" in r
+      and (self.covers_whole_run(window) or r["step"] > self.last_step - window)
     ]
-    return {
-      task: float(np.mean([r["train_success_per_task"][task] for r in recent]))
-      if recent
-      else float("nan")
-      for task in self.tasks
-    }
+    return {task: _mean([success[task] for success in recent]) for task in self.tasks}
 
-  def wall_clock(self) -> tuple[float, float]:
-    """(elapsed seconds, average steps/s) of the last train record; NaN if none."""
+  def wall_clock(self) -> tuple[float, float] | None:
+    """(elapsed seconds, average steps/s) of the last train record; None if not recorded."""
     if not self.trains:
-      return float("nan"), float("nan")
+      return None
     last = self.trains[-1]
-    return last.get("time/elapsed_sec", float("nan")), last.get("time/steps_per_sec", float("nan"))
+    elapsed, rate = last.get("time/elapsed_sec"), last.get("time/steps_per_sec")
+    if not all(isinstance(x, (int, float)) and math.isfinite(x) for x in (elapsed, rate)):
+      return None
+    return elapsed, rate
 
 
-def _fmt(x: float) -> str:
-  return "-" if np.isnan(x) else f"{x:.2f}"
+def _mean(values) -> float | None:
+  return float(np.mean(values)) if len(values) else None
 
 
-def report_run(run: RunSummary, last_evals: int, train_window: int) -> str:
+def _fmt(x: float | None) -> str:
+  return "-" if x is None else f"{x:.2f}"
+
+
+def _steps(steps: list[int]) -> str:
+  return ", ".join(step_label(s) for s in steps)
+
+
+def _progress_line(run: RunSummary) -> str:
+  """How far the run got and how fast."""
+  if run.last_step is None:
+    return "No records yet (the run has not logged a step)."
+  timing = run.wall_clock()
+  if timing is None:
+    return f"{step_label(run.last_step)} steps (no wall-clock recorded)."
+  elapsed, rate = timing
+  return (
+    f"{step_label(run.last_step)} steps, {elapsed / 60:.1f} min of training-loop wall-clock, "
+    f"{rate:.1f} steps/s on average (since the last start)."
+  )
+
+
+def _curve_line(run: RunSummary) -> str:
+  """The mean evaluation-success curve, or that there is none (yet) to speak of."""
   steps, curve = run.curve()
+  if not steps:
+    return "No evaluation yet."
+  if len(steps) == 1:
+    return (
+      f"One evaluation so far: mean eval success {curve[0]:.2f} at step {step_label(steps[0])}."
+    )
   summary = success_curve.summarize_curve(curve)
-  elapsed, rate = run.wall_clock()
-  shown = run.last_eval_success(last_evals)
-  eval_steps = steps[-last_evals:]
-  train = run.train_success(train_window)
-  lines = [
-    f"#### {run.agent} ({run.run_dir})",
-    f"{run.last_step} steps, {elapsed / 60:.1f} min of training-loop wall-clock, "
-    f"{rate:.1f} steps/s on average (since the last start).",
+  return (
     f"Mean eval success: max smoothed {summary['max_smoothed']:.3f} | max {summary['max']:.2f} | "
     f"final {summary['final']:.2f}. Curve (step: success): "
-    + ", ".join(f"{s // 1000}k: {v:.1f}" for s, v in zip(steps, curve)),
-    "",
-    f"| task | eval success at {', '.join(f'{s // 1000}k' for s in eval_steps)} | mean of these "
-    f"| train-episode success, last {train_window} steps |",
+    + ", ".join(f"{step_label(s)}: {v:.1f}" for s, v in zip(steps, curve))
+  )
+
+
+def _window_text(run: RunSummary, window: int) -> str:
+  """'last 6k steps', or 'last 300 steps (the whole run)' when the window reaches its start."""
+  if run.covers_whole_run(window):
+    last = run.last_step or 0
+    return f"last {step_label(last)} steps (the whole run)" if last else "step 0 (the whole run)"
+  return f"last {step_label(window)} steps"
+
+
+def _task_table(run: RunSummary, last_evals: int, train_window: int) -> list[str]:
+  """A row per task: the last evaluations, their mean, recent training-episode success."""
+  shown = run.last_eval_success(last_evals)
+  train = run.train_success(train_window)
+  lines = [
+    f"| task | eval success at {_steps(run.curve()[0][-last_evals:])} | mean of these "
+    f"| train-episode success, {_window_text(run, train_window)} |",
     "|---|---|---|---|",
   ]
   for task in run.tasks:
@@ -101,8 +153,29 @@ def report_run(run: RunSummary, last_evals: int, train_window: int) -> str:
       f"| {_fmt(train[task])} |"
     )
   mean_shown = np.mean([np.mean(v) for v in shown.values()])
-  lines.append(f"| **mean** | | {mean_shown:.2f} | {_fmt(np.nanmean(list(train.values())))} |")
+  mean_train = _mean([v for v in train.values() if v is not None])
+  lines.append(f"| **mean** | | {mean_shown:.2f} | {_fmt(mean_train)} |")
+  return lines
+
+
+def report_run(run: RunSummary, last_evals: int, train_window: int) -> str:
+  lines = [f"#### {run.agent} ({run.run_dir})", _progress_line(run), _curve_line(run)]
+  if run.evals:
+    lines += ["", *_task_table(run, last_evals, train_window)]
   return "\n".join(lines)
+
+
+def _evaluations_text(labels: list[str], runs: list[RunSummary], last_evals: int) -> str:
+  """Which evaluations the comparison averages, naming the runs that have fewer."""
+  text = "last evaluation" if last_evals == 1 else f"last {last_evals} evaluations"
+  fewer = [
+    f"{label} has {len(run.evals) or 'none yet'}"
+    for label, run in zip(labels, runs)
+    if len(run.evals) < last_evals
+  ]
+  return f"Mean eval success over each run's {text}" + (
+    f" (fewer so far: {', '.join(fewer)}):" if fewer else ":"
+  )
 
 
 def comparison_table(runs: list[RunSummary], last_evals: int) -> str:
@@ -111,21 +184,20 @@ def comparison_table(runs: list[RunSummary], last_evals: int) -> str:
     a if agents.count(a) == 1 else os.path.basename(os.path.normpath(r.run_dir))
     for a, r in zip(agents, runs)
   ]
-  header = "| task | " + " | ".join(labels) + " |"
+  tasks = list(dict.fromkeys(task for run in runs for task in run.tasks))
+  if not tasks:
+    return "No run has an evaluation yet: nothing to compare."
   lines = [
-    f"Mean eval success over each run's last {last_evals} evaluations:",
+    _evaluations_text(labels, runs, last_evals),
     "",
-    header,
+    "| task | " + " | ".join(labels) + " |",
     "|---|" + "---|" * len(runs),
   ]
   per_run = [{t: np.mean(v) for t, v in r.last_eval_success(last_evals).items()} for r in runs]
-  for task in runs[0].tasks:
-    lines.append(
-      f"| {task} | " + " | ".join(_fmt(p.get(task, float("nan"))) for p in per_run) + " |"
-    )
-  lines.append(
-    "| **mean** | " + " | ".join(_fmt(np.mean(list(p.values()))) for p in per_run) + " |"
-  )
+  for task in tasks:
+    lines.append(f"| {task} | " + " | ".join(_fmt(p.get(task)) for p in per_run) + " |")
+  means = [_fmt(_mean(list(p.values()))) if p else "no evaluation yet" for p in per_run]
+  lines.append("| **mean** | " + " | ".join(means) + " |")
   return "\n".join(lines)
 
 

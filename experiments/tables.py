@@ -16,7 +16,8 @@ which runs the tree holds; docs/results.md lists the launch commands.
 
 A directory given twice, two runs of one setting with one seed, or an unreadable run
 stops it with a one-line error naming the run; with --skip_bad_runs an unreadable run
-is skipped and named on stderr instead.
+is skipped and named on stderr instead. A run not evaluated yet is no error: its
+setting's cell reads "no evaluation yet" (or which seeds have none).
 """
 
 from absl import app, flags, logging

@@ -1,9 +1,13 @@
-"""experiments/run_report.py on hand-written metrics files: the numbers in its tables."""
+"""experiments/run_report.py on hand-written metrics files: the numbers in its tables, and
+young runs (no evaluation, one evaluation, a few hundred steps) reported as they are."""
 
 import json
 import os
+import re
 import subprocess
 import sys
+
+from cmta_jax import testing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "experiments", "run_report.py")
@@ -50,6 +54,15 @@ def _report(*args):
   return result.returncode, result.stdout, result.stderr
 
 
+def _clean_report(*args) -> str:
+  """The report of `args`, which must succeed with no NaN and no warning on the console."""
+  code, out, err = _report(*args)
+  assert code == 0, err
+  assert not re.search(r"\bnan\b", out + err, re.IGNORECASE), out + err
+  assert "Mean of empty slice" not in err and "Warning" not in err, err
+  return out
+
+
 def _row(text, first_cell):
   return next(line for line in text.splitlines() if line.startswith(f"| {first_cell} |"))
 
@@ -76,5 +89,77 @@ def test_not_a_run_directory_is_a_one_line_error(tmp_path):
   assert code != 0
   assert (
     err.strip().splitlines()[-1]
-    == f"error: {tmp_path} has no evaluation records (is it a run directory?)"
+    == f"error: {tmp_path} has neither config.json nor records in metrics.jsonl "
+    "(is it a run directory?)"
   )
+
+
+def test_runs_without_evaluations_say_so_and_have_no_table(tmp_path):
+  started = testing.write_synthetic_run(str(tmp_path / "started"), [])
+  training = testing.write_synthetic_run(str(tmp_path / "training"), [], agent="mtsac")
+  with open(os.path.join(training, "metrics.jsonl"), "w") as f:
+    record = {"kind": "train", "time/elapsed_sec": 30.0, "time/steps_per_sec": 10.0}
+    f.write(json.dumps({"step": 300, **record}) + "\n")
+  out = _clean_report(started, training)
+  assert out.splitlines()[:3] == [
+    f"#### cmta ({started})",
+    "No records yet (the run has not logged a step).",
+    "No evaluation yet.",
+  ]
+  assert f"#### mtsac ({training})\n300 steps, 0.5 min of training-loop wall-clock" in out
+  assert "| task |" not in out
+  assert out.rstrip().endswith("No run has an evaluation yet: nothing to compare.")
+
+
+def test_a_run_with_one_evaluation_says_so(tmp_path):
+  run = str(tmp_path / "one")
+  _write_run(run, "cmta", [(1, 0)], [(0.5, 0.0)])
+  out = _clean_report(run)
+  assert out.splitlines()[1:3] == [
+    "1k steps, 1.0 min of training-loop wall-clock, 16.7 steps/s on average (since the last "
+    "start).",
+    "One evaluation so far: mean eval success 0.50 at step 1k.",
+  ]
+  assert _row(out, "task") == (
+    "| task | eval success at 1k | mean of these "
+    "| train-episode success, last 1k steps (the whole run) |"
+  )
+  assert _row(out, "**mean**") == "| **mean** | | 0.50 | 0.25 |"
+
+
+def test_steps_of_a_short_run_are_exact_and_the_window_is_the_run(tmp_path):
+  run = testing.write_synthetic_run(str(tmp_path / "short"), [0.0, 0.5, 1.0, 0.5], eval_every=100)
+  out = _clean_report(run)
+  assert out.splitlines()[1] == "300 steps (no wall-clock recorded)."
+  assert out.splitlines()[2].endswith("Curve (step: success): 0: 0.0, 100: 0.5, 200: 1.0, 300: 0.5")
+  assert _row(out, "task") == (
+    "| task | eval success at 0, 100, 200, 300 | mean of these "
+    "| train-episode success, last 300 steps (the whole run) |"
+  )
+  assert "0k" not in out
+
+
+def test_steps_of_a_1500_step_run_are_exact(tmp_path):
+  run = testing.write_synthetic_run(str(tmp_path / "short"), [0.0, 0.5, 1.0, 0.5], eval_every=500)
+  out = _clean_report(run, "--train_window=1000", "--last_evals=3")
+  assert out.splitlines()[1] == "1.5k steps (no wall-clock recorded)."
+  assert "Curve (step: success): 0: 0.0, 500: 0.5, 1k: 1.0, 1.5k: 0.5" in out
+  assert _row(out, "task") == (
+    "| task | eval success at 500, 1k, 1.5k | mean of these "
+    "| train-episode success, last 1k steps |"
+  )
+
+
+def test_the_comparison_names_runs_with_fewer_evaluations(tmp_path):
+  several = str(tmp_path / "several")
+  _write_run(several, "cmta", [(0, 0), (1, 0), (1, 1)], [(0.0, 0.0)] * 3)
+  one = testing.write_synthetic_run(str(tmp_path / "one"), [0.5], agent="mtsac", tasks=TASKS)
+  none = testing.write_synthetic_run(str(tmp_path / "none"), [], agent="care", tasks=TASKS)
+  out = _clean_report(several, one, none, "--last_evals=2")
+  comparison = out[out.index("Mean eval success over each run's last 2 evaluations") :]
+  assert comparison.splitlines()[0] == (
+    "Mean eval success over each run's last 2 evaluations "
+    "(fewer so far: mtsac has 1, care has none yet):"
+  )
+  assert _row(comparison, "reach-v3") == "| reach-v3 | 1.00 | 0.50 | - |"
+  assert _row(comparison, "**mean**") == "| **mean** | 0.75 | 0.50 | no evaluation yet |"

@@ -3,7 +3,9 @@
 A setting is everything a run's `config.json` says except its seed and the fields that
 only change bookkeeping (how often it logs or checkpoints, how its environments are
 stepped). Seeds of one setting are averaged by the report commands; runs of different
-settings never are. Every problem is a one-line ValueError naming the run directory.
+settings never are. Every problem is a one-line ValueError naming the run directory; a run
+that has not been evaluated yet is no problem: it loads with no evaluations, and its
+setting says so (`not_evaluated`).
 """
 
 import dataclasses
@@ -36,7 +38,8 @@ BOOKKEEPING_FIELDS = frozenset(
 class LoadedRun:
   run_dir: str
   config: dict  # flat, with today's field paths
-  evals: tuple[dict, ...]  # the "eval" records of metrics.jsonl, in step order
+  evals: tuple[dict, ...]  # the "eval" records of metrics.jsonl, in step order (maybe none)
+  last_step: int = 0  # of its newest record
 
   @property
   def seed(self) -> int:
@@ -60,8 +63,8 @@ class LoadedRun:
 def load_run(run_dir: str) -> LoadedRun:
   """Reads a run directory's config.json and evaluation records.
 
-  Raises ValueError (one line, naming the directory) if it is not a run directory, its
-  config or metrics cannot be read, or it has no evaluation yet.
+  Raises ValueError (one line, naming the directory) if it is not a run directory or its
+  config or metrics cannot be read. A run not evaluated yet has no `evals`.
   """
   if not os.path.isdir(run_dir):
     raise ValueError(f"{run_dir} is not a directory (give run directories or a root to search)")
@@ -72,13 +75,13 @@ def load_run(run_dir: str) -> LoadedRun:
     raise ValueError(f"{run_dir}: {run_dir_lib.CONFIG_FILE} names no agent or seed")
   if not os.path.exists(os.path.join(run_dir, metrics_log.METRICS_FILE)):
     raise ValueError(f"{run_dir} has no {metrics_log.METRICS_FILE} (did the run start?)")
-  evals = tuple(r for r in metrics_log.read_records(run_dir) if r["kind"] == "eval")
-  if not evals:
-    raise ValueError(f"{run_dir} has no evaluation records yet")
+  records = metrics_log.read_records(run_dir)
+  evals = tuple(r for r in records if r["kind"] == "eval")
   # Fields the config predates take their defaults, as on resume, so that runs of different
   # versions group by what they ran, not by which fields their files list.
   defaults = config_lib.flatten(config_lib.RunConfig())
-  return LoadedRun(run_dir=run_dir, config={**defaults, **config}, evals=evals)
+  last_step = max((r["step"] for r in records), default=0)
+  return LoadedRun(run_dir, {**defaults, **config}, evals, last_step)
 
 
 def find_run_dirs(paths: Sequence[str]) -> list[str]:
@@ -148,11 +151,21 @@ def _hashable(value):
 
 
 def common_eval_steps(runs: Sequence[LoadedRun]) -> list[int]:
-  """The evaluation steps every run reached; ValueError if they share none."""
-  steps = sorted(set.intersection(*(set(run.curve) for run in runs)))
-  if not steps:
-    raise ValueError(f"the runs share no evaluation step ({', '.join(r.run_dir for r in runs)})")
-  return steps
+  """The evaluation steps every run reached (none while one of them has no evaluation)."""
+  return sorted(set.intersection(*(set(run.curve) for run in runs)))
+
+
+def not_evaluated(runs: Sequence[LoadedRun]) -> str:
+  """Why seeds of one setting share no evaluation step, in a few words: "no evaluation yet",
+  or "no common evaluation yet (seed 1 has none)"; for runs without `common_eval_steps`."""
+  waiting = [run for run in runs if not run.evals]
+  if len(waiting) == len(runs):
+    return "no evaluation yet"
+  if not waiting:
+    return "no evaluation step every seed reached"
+  if len(waiting) == 1:
+    return f"no common evaluation yet (seed {waiting[0].seed} has none)"
+  return f"no common evaluation yet (seeds {', '.join(str(r.seed) for r in waiting)} have none)"
 
 
 def score_matrix(runs: Sequence[LoadedRun], step: int) -> np.ndarray:
@@ -176,9 +189,12 @@ def summarize_setting(
   Paper metrics of the seed-mean success curve (max smoothed, max, final; docs/algorithm.md
   §5) and, across runs and tasks at that step, the IQM with its 95% stratified bootstrap
   interval (`statistics.iqm_with_ci`). Keys: seeds, steps, evaluations, max_smoothed, max,
-  final, final_iqm, final_iqm_ci95.
+  final, final_iqm, final_iqm_ci95; while the seeds share no evaluation step, only seeds,
+  evaluations (0) and not_evaluated (`not_evaluated`'s words).
   """
   steps = common_eval_steps(runs)
+  if not steps:
+    return {"seeds": len(runs), "evaluations": 0, "not_evaluated": not_evaluated(runs)}
   mean_curve = np.mean([[run.curve[s] for s in steps] for run in runs], axis=0)
   point, low, high = statistics.iqm_with_ci(score_matrix(runs, steps[-1]), reps=bootstrap_reps)
   return {

@@ -37,8 +37,8 @@ class Cell:
 
 
 def load_runs(paths: list[str], skip_bad_runs: bool) -> list[run_sets.LoadedRun]:
-  """The runs under `paths` (`run_sets.find_run_dirs`). An unreadable run raises ValueError
-  naming it, or with `skip_bad_runs` is named on stderr and left out."""
+  """The runs under `paths` (`run_sets.find_run_dirs`), evaluated yet or not. An unreadable
+  run raises ValueError naming it, or with `skip_bad_runs` is named on stderr and left out."""
   runs = []
   for run_dir in run_sets.find_run_dirs(paths):
     try:
@@ -115,8 +115,12 @@ def _column_order(column: str) -> tuple:
 
 
 def cell_texts(summary: dict | None, percent: bool = True) -> list[str]:
+  """A cell's five texts: "/" for a setting that did not run; for one not evaluated yet,
+  why in the first column, "-" in the others and the number of seeds."""
   if summary is None:
     return ["/"] * len(METRIC_HEADERS)
+  if not summary["evaluations"]:
+    return [summary["not_evaluated"], "-", "-", "-", str(summary["seeds"])]
   fmt = (lambda x: f"{100 * x:.2f}%") if percent else (lambda x: f"{x:.4f}")
   low, high = summary["final_iqm_ci95"]
   return [
@@ -141,7 +145,8 @@ def table_grid(cells: list[Cell], bootstrap_reps: int) -> tuple[list[str], list[
 
 
 def markdown(cells: list[Cell], bootstrap_reps: int = statistics.DEFAULT_BOOTSTRAP_REPS) -> str:
-  """A Markdown table: a row per variant, five columns per setting ("/" where none ran)."""
+  """A Markdown table: a row per variant, five columns per setting ("/" where none ran, "no
+  evaluation yet" where its runs have none)."""
   labels, columns, grid = table_grid(cells, bootstrap_reps)
   header = ["agent"] + [f"{c} {m}" for c in columns for m in METRIC_HEADERS]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

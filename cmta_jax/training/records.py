@@ -96,11 +96,15 @@ def progress_line(
   if "attention_staleness" in records[0][1]:
     losses += f" | attention staleness {mean('attention_staleness'):.3f}"
   train_success = [r["train_success"] for _, r in records if "train_success" in r]
+  train = (
+    f"train success {np.mean(train_success):.2f}" if train_success else "no train episode ended"
+  )
+  evaluated = [s for s in (state.last_success(i) for i, _ in records) if s is not None]
+  last_eval = f"last eval success {np.mean(evaluated):.2f}" if evaluated else "no eval yet"
   line = (
     f"step {state.step}/{total_steps} | {rate:.1f} steps/s | "
     f"ETA {hms(eta) if np.isfinite(eta) else '? (timed once updates run)'} | {losses} | "
-    f"train success {np.mean(train_success) if train_success else float('nan'):.2f} | "
-    f"last eval success {np.mean([state.last_success(i) for i, _ in records]):.2f}"
+    f"{train} | {last_eval}"
   )
   if run.num_seeds > 1:
     line += f" (mean of {len(records)} seeds)"

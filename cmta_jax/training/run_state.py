@@ -164,9 +164,10 @@ class LoopState:
   # compilation done): the ETA's rate is measured from there, not from warm-up's faster steps.
   update_clock: tuple[int, float] | None = None
 
-  def last_success(self, index: int) -> float:
+  def last_success(self, index: int) -> float | None:
+    """Seed `index`'s mean success at its last evaluation (None before the first)."""
     history = self.eval_history[index]
-    return history[-1]["mean_success"] if history else float("nan")
+    return history[-1]["mean_success"] if history else None
 
 
 def active_seeds(run: Run, state: LoopState):

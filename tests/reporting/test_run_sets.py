@@ -128,3 +128,35 @@ def test_runs_of_versions_with_and_without_a_newer_field_group_together(tmp_path
     json.dump(saved, f)
   runs = [run_sets.load_run(old), run_sets.load_run(new)]
   assert len(run_sets.group_by_setting(runs)) == 1
+
+
+def test_seeds_without_a_common_evaluation_are_summarized_as_such(tmp_path):
+  evaluated = run_sets.load_run(_write_run(str(tmp_path / "s0"), [0.0, 0.5], seed=0))
+  started = run_sets.load_run(_write_run(str(tmp_path / "s1"), [], seed=1))
+  also = run_sets.load_run(_write_run(str(tmp_path / "s2"), [], seed=2))
+  assert started.evals == () and started.last_step == 0 and evaluated.last_step == 1000
+  assert run_sets.common_eval_steps([evaluated, started]) == []
+  assert run_sets.summarize_setting([started, also]) == {
+    "seeds": 2,
+    "evaluations": 0,
+    "not_evaluated": "no evaluation yet",
+  }
+  summary = run_sets.summarize_setting([evaluated, started, also])
+  assert summary["not_evaluated"] == "no common evaluation yet (seeds 1, 2 have none)"
+
+
+@pytest.mark.parametrize(
+  "curves,first_line,evaluations",
+  [
+    ({0: [0.5, 1.0], 1: []}, "2 seeds (0, 1): no common evaluation yet (seed 1 has none)", 0),
+    ({0: [0.5]}, "1 seed (0), one common evaluation so far, at step 0", 1),
+  ],
+)
+def test_aggregate_on_young_seeds_says_how_far_they_are(tmp_path, curves, first_line, evaluations):
+  for seed, curve in curves.items():
+    _write_run(str(tmp_path / f"s{seed}"), curve, seed=seed)
+  result = _aggregate(str(tmp_path))
+  assert result.returncode == 0, result.stderr
+  lines = result.stdout.strip().splitlines()
+  assert lines[0] == first_line and "nan" not in result.stdout.lower()
+  assert json.loads(lines[-1])["evaluations"] == evaluations

@@ -87,3 +87,8 @@ def test_performance_profile_is_the_fraction_of_run_task_scores_above_each_thres
   profile, low, high = statistics.performance_profile(same_per_task, thresholds, reps=100)
   np.testing.assert_allclose(low, profile)
   np.testing.assert_allclose(high, profile)
+
+
+def test_a_curve_without_evaluations_has_no_summary():
+  with pytest.raises(ValueError, match="without evaluations has no max or final"):
+    success_curve.summarize_curve([])

@@ -130,3 +130,13 @@ def test_bad_input_is_one_line_before_any_work(args, message):
   result = _tables(*args)
   lines = result.stderr.strip().splitlines()
   assert result.returncode == 1 and len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_a_setting_not_evaluated_yet_says_so_in_its_cell(tree):
+  write_run(os.path.join(tree, "fixed", "cmta_s2"), [], seed=2)
+  write_run(os.path.join(tree, "mixed", "mtsac_s0"), [], agent="mtsac", mode="mixed")
+  rows = _rows(_table([tree]))
+  assert rows["CMTA"][:5] == ["no common evaluation yet (seed 2 has none)", "-", "-", "-", "3"]
+  assert rows["MT-SAC"][5:] == ["no evaluation yet", "-", "-", "-", "1"]
+  assert rows["CMTA"][5:8] == ["36.00%", "100.00%", "100.00%"]  # the other cells as before
+  assert "nan" not in _table([tree], tables.latex).lower()
