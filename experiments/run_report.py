@@ -25,6 +25,8 @@ from absl import app, flags
 
 from cmta_jax import cli, success_curve
 from cmta_jax.step_labels import step_label
+from cmta_jax.training import change_log
+from cmta_jax.training.change_log import CHANGES_FILE
 from cmta_jax.training.metrics_log import METRICS_FILE, read_records
 from cmta_jax.training.run_dir import CONFIG_FILE, read_saved_config
 
@@ -53,6 +55,7 @@ class RunSummary:
     self.agent = (config or {}).get("agent", "?")
     self.tasks = list(self.evals[-1]["success"]) if self.evals else []
     self.last_step = max((r["step"] for r in records), default=None)
+    self.changes = change_log.read(run_dir)
 
   def curve(self) -> tuple[list[int], np.ndarray]:
     return [r["step"] for r in self.evals], np.array([r["mean_success"] for r in self.evals])
@@ -158,8 +161,25 @@ def _task_table(run: RunSummary, last_evals: int, train_window: int) -> list[str
   return lines
 
 
+def _changes_lines(run: RunSummary) -> list[str]:
+  """What changes.jsonl records: config changes a resume accepted, lost history, files
+  moved aside, each with its step."""
+  if not run.changes:
+    return []
+  return [
+    f"Recorded changes ({CHANGES_FILE}): "
+    + "; ".join(change_log.describe(entry) for entry in run.changes)
+    + "."
+  ]
+
+
 def report_run(run: RunSummary, last_evals: int, train_window: int) -> str:
-  lines = [f"#### {run.agent} ({run.run_dir})", _progress_line(run), _curve_line(run)]
+  lines = [
+    f"#### {run.agent} ({run.run_dir})",
+    _progress_line(run),
+    *_changes_lines(run),
+    _curve_line(run),
+  ]
   if run.evals:
     lines += ["", *_task_table(run, last_evals, train_window)]
   return "\n".join(lines)

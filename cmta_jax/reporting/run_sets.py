@@ -2,8 +2,9 @@
 
 A setting is everything a run's `config.json` says except its seed and the fields that
 only change bookkeeping (how often it logs or checkpoints, how its environments are
-stepped). Seeds of one setting are averaged by the report commands; runs of different
-settings never are. Every problem is a one-line ValueError naming the run directory; a run
+stepped). A run whose config changed on resume (changes.jsonl) is a setting of its own,
+labelled by its changes. Seeds of one setting are averaged by the report commands; runs of
+different settings never are. Every problem is a one-line ValueError naming the run directory; a run
 that has not been evaluated yet is no problem: it loads with no evaluations, and its
 setting says so (`not_evaluated`).
 """
@@ -17,7 +18,7 @@ import numpy as np
 from cmta_jax import config as config_lib
 from cmta_jax import success_curve
 from cmta_jax.reporting import statistics
-from cmta_jax.training import metrics_log
+from cmta_jax.training import change_log, metrics_log
 from cmta_jax.training import run_dir as run_dir_lib
 
 SEED_FIELD = "train.seed"
@@ -40,6 +41,9 @@ class LoadedRun:
   config: dict  # flat, with today's field paths
   evals: tuple[dict, ...]  # the "eval" records of metrics.jsonl, in step order (maybe none)
   last_step: int = 0  # of its newest record
+  # Config changes a resume accepted (changes.jsonl) that change what the run learns:
+  # (step, field, old value, new value); `config` holds the values after the last one.
+  changes: tuple[tuple, ...] = ()
 
   @property
   def seed(self) -> int:
@@ -81,7 +85,26 @@ def load_run(run_dir: str) -> LoadedRun:
   # versions group by what they ran, not by which fields their files list.
   defaults = config_lib.flatten(config_lib.RunConfig())
   last_step = max((r["step"] for r in records), default=0)
-  return LoadedRun(run_dir, {**defaults, **config}, evals, last_step)
+  return LoadedRun(run_dir, {**defaults, **config}, evals, last_step, _learning_changes(run_dir))
+
+
+def _learning_changes(run_dir: str) -> tuple[tuple, ...]:
+  """The run's recorded config changes of setting fields (not bookkeeping, not the budget:
+  extending a run is normal)."""
+  try:
+    entries = change_log.config_changes(run_dir)
+  except ValueError as error:
+    raise ValueError(f"{run_dir}: {error}") from None
+  return tuple(
+    (e["step"], e["field"], _hashable(e["old"]), _hashable(e["new"]))
+    for e in entries
+    if e["field"] not in BOOKKEEPING_FIELDS and e["field"] not in ("train.total_steps", SEED_FIELD)
+  )
+
+
+def describe_changes(changes: Sequence[tuple]) -> str:
+  """'from step 80: sac.critic_lr 0.0003 -> 0.001; ...' for a run's `changes`."""
+  return "; ".join(f"from step {step}: {field} {old} -> {new}" for step, field, old, new in changes)
 
 
 def find_run_dirs(paths: Sequence[str]) -> list[str]:
@@ -124,7 +147,8 @@ def group_by_setting(runs: Iterable[LoadedRun]) -> list[list[LoadedRun]]:
   runs if a setting holds one seed twice."""
   groups: dict[tuple, list[LoadedRun]] = {}
   for run in runs:
-    group = groups.setdefault(setting_of(run.config), [])
+    # A run whose config changed on the way is its own setting, whatever it ended with.
+    group = groups.setdefault((setting_of(run.config), run.changes), [])
     twin = next((other for other in group if other.seed == run.seed), None)
     if twin is not None:
       raise ValueError(

@@ -27,7 +27,9 @@ METRIC_HEADERS = ("max smoothed", "max", "final", "IQM [95% CI]", "seeds")
 class Cell:
   """The seeds of one setting, placed in a table."""
 
-  row: tuple  # (agent, ((field, value), ...)): what tells this variant apart in its column
+  # (agent, ((field, value), ...), config changes on the way (run_sets.LoadedRun.changes)):
+  # what tells this variant apart in its column
+  row: tuple
   column: str  # e.g. "MT10-Fixed"
   runs: tuple[run_sets.LoadedRun, ...]
 
@@ -78,14 +80,20 @@ def arrange(groups: list[list[run_sets.LoadedRun]]) -> list[Cell]:
   cells = []
   for group in groups:
     config = group[0].config
-    row = (config["agent"], tuple((f, config.get(f)) for f in fields))
+    row = (config["agent"], tuple((f, config.get(f)) for f in fields), group[0].changes)
     cells.append(Cell(row, column_of(config), tuple(group)))
   return sorted(cells, key=lambda c: (_row_order(c.row), _column_order(c.column)))
 
 
 def row_label(row: tuple) -> str:
-  """The agent's name, plus the row fields in which it departs from the agent's defaults."""
-  agent, values = row
+  """The agent's name, plus the row fields in which it departs from the agent's defaults,
+  plus the config changes its runs went through, if any."""
+  agent, values, changes = (*row, ())[:3]
+  label = _variant_label(agent, values)
+  return f"{label} [{run_sets.describe_changes(changes)}]" if changes else label
+
+
+def _variant_label(agent: str, values: tuple) -> str:
   spec = registry.AGENT_SPECS.get(agent)
   if spec is None:
     return f"{agent} ({', '.join(f'{f}={v}' for f, v in values)})" if values else agent
@@ -102,7 +110,7 @@ def row_label(row: tuple) -> str:
 
 def _row_order(row: tuple) -> tuple:
   """Registry order of agents; an agent's defaults before its variants."""
-  agent, values = row
+  agent = row[0]
   names = registry.agent_names()
   rank = names.index(agent) if agent in names else len(names)
   label = row_label(row)

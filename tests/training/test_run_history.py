@@ -8,11 +8,13 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
 from driver_support import (
   CLI_TIMEOUT,
+  REPO,
   TOTAL_STEPS,
   LogCapture,
   assert_one_line_error,
@@ -135,19 +137,38 @@ def test_a_restart_from_scratch_keeps_the_old_records_aside_and_says_so(half_run
 
 
 @pytest.mark.slow
-def test_an_accepted_config_change_is_recorded_with_its_step(half_run, tmp_path):
-  run_dir = copy_run(half_run, tmp_path)
+def test_an_accepted_config_change_is_recorded_reported_and_labelled(half_run, tmp_path):
+  run_dir = copy_run(half_run, tmp_path / "changed")
   log = LogCapture()
-  train(make_config(log_every=80), run_dir, log=log, allow_config_change=True)
+  train(make_config(log_every=80, critic_lr=1e-3), run_dir, log=log, allow_config_change=True)
   changes = change_log.config_changes(run_dir)
   assert changes == [
+    {"kind": "config", "step": HALF, "field": "sac.critic_lr", "old": 3e-4, "new": 1e-3},
     {"kind": "config", "step": HALF, "field": "train.log_every", "old": 40, "new": 80},
     {"kind": "config", "step": HALF, "field": "train.total_steps", "old": HALF, "new": 160},
   ]
-  assert f"step {HALF}: train.log_every 40 -> 80 (recorded in changes.jsonl)" in log.text
+  assert f"step {HALF}: sac.critic_lr 0.0003 -> 0.001 (recorded in changes.jsonl)" in log.text
   # A second resume with nothing changed records nothing more.
-  train(make_config(log_every=80, total_steps=TOTAL_STEPS), run_dir, log=LogCapture())
+  train(make_config(log_every=80, critic_lr=1e-3), run_dir, log=LogCapture())
   assert change_log.config_changes(run_dir) == changes
+
+  report = _command("run_report.py", run_dir)
+  assert f"Recorded changes (changes.jsonl): step {HALF}: sac.critic_lr 0.0003 -> 0.001; " in report
+  # In a table, the run is not averaged with runs that had critic_lr 0.001 all along, and its
+  # label says what changed (bookkeeping and the budget aside).
+  table = _command("tables.py", run_dir)
+  assert f"| CMTA [from step {HALF}: sac.critic_lr 0.0003 -> 0.001] |" in table, table
+
+
+def _command(script: str, *args: str) -> str:
+  result = subprocess.run(
+    [sys.executable, os.path.join(REPO, "experiments", script), *args],
+    capture_output=True,
+    text=True,
+    timeout=CLI_TIMEOUT,
+  )
+  assert result.returncode == 0, result.stderr
+  return result.stdout
 
 
 @pytest.mark.slow
