@@ -148,3 +148,27 @@ def define_agent_module_flag() -> None:
     "Python modules to import first (e.g. my_lab.film_agent): agents they register with "
     "cmta_jax.agents.registry become --agent choices, their config sections flags.",
   )
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+  """'0-7' -> (0, ..., 7); '0,3,5' and '0-3,8' likewise. ValueError (one line) otherwise."""
+  seeds = []
+  for part in text.split(","):
+    bounds = part.strip().split("-")
+    try:
+      if len(bounds) == 1:
+        seeds.append(int(bounds[0]))
+        continue
+      if len(bounds) != 2:
+        raise ValueError
+      first, last = int(bounds[0]), int(bounds[1])
+    except ValueError:
+      raise ValueError(
+        f"--seeds must be ranges and integers like 0-7 or 0,3,5, got {text!r}"
+      ) from None
+    if last < first:
+      raise ValueError(f"--seeds: the range {part.strip()} is empty (write first-last)")
+    seeds.extend(range(first, last + 1))
+  if len(set(seeds)) != len(seeds):
+    raise ValueError(f"--seeds repeats a seed: {text!r}")
+  return tuple(seeds)

@@ -52,7 +52,8 @@ _ENV_WORKERS = flags.DEFINE_integer(
   "env_workers",
   None,
   "With --seeds: processes that step the seeds' environments, each a group of seeds "
-  "(default: one per CPU core, at most one per seed; 0: in the training process).",
+  "(default: one per CPU core this process may use, at most one per seed; 0: in the training "
+  "process).",
 )
 _DATA_PARALLEL = flags.DEFINE_bool(
   "data_parallel",
@@ -177,30 +178,6 @@ def _explicit_paths(argv_flags) -> set[str]:
   return {path for name, path in _FIELD_PATHS.items() if argv_flags[name].value is not None}
 
 
-def parse_seeds(text: str) -> tuple[int, ...]:
-  """'0-7' -> (0, ..., 7); '0,3,5' and '0-3,8' likewise. ValueError (one line) otherwise."""
-  seeds = []
-  for part in text.split(","):
-    bounds = part.strip().split("-")
-    try:
-      if len(bounds) == 1:
-        seeds.append(int(bounds[0]))
-        continue
-      if len(bounds) != 2:
-        raise ValueError
-      first, last = int(bounds[0]), int(bounds[1])
-    except ValueError:
-      raise ValueError(
-        f"--seeds must be ranges and integers like 0-7 or 0,3,5, got {text!r}"
-      ) from None
-    if last < first:
-      raise ValueError(f"--seeds: the range {part.strip()} is empty (write first-last)")
-    seeds.extend(range(first, last + 1))
-  if len(set(seeds)) != len(seeds):
-    raise ValueError(f"--seeds repeats a seed: {text!r}")
-  return tuple(seeds)
-
-
 def resolve_seeds(run_config: config_lib.RunConfig) -> tuple[tuple[int, ...], int]:
   """(seeds, env workers) from --seed/--seeds/--env_workers; ValueError on a bad combination."""
   if _SEEDS.value is None:
@@ -209,10 +186,11 @@ def resolve_seeds(run_config: config_lib.RunConfig) -> tuple[tuple[int, ...], in
     return (run_config.train.seed,), 0
   if flags.FLAGS["seed"].value is not None:
     raise ValueError("give either --seed (one run) or --seeds (a batch), not both")
-  seeds = parse_seeds(_SEEDS.value)
+  seeds = cli.parse_seeds(_SEEDS.value)
   workers = _ENV_WORKERS.value
   if workers is None:
-    workers = min(len(seeds), os.cpu_count() or 1) if len(seeds) > 1 else 0
+    # The cores this process may use (a sweep or a scheduler may pin it to a few).
+    workers = min(len(seeds), len(os.sched_getaffinity(0))) if len(seeds) > 1 else 0
   if workers < 0:
     raise ValueError(f"--env_workers must be >= 0, got {workers}")
   if workers and run_config.env.vector_strategy == "async":

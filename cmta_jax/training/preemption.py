@@ -1,8 +1,9 @@
 """Stopping a run without losing it: SIGTERM and Ctrl-C.
 
 Cluster schedulers preempt a job with SIGTERM (then SIGKILL after a grace
-period). While `StopSignals` is active, SIGTERM or a first Ctrl-C only records
-the request; the training loop finishes the current episode, writes a
+period); SLURM jobs submitted by submitit are also warned with SIGUSR2 before
+their time limit. While `StopSignals` is active, SIGTERM, SIGUSR2 or a first
+Ctrl-C only records the request; the training loop finishes the current episode, writes a
 checkpoint there (checkpoints are at episode starts) and raises `Preempted`,
 which the CLI turns into one line and exit status `cli.EXIT_PREEMPTED`. A second
 Ctrl-C raises KeyboardInterrupt at once.
@@ -18,7 +19,8 @@ class Preempted(Exception):
 
 
 class StopSignals:
-  """Context manager: SIGTERM / SIGINT handlers that set `requested` (the signal's name).
+  """Context manager: SIGTERM / SIGUSR2 / SIGINT handlers that set `requested` (the signal's
+  name).
 
   Outside the main thread (where Python cannot install handlers) it does nothing.
   """
@@ -42,7 +44,7 @@ class StopSignals:
 
   def __enter__(self) -> "StopSignals":
     if threading.current_thread() is threading.main_thread():
-      for signum in (signal.SIGTERM, signal.SIGINT):
+      for signum in (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT):
         self._previous[signum] = signal.signal(signum, self._handle)
     return self
 
