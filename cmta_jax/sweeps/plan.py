@@ -124,10 +124,17 @@ def file_jobs(path: str) -> tuple[list[Job], list[tuple[str, Any]]]:
   """(jobs, flags for every job) of a sweep file (module docstring); ValueError in one line
   naming the file for anything it cannot use."""
   try:
-    with open(path, "rb") as f:
-      spec = tomllib.load(f)
+    with open(path) as f:
+      text = f.read()
   except OSError as error:
     raise ValueError(f"sweep file {path}: {error.strerror}") from None
+  return file_jobs_from_text(text, path)
+
+
+def file_jobs_from_text(text: str, path: str = "<text>") -> tuple[list[Job], list]:
+  """`file_jobs` of a sweep file's content."""
+  try:
+    spec = tomllib.loads(text)
   except tomllib.TOMLDecodeError as error:
     raise ValueError(f"sweep file {path} is not valid TOML ({error})") from None
   unknown = sorted(set(spec) - {"settings", "seeds", "variant", "flags"})
@@ -177,8 +184,9 @@ def parse_override(text: str) -> tuple[str, Any]:
   return name.strip(), value.strip()
 
 
-# Flags of train.py that a sweep may set besides config fields.
+# Flags of train.py that a sweep may set besides config fields, and its flag aliases.
 _LAUNCH_FLAGS = ("env_workers",)
+_ALIASES = {"contrastive_weight": "auxiliary_weight"}
 
 
 def check_jobs(jobs: Sequence[Job], overrides: Sequence[tuple[str, Any]]) -> None:
@@ -204,12 +212,10 @@ def check_jobs(jobs: Sequence[Job], overrides: Sequence[tuple[str, Any]]) -> Non
       )
     flags = {**dict(job.flags), **dict(overrides)}
     for name in flags:
-      if name not in names and name not in _LAUNCH_FLAGS and name != "auxiliary_weight":
+      if name not in names and name not in _LAUNCH_FLAGS and name not in _ALIASES:
         raise ValueError(f"{job.name}: {name!r} is not a flag of experiments/train.py")
     fields = {
-      ("contrastive_weight" if name == "auxiliary_weight" else name): (
-        tuple(value) if isinstance(value, list) else value
-      )
+      _ALIASES.get(name, name): (tuple(value) if isinstance(value, list) else value)
       for name, value in flags.items()
       if name not in _LAUNCH_FLAGS
     }
