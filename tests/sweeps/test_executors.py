@@ -172,3 +172,53 @@ def test_a_slurm_sweep_resumes_a_preempted_job_by_itself(tmp_path, sweep_env, sl
     log = f.read()
   assert "stopped by SIGTERM at step" in log and "from the checkpoint at step" in log
   _assert_both_done_and_equal(root, env)
+
+
+@pytest.mark.slow
+def test_table_1_goes_to_slurm_as_26_array_tasks(tmp_path, slurm):
+  root = str(tmp_path / "table1")
+  env = {**os.environ, "SLURM_CONF": slurm}
+  result = subprocess.run(
+    [
+      sys.executable,
+      SWEEP,
+      "--table=1",
+      f"--root={root}",
+      "--executor=slurm",
+      "--override=total_steps=300",
+      "--sbatch=begin=now+1hour",  # held in the queue: submitted, never run here
+    ],
+    capture_output=True,
+    text=True,
+    timeout=TIMEOUT,
+    env=env,
+    check=False,
+  )
+  assert result.returncode == 0, result.stderr
+  jobs = plan.table_jobs("1", "0-7")
+  submitted = {job.name: records.read_submitted(root, job.name) for job in jobs}
+  try:
+    queue = status.slurm_states()
+    assert all(queue.get(entry["job_id"]) == "PENDING" for entry in submitted.values())
+    assert len({entry["job_id"].split("_")[0] for entry in submitted.values()}) == 1  # one array
+    for job in jobs:
+      assert submitted[job.name]["command"] == job.command(root, [("total_steps", 300)])
+    report = _sweep_status(root, env)
+    assert "26 jobs: 26 queued" in report
+  finally:
+    for entry in submitted.values():
+      if entry is not None:
+        subprocess.run(["scancel", entry["job_id"]], check=False, timeout=60)
+
+
+def _sweep_status(root: str, env: dict) -> str:
+  result = subprocess.run(
+    [sys.executable, SWEEP, "--status", f"--root={root}"],
+    capture_output=True,
+    text=True,
+    timeout=TIMEOUT,
+    env=env,
+    check=False,
+  )
+  assert result.returncode == 0, result.stderr
+  return result.stdout
