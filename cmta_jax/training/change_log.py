@@ -14,6 +14,8 @@ about is appended here as one JSON line, and said on the console when it happens
 import json
 import os
 
+from cmta_jax.training import metrics_log
+
 CHANGES_FILE = "changes.jsonl"
 KINDS = ("config", "history_loss", "moved_aside")
 
@@ -36,18 +38,8 @@ def read(run_dir: str) -> list[dict]:
   """The entries of RUN_DIR/changes.jsonl in order ([] without the file). A torn last line
   (a crash mid-write) is dropped; any other bad line raises ValueError naming it."""
   path = os.path.join(run_dir, CHANGES_FILE)
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    lines = [(number, line) for number, line in enumerate(f, start=1) if line.strip()]
   entries = []
-  for index, (number, line) in enumerate(lines):
-    try:
-      entry = json.loads(line)
-    except json.JSONDecodeError as error:
-      if index == len(lines) - 1:
-        break
-      raise ValueError(f"{path}, line {number}: not a JSON entry ({error.msg})") from None
+  for number, entry in metrics_log.read_json_lines(path):
     if not isinstance(entry, dict) or entry.get("kind") not in KINDS:
       raise ValueError(f"{path}, line {number}: not a change entry (needs a kind in {KINDS})")
     entries.append(entry)

@@ -42,20 +42,8 @@ def read_records(run_dir: str) -> list[dict]:
   naming the file and the line.
   """
   path = os.path.join(run_dir, METRICS_FILE)
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    lines = [(number, line) for number, line in enumerate(f, start=1) if line.strip()]
   records = []
-  for index, (number, line) in enumerate(lines):
-    try:
-      record = json.loads(line)
-    except json.JSONDecodeError as error:
-      if index == len(lines) - 1:
-        break  # A write cut short by a crash: that step is past the last checkpoint anyway.
-      raise ValueError(
-        f"{path}, line {number}: not a JSON record ({error.msg}); fix or delete that line"
-      ) from None
+  for number, record in read_json_lines(path):
     if (
       not isinstance(record, dict)
       or not isinstance(record.get("step"), int)
@@ -67,6 +55,27 @@ def read_records(run_dir: str) -> list[dict]:
       )
     records.append(record)
   return records
+
+
+def read_json_lines(path: str) -> list[tuple[int, Any]]:
+  """(line number, value) of each line of a JSON-lines file that the run appends to ([]
+  without the file). A torn last line (a crash mid-write) is dropped; any other line that is
+  not JSON raises ValueError naming the file and the line."""
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    lines = [(number, line) for number, line in enumerate(f, start=1) if line.strip()]
+  values = []
+  for index, (number, line) in enumerate(lines):
+    try:
+      values.append((number, json.loads(line)))
+    except json.JSONDecodeError as error:
+      if index == len(lines) - 1:
+        break  # A write cut short by a crash: that step is past the last checkpoint anyway.
+      raise ValueError(
+        f"{path}, line {number}: not a JSON record ({error.msg}); fix or delete that line"
+      ) from None
+  return values
 
 
 def _free_name(path: str) -> str:

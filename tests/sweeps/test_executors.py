@@ -57,14 +57,7 @@ def _sweep(root, sweep_env, *args) -> subprocess.CompletedProcess:
   sweep_file = os.path.join(os.path.dirname(root), "sweep.toml")
   with open(sweep_file, "w") as f:
     f.write(SWEEP_FILE)
-  return subprocess.run(
-    [sys.executable, SWEEP, f"--sweep_file={sweep_file}", f"--root={root}", *args],
-    capture_output=True,
-    text=True,
-    timeout=TIMEOUT,
-    env=sweep_env,
-    check=False,
-  )
+  return _run_sweep(sweep_env, f"--sweep_file={sweep_file}", f"--root={root}", *args)
 
 
 def _jobs() -> list[plan.Job]:
@@ -178,21 +171,13 @@ def test_a_slurm_sweep_resumes_a_preempted_job_by_itself(tmp_path, sweep_env, sl
 def test_table_1_goes_to_slurm_as_26_array_tasks(tmp_path, slurm):
   root = str(tmp_path / "table1")
   env = {**os.environ, "SLURM_CONF": slurm}
-  result = subprocess.run(
-    [
-      sys.executable,
-      SWEEP,
-      "--table=1",
-      f"--root={root}",
-      "--executor=slurm",
-      "--override=total_steps=300",
-      "--sbatch=begin=now+1hour",  # held in the queue: submitted, never run here
-    ],
-    capture_output=True,
-    text=True,
-    timeout=TIMEOUT,
-    env=env,
-    check=False,
+  result = _run_sweep(
+    env,
+    "--table=1",
+    f"--root={root}",
+    "--executor=slurm",
+    "--override=total_steps=300",
+    "--sbatch=begin=now+1hour",  # held in the queue: submitted, never run here
   )
   assert result.returncode == 0, result.stderr
   jobs = plan.table_jobs("1", "0-7")
@@ -212,13 +197,17 @@ def test_table_1_goes_to_slurm_as_26_array_tasks(tmp_path, slurm):
 
 
 def _sweep_status(root: str, env: dict) -> str:
-  result = subprocess.run(
-    [sys.executable, SWEEP, "--status", f"--root={root}"],
+  result = _run_sweep(env, "--status", f"--root={root}")
+  assert result.returncode == 0, result.stderr
+  return result.stdout
+
+
+def _run_sweep(env: dict, *args: str) -> subprocess.CompletedProcess:
+  return subprocess.run(
+    [sys.executable, SWEEP, *args],
     capture_output=True,
     text=True,
     timeout=TIMEOUT,
     env=env,
     check=False,
   )
-  assert result.returncode == 0, result.stderr
-  return result.stdout
