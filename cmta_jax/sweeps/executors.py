@@ -57,15 +57,19 @@ class TrainCommand:
       raise RuntimeError(f"{' '.join(self.command)} failed (exit {status}): {error}")
     return status
 
+  def stop(self) -> None:
+    """Asks the running command to checkpoint and stop (SIGTERM); returns at once."""
+    if self._process is not None and self._process.poll() is None:
+      self._process.send_signal(signal.SIGTERM)
+
   def checkpoint(self, *args: Any, **kwargs: Any):
     """submitit's hook before a requeue: waits for train.py to checkpoint and stop (it got
     the same signal; SIGTERM it again in case it did not), then resubmits this command."""
     import submitit  # (only ever called inside a submitit job)
 
-    process = self._process
-    if process is not None and process.poll() is None:
-      process.send_signal(signal.SIGTERM)
-      _wait(process, timeout_s=80)
+    self.stop()
+    if self._process is not None:
+      _wait(self._process, timeout_s=80)
     return submitit.helpers.DelayedSubmission(
       TrainCommand(self.command, self.record_dir, self.env), *args, **kwargs
     )
@@ -116,8 +120,8 @@ def run_local(
 ) -> dict[str, int | None]:
   """Runs (job, command) pairs on this machine, `parallel` at a time, each pinned to its own
   cores (and `gpus_per_job` GPUs through CUDA_VISIBLE_DEVICES). SIGTERM or Ctrl-C stops them
-  all (each checkpoints) and raises cli-level KeyboardInterrupt afterwards. Returns
-  {job name: exit status}."""
+  all (each checkpoints) and raises KeyboardInterrupt once they have. Returns {job name:
+  exit status}."""
   slots = core_slots(parallel)
   free = list(range(parallel))
   results: dict[str, int | None] = {}
@@ -157,8 +161,7 @@ def run_local(
       stopping.set()
       with lock:
         for attempt in running.values():
-          if attempt._process is not None and attempt._process.poll() is None:
-            attempt._process.send_signal(signal.SIGTERM)
+          attempt.stop()
 
   previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
   threads = []
