@@ -14,6 +14,7 @@ import os
 from absl import app, flags, logging
 
 from cmta_jax import cli
+from cmta_jax.envs import gl_backend
 
 # The OpenGL backend of MuJoCo's offscreen renderer (read when a renderer is created).
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -49,6 +50,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   cli.import_agent_modules(flags.FLAGS.agent_module)
   _check_flags()
+  gl_backend.check_offscreen_rendering()  # before anything is loaded or written
   # Imported only now, so that bad input answers at once.
   from cmta_jax.envs.metaworld_env import RenderSpec
   from cmta_jax.reporting import inspection, video
@@ -72,6 +74,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from cmta_jax.training.evaluation import RenderingUnavailable
-
-  app.run(cli.one_line_errors(main, (RenderingUnavailable,)), flags_parser=cli.parse_flags)
+  app.run(
+    cli.one_line_errors(main, (gl_backend.RenderingUnavailable,)), flags_parser=cli.parse_flags
+  )

@@ -18,6 +18,7 @@ from absl import app, flags, logging
 from cmta_jax import cli
 from cmta_jax import config as config_lib
 from cmta_jax.agents import registry
+from cmta_jax.envs import gl_backend
 from cmta_jax.training import run_dir as run_dir_lib
 
 # Agents defined outside the package register themselves on import; that must happen before
@@ -232,14 +233,16 @@ def main(argv):
         + ("; --preset is not applied to a run under way" if _PRESET.value else ""),
         flush=True,
       )
-  except (ValueError, OSError) as error:
+    if run_config.train.video_every:
+      # A machine that cannot render says so before anything is written.
+      gl_backend.check_offscreen_rendering()
+  except (ValueError, OSError, gl_backend.RenderingUnavailable) as error:
     cli.fail(error)
   # Imported only now, so that --help and bad flags answer without loading the driver.
   from cmta_jax.envs.seed_envs import EnvWorkerFailed
   from cmta_jax.reporting import figures
   from cmta_jax.training import launch, loop, run_state
   from cmta_jax.training.checkpointing import CheckpointWriteFailed, NoUsableCheckpoint
-  from cmta_jax.training.evaluation import RenderingUnavailable
   from cmta_jax.training.preemption import Preempted
   from cmta_jax.training.run_dir import RunDirInUse
 
@@ -284,7 +287,7 @@ def main(argv):
     NoUsableCheckpoint,
     run_state.TrainingDiverged,
     RunDirInUse,
-    RenderingUnavailable,
+    gl_backend.RenderingUnavailable,
     EnvWorkerFailed,
   ) as error:
     cli.fail(error)

@@ -24,12 +24,19 @@ import multiprocessing
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-import gymnasium as gym
-import metaworld
-import metaworld.env_dict
 import numpy as np
 
-from cmta_jax.envs.config import (
+from cmta_jax.envs import gl_backend
+
+# Before Meta-World imports MuJoCo: a MUJOCO_GL naming a backend this machine lacks must not
+# break simulation (rendering commands check the backend themselves).
+gl_backend.import_mujoco()
+
+import gymnasium as gym  # noqa: E402
+import metaworld  # noqa: E402
+import metaworld.env_dict  # noqa: E402
+
+from cmta_jax.envs.config import (  # noqa: E402
   MODES,
   ROLES,
   EnvConfig,
@@ -38,7 +45,7 @@ from cmta_jax.envs.config import (
   validate_benchmark,
   validate_seed,
 )
-from cmta_jax.envs.reward_normalizer import RewardNormalizer
+from cmta_jax.envs.reward_normalizer import RewardNormalizer  # noqa: E402
 
 OBS_DIM = 39
 ACTION_DIM = 4
@@ -219,7 +226,8 @@ class MultiTaskEnv:
 
     `variations`: optional `make_variations(config.benchmark, seed)` output to
     share between envs of one run (saves regenerating them). `render`: build the
-    sub-envs for offscreen rendering (`render_frames`); stepped in this process.
+    sub-envs for offscreen rendering (`render_frames`); stepped in this process. Raises
+    gl_backend.RenderingUnavailable (one line) if MuJoCo cannot render here.
     """
     if not isinstance(config, EnvConfig):
       raise ValueError(f"config must be an EnvConfig, got {type(config).__name__}")
@@ -255,6 +263,8 @@ class MultiTaskEnv:
     self._started = False
     self._variation_indices = np.zeros(self.num_tasks, dtype=np.int32)
 
+    if render is not None:
+      gl_backend.check_offscreen_rendering()  # before a renderer exists to fail noisily
     if variations is None:
       variations = make_variations(config.benchmark, seed)
     thunks = [

@@ -167,7 +167,7 @@ def render_episodes(
   per episode, the observation each action was chosen on.
 
   Raises ValueError for an unknown task or environments that cannot render, and
-  evaluation.RenderingUnavailable if MuJoCo cannot render offscreen.
+  gl_backend.RenderingUnavailable if MuJoCo cannot render offscreen.
   """
   chosen_tasks(policy.run_config, tasks, envs)
   if envs.make_render_env is None:
@@ -176,7 +176,6 @@ def render_episodes(
   env = envs.make_render_env(policy.run_config.env, policy.run_config.train.seed, render)
   try:
     obs = env.reset()
-    evaluation.check_rendering(env)
     for episode in range(episodes):
       obs = evaluation.play_rendered_episode(
         env, obs, policy.networks, policy.params, trace, tasks, lambda *f: on_frame(episode, *f)

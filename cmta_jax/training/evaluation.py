@@ -46,10 +46,6 @@ def evaluate(
   return {"success": success.mean(axis=0), "return": returns.mean(axis=0)}, obs
 
 
-class RenderingUnavailable(RuntimeError):
-  """MuJoCo cannot render offscreen on this machine (one line: what to set or install)."""
-
-
 def play_rendered_episode(env, obs, networks, params, trace, tasks: Sequence[str], on_frame):
   """One evaluation episode in a rendering env from `obs` (an episode start); each step's
   frame of every task in `tasks` goes to on_frame(task, frame, attention or None). `trace`
@@ -66,15 +62,3 @@ def play_rendered_episode(env, obs, networks, params, trace, tasks: Sequence[str
     if result.episode_start:
       return result.obs
     obs = result.obs
-
-
-def check_rendering(env) -> None:
-  """RenderingUnavailable (one line: what to set or install) unless `env` can render."""
-  try:
-    env.render_frames([0])
-  except Exception as error:  # EGL, OSMesa and GLFW fail with many types
-    reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-    raise RenderingUnavailable(
-      f"MuJoCo cannot render offscreen here ({reason[:200]}); set MUJOCO_GL=egl (needs "
-      "libEGL, e.g. apt install libegl1) or MUJOCO_GL=osmesa (apt install libosmesa6)"
-    ) from None

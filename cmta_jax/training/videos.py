@@ -21,17 +21,11 @@ FPS = 30
 
 class VideoRecorder:
   def __init__(self, run_config, envs, networks, run_dir: str):
-    """Builds the rendering environment and renders one frame; raises ValueError if the
-    environments cannot render and evaluation.RenderingUnavailable if MuJoCo cannot."""
+    """Builds the rendering environment; raises ValueError if the environments cannot
+    render and gl_backend.RenderingUnavailable if MuJoCo cannot render here."""
     if envs.make_render_env is None:
       raise ValueError("--video_every: these environments cannot render")
     self._env = envs.make_render_env(run_config.env, run_config.train.seed, RENDER)
-    try:
-      self._env.reset()
-      evaluation.check_rendering(self._env)
-    except BaseException:
-      self._env.close()
-      raise
     self._networks = networks
     self._trace = jax.jit(sac.make_trace_fn(networks))
     self.directory = os.path.join(run_dir, VIDEOS_DIR)
