@@ -56,6 +56,14 @@ _STATUS = flags.DEFINE_bool(
   "status", False, "Print where each job of the sweep under --root stands."
 )
 _RETRY_FAILED = flags.DEFINE_bool("retry_failed", False, "Run failed jobs again.")
+_WANDB_PROJECT = flags.DEFINE_string(
+  "wandb_project",
+  None,
+  "Every job logs to this W&B project (train.py --wandb_project), the seeds of a job as one "
+  "group, ROOT's name/<setting>/<variant>.",
+)
+_WANDB_ENTITY = flags.DEFINE_string("wandb_entity", None, "W&B entity (default: yours).")
+_WANDB_TAGS = flags.DEFINE_list("wandb_tags", [], "W&B tags of every run, comma-separated.")
 
 _SKIPPED = ("done", "running", "queued", "diverged")
 
@@ -70,6 +78,20 @@ def _jobs():
     return plan.table_jobs(_TABLE.value, _SEEDS.value), overrides
   jobs, file_flags = plan.file_jobs(_SWEEP_FILE.value)
   return jobs, [*file_flags, *overrides]
+
+
+def _wandb_flags(job, root: str) -> list[tuple[str, str]]:
+  """The train.py flags that send `job`'s runs to W&B, grouped by job ([] without W&B)."""
+  if _WANDB_PROJECT.value is None:
+    if _WANDB_ENTITY.value is not None or _WANDB_TAGS.value:
+      raise ValueError("--wandb_entity and --wandb_tags need --wandb_project")
+    return []
+  flags_ = [("wandb_project", _WANDB_PROJECT.value)]
+  if _WANDB_ENTITY.value is not None:
+    flags_.append(("wandb_entity", _WANDB_ENTITY.value))
+  if _WANDB_TAGS.value:
+    flags_.append(("wandb_tags", ",".join(_WANDB_TAGS.value)))
+  return [*flags_, ("wandb_group", f"{os.path.basename(root)}/{job.name}")]
 
 
 def _sbatch_args() -> dict[str, str]:
@@ -158,7 +180,7 @@ def main(argv):
     sbatch_args = _sbatch_args()
     if _EXECUTOR.value == "local":
       executors.core_slots(_PARALLEL.value)  # enough cores?
-    commands = [(job, job.command(root, overrides)) for job in jobs]
+    commands = [(job, job.command(root, [*overrides, *_wandb_flags(job, root)])) for job in jobs]
     if _DRY_RUN.value:
       for _, command in commands:
         print(shlex.join(command))

@@ -9,6 +9,7 @@ Starting on a run directory that holds a checkpoint resumes it exactly.
 """
 
 import dataclasses
+import functools
 import glob
 import os
 import sys
@@ -71,6 +72,17 @@ _ACCEPT_HISTORY_LOSS = flags.DEFINE_bool(
   "Resume although metrics.jsonl lacks records its checkpoint says it had (deleted or cut "
   "short); the loss is recorded in changes.jsonl. Without it such a resume is refused.",
 )
+_WANDB_PROJECT = flags.DEFINE_string(
+  "wandb_project",
+  None,
+  "Also log to this Weights & Biases project (needs the wandb extra; WANDB_MODE=offline "
+  "logs without a network). Each seed's run directory is one W&B run, continued on resume.",
+)
+_WANDB_ENTITY = flags.DEFINE_string("wandb_entity", None, "W&B entity (default: yours).")
+_WANDB_GROUP = flags.DEFINE_string(
+  "wandb_group", None, "W&B group (default: with --seeds, the batch's run directory name)."
+)
+_WANDB_TAGS = flags.DEFINE_list("wandb_tags", [], "W&B tags, comma-separated.")
 _AGENT = flags.DEFINE_enum(
   "agent",
   None,
@@ -202,6 +214,36 @@ def resolve_seeds(run_config: config_lib.RunConfig) -> tuple[tuple[int, ...], in
   return seeds, workers
 
 
+def _wandb_options(run_dir: str):
+  """The W&B options of the flags (checked, wandb found), or None without --wandb_project."""
+  if _WANDB_PROJECT.value is None:
+    for flag in (_WANDB_ENTITY, _WANDB_GROUP):
+      if flag.value is not None:
+        raise ValueError(f"--{flag.name} needs --wandb_project")
+    if _WANDB_TAGS.value:
+      raise ValueError("--wandb_tags needs --wandb_project")
+    return None
+  from cmta_jax.training import wandb_log
+
+  group = _WANDB_GROUP.value
+  if group is None and _SEEDS.value is not None:
+    group = os.path.basename(os.path.normpath(os.path.abspath(run_dir)))
+  options = wandb_log.WandbOptions(
+    _WANDB_PROJECT.value, _WANDB_ENTITY.value, group, tuple(_WANDB_TAGS.value)
+  )
+  options.validate()
+  wandb_log.check_installed()
+  return options
+
+
+def _tracker_opener(options):
+  if options is None:
+    return None
+  from cmta_jax.training import wandb_log
+
+  return functools.partial(wandb_log.WandbTracker, options)
+
+
 def main(argv):
   if len(argv) > 1:
     cli.fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are written --name=value)")
@@ -233,6 +275,7 @@ def main(argv):
         + ("; --preset is not applied to a run under way" if _PRESET.value else ""),
         flush=True,
       )
+    wandb_options = _wandb_options(run_dir)
     if run_config.train.video_every:
       # A machine that cannot render says so before anything is written.
       gl_backend.check_offscreen_rendering()
@@ -254,6 +297,7 @@ def main(argv):
         allow_config_change=_ALLOW_CONFIG_CHANGE.value,
         data_parallel=_DATA_PARALLEL.value,
         draw_curves=figures.run_curves,
+        open_tracker=_tracker_opener(wandb_options),
         accept_history_loss=_ACCEPT_HISTORY_LOSS.value,
       )
       summaries = {}
@@ -265,6 +309,7 @@ def main(argv):
         allow_config_change=_ALLOW_CONFIG_CHANGE.value,
         env_workers=env_workers,
         draw_curves=figures.run_curves,
+        open_tracker=_tracker_opener(wandb_options),
         accept_history_loss=_ACCEPT_HISTORY_LOSS.value,
       )
     diverged = [seed for seed, summary in summaries.items() if summary is None]

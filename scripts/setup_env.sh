@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates ./.venv (if missing) and installs the exact versions of requirements.lock (the
-# package's dependencies and its test extra, as the tests and BUILD_NOTES.md ran them), then
+# package's dependencies and its test and wandb extras, as the tests and BUILD_NOTES.md ran them), then
 # the package itself. Idempotent: re-installs only when pyproject.toml or the lock changed.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -27,7 +27,11 @@ def _declared() -> list[Requirement]:
   with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
     project = tomllib.load(f)["project"]
   return [
-    Requirement(r) for r in [*project["dependencies"], *project["optional-dependencies"]["test"]]
+    Requirement(r)
+    for r in [
+      *project["dependencies"],
+      *(r for e in project["optional-dependencies"].values() for r in e),
+    ]
   ]
 
 

@@ -42,12 +42,14 @@ def train(
   devices: Sequence[jax.Device] | None = None,
   draw_curves: records.DrawCurves | None = None,
   accept_history_loss: bool = False,
+  open_tracker: metrics_log.OpenTracker | None = None,
 ) -> dict:
   """Trains (or resumes) the run in `run_dir`; returns the summary it also writes to
   summary.json. `envs` builds the environments (Meta-World unless a test injects others);
   `data_parallel` splits every batch over `devices` (default: all local devices;
   docs/seeds.md, "Devices"); `draw_curves` redraws RUN_DIR/curves.png at every evaluation;
-  `accept_history_loss` resumes although metrics.jsonl lacks records (README, "Resume")."""
+  `accept_history_loss` resumes although metrics.jsonl lacks records (README, "Resume");
+  `open_tracker` opens an experiment tracker the records also go to (W&B: wandb_log.py)."""
   seed = run_config.train.seed
   if run_dir_lib.read_saved_config(run_dir) is None and glob.glob(
     os.path.join(run_dir, "seed*", run_dir_lib.CONFIG_FILE)
@@ -68,6 +70,7 @@ def train(
     is_batch=False,
     draw_curves=draw_curves,
     accept_history_loss=accept_history_loss,
+    open_tracker=open_tracker,
   )
   return summaries[seed]
 
@@ -83,6 +86,7 @@ def train_seeds(
   devices: Sequence[jax.Device] | None = None,
   draw_curves: records.DrawCurves | None = None,
   accept_history_loss: bool = False,
+  open_tracker: metrics_log.OpenTracker | None = None,
 ) -> dict[int, dict | None]:
   """Trains (or resumes) `seeds` as one batch, each seed in `run_dir/seed<K>` as a normal run
   directory: the update vmapped over a seed axis, the seeds' environments stepped by
@@ -108,6 +112,7 @@ def train_seeds(
     is_batch=True,
     draw_curves=draw_curves,
     accept_history_loss=accept_history_loss,
+    open_tracker=open_tracker,
   )
 
 
@@ -124,6 +129,7 @@ def _train_batch(
   is_batch: bool,
   draw_curves: records.DrawCurves | None,
   accept_history_loss: bool,
+  open_tracker: metrics_log.OpenTracker | None,
 ) -> dict[int, dict | None]:
   """The seeds of `seed_dirs` as one batch (docs/seeds.md); `is_batch`: a batch of seeds
   (one that diverges stops alone), not a single run. From the moment the run directories
@@ -165,15 +171,24 @@ def _train_batch(
       is_batch=is_batch,
       draw_curves=draw_curves,
       resume=ResumeTerms(config_changes, accept_history_loss),
+      open_tracker=open_tracker,
     )
+    summaries = {seed: None for seed in seed_dirs}
     try:
       state = loop.run_to_completion(run, state, stop)
+      for index, seed_run in enumerate(run.seeds):
+        if state.active[index]:
+          summaries[seed_run.seed] = records.summarize(run, state, index)
+          # The tracker's last word, before its log closes with the run.
+          seed_run.metrics_file.finish(
+            summaries[seed_run.seed], records.curves_path(seed_run) if draw_curves else None
+          )
     finally:
       run.close()
-    summaries = {seed: None for seed in seed_dirs}
+    # summary.json only once the final checkpoint is written (run.close waits for it).
     for index, seed_run in enumerate(run.seeds):
-      if state.active[index]:
-        summaries[seed_run.seed] = records.write_summary(run, state, index)
+      if summaries[seed_run.seed] is not None:
+        records.write_summary(run, summaries[seed_run.seed], index)
     return summaries
 
 
@@ -310,6 +325,7 @@ def start_run(
   is_batch: bool = False,
   draw_curves: records.DrawCurves | None = None,
   resume: ResumeTerms = ResumeTerms(),
+  open_tracker: metrics_log.OpenTracker | None = None,
 ) -> tuple[run_state.Run, run_state.LoopState]:
   """Builds the batch of `configs` (one per seed, differing only in the seed), then restores
   the latest checkpoint every seed completed, or starts at step 0. Writes each config.json
@@ -344,7 +360,17 @@ def start_run(
 
   with contextlib.ExitStack() as on_error:
     seeds, restored, replay = _open_seeds(
-      configs, run_dirs, networks, envs, learners, totals, empty_replay, log, on_error, resume
+      configs,
+      run_dirs,
+      networks,
+      envs,
+      learners,
+      totals,
+      empty_replay,
+      log,
+      on_error,
+      resume,
+      open_tracker,
     )
     diagnostics = steps.make_diagnostics(networks)
     pool = EnvPool(envs.make_envs, configs[0].env, [c.train.seed for c in configs], env_workers)
@@ -385,13 +411,24 @@ def start_run(
 
 
 def _open_seeds(
-  configs, run_dirs, networks, envs, learners, totals, empty_replay, log, on_error, resume
+  configs,
+  run_dirs,
+  networks,
+  envs,
+  learners,
+  totals,
+  empty_replay,
+  log,
+  on_error,
+  resume,
+  open_tracker,
 ):
   """(one run_state.SeedRun per seed, the restored checkpoints or None, the seeds' replay):
   video recorders and checkpointers first (a machine that cannot render fails before anything
   is written), then the restore (each seed's replay straight into its slot of the batch's
   replay; refused if a seed's metrics.jsonl lacks records), then config.json, what the resume
-  accepted (changes.jsonl) and the metrics logs. Registers every close in `on_error`."""
+  accepted (changes.jsonl) and the metrics logs (with their trackers, given `open_tracker`).
+  Registers every close in `on_error`."""
   opened = []
   num_tasks = len(envs.task_names(configs[0].env))
   for config, directory in zip(configs, run_dirs):
@@ -423,7 +460,13 @@ def _open_seeds(
     log(f"seeds: {[c.train.seed for c in configs]} in {os.path.dirname(run_dirs[0])}/seed<K>")
   seeds = []
   for config, directory, checkpointer, videos in opened:
-    metrics_file = MetricsLog(directory, resume_step=step)
+    tracker = None if open_tracker is None else open_tracker(config, directory, step)
+    try:
+      metrics_file = MetricsLog(directory, resume_step=step, tracker=tracker)
+    except BaseException:
+      if tracker is not None:
+        tracker.close()
+      raise
     on_error.callback(metrics_file.close)
     if metrics_file.moved_aside is not None:
       change_log.append(

@@ -1,9 +1,11 @@
-"""Where a run's numbers go: an append-only JSONL file, TensorBoard and the console.
+"""Where a run's numbers go: an append-only JSONL file, TensorBoard, an optional experiment
+tracker (Weights & Biases: `wandb_log.py`) and the console.
 
 The JSONL file is the source of truth (one record per log or eval step,
 flushed as written). On resume from step s, records after s are dropped, so
 the file never holds a duplicate or a missing step. TensorBoard event files
 are written with tensorboardX, which purges events after the resume step.
+A tracker gets the same scalars under the same names as TensorBoard.
 """
 
 import glob
@@ -11,7 +13,8 @@ import json
 import math
 import os
 import shutil
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import numpy as np
 from tensorboardX import SummaryWriter
@@ -138,10 +141,41 @@ def _count_up_to(path: str, step: int) -> int:
   )
 
 
+class Tracker(Protocol):
+  """An experiment tracker the run's records also go to (`wandb_log.WandbTracker`)."""
+
+  def log(self, step: int, scalars: dict[str, float]) -> None: ...
+
+  def finish(self, summary: dict, curves_path: str | None) -> None: ...
+
+  def close(self) -> None: ...
+
+
+# (the seed's run config, its run directory, the step it resumes from or None) -> Tracker
+OpenTracker = Callable[[Any, str, int | None], Tracker]
+
+
+def scalars(record: dict) -> dict[str, float]:
+  """A record's numbers by name: '<kind>/<field>', and '<kind>/<field>/<task>' for per-task
+  values (TensorBoard's tags)."""
+  kind, out = record["kind"], {}
+  for name, value in record.items():
+    if name in ("step", "kind"):
+      continue
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+      out[f"{kind}/{name}"] = value
+    elif isinstance(value, dict):  # per-task values
+      for task, v in value.items():
+        if isinstance(v, (int, float)):
+          out[f"{kind}/{name}/{task}"] = v
+  return out
+
+
 class MetricsLog:
-  def __init__(self, run_dir: str, resume_step: int | None):
+  def __init__(self, run_dir: str, resume_step: int | None, tracker: Tracker | None = None):
     """resume_step: the checkpoint step being resumed (records after it are dropped), or None.
-    `moved_aside`: where the file was copied before records were dropped from it, or None."""
+    `moved_aside`: where the file was copied before records were dropped from it, or None.
+    `tracker`: where the records also go (closed with this log)."""
     self.path = os.path.join(run_dir, METRICS_FILE)
     records = read_records(run_dir)
     kept = [r for r in records if resume_step is not None and r["step"] <= resume_step]
@@ -158,6 +192,7 @@ class MetricsLog:
         f.write(json.dumps(record) + "\n")
     os.replace(tmp, self.path)  # Atomic: a crash here leaves either the old or the new file.
     self._file = open(self.path, "a")
+    self._tracker = tracker
     self._tensorboard = SummaryWriter(
       os.path.join(run_dir, "tensorboard"),
       # A fresh start purges events of an earlier attempt that died before its first checkpoint.
@@ -170,17 +205,17 @@ class MetricsLog:
     self._file.flush()
     os.fsync(self._file.fileno())
     self.records += 1
-    step, kind = record["step"], record["kind"]
-    for name, value in record.items():
-      if name in ("step", "kind"):
-        continue
-      if isinstance(value, (int, float)) and not isinstance(value, bool):
-        self._tensorboard.add_scalar(f"{kind}/{name}", value, step)
-      elif isinstance(value, dict):  # per-task values
-        for task, v in value.items():
-          if isinstance(v, (int, float)):
-            self._tensorboard.add_scalar(f"{kind}/{name}/{task}", v, step)
+    numbers = scalars(record)
+    for tag, value in numbers.items():
+      self._tensorboard.add_scalar(tag, value, record["step"])
     self._tensorboard.flush()
+    if self._tracker is not None:
+      self._tracker.log(record["step"], numbers)
+
+  def finish(self, summary: dict, curves_path: str | None) -> None:
+    """The run's final summary (and its curves image, if drawn) to the tracker, if any."""
+    if self._tracker is not None:
+      self._tracker.finish(summary, curves_path)
 
   def add_gif(self, tag: str, gif: bytes, height: int, width: int, step: int) -> None:
     """An animated image in TensorBoard's images tab, from a GIF file's bytes.
@@ -193,3 +228,5 @@ class MetricsLog:
   def close(self) -> None:
     self._file.close()
     self._tensorboard.close()
+    if self._tracker is not None:
+      self._tracker.close()

@@ -125,15 +125,14 @@ def eta_seconds(
   return (total_steps - step) / rate
 
 
-def write_summary(run: run_state.Run, state: run_state.LoopState, index: int = 0) -> dict:
-  """Writes seed `index`'s summary.json (the run's curve and its paper metrics,
-  docs/algorithm.md §5), prints the final evaluation's table, and returns the summary."""
+def summarize(run: run_state.Run, state: run_state.LoopState, index: int = 0) -> dict:
+  """Seed `index`'s summary: the run's curve and its paper metrics (docs/algorithm.md §5)."""
   seed_run = run.seeds[index]
-  cfg_env, names = seed_run.config.env, run.task_names
+  cfg_env = seed_run.config.env
   history = state.eval_history[index]
   final = history[-1]
   curve = [r["mean_success"] for r in history]
-  summary = {
+  return {
     "agent": seed_run.config.agent,
     "benchmark": cfg_env.benchmark,
     "mode": cfg_env.mode,
@@ -145,13 +144,24 @@ def write_summary(run: run_state.Run, state: run_state.LoopState, index: int = 0
     "final_success_per_task": final["success"],
     "final_return_per_task": final["return"],
   }
+
+
+def write_summary(run: run_state.Run, summary: dict, index: int = 0) -> dict:
+  """Writes seed `index`'s summary.json (`summarize`'s) and prints the final evaluation's
+  table; returns the summary."""
+  seed_run = run.seeds[index]
   with open(os.path.join(seed_run.run_dir, SUMMARY_FILE), "w") as f:
     json.dump(summary, f, indent=2)
   of_seed = f" of seed {seed_run.seed}" if run.num_seeds > 1 else ""
   run.log(
     f"final evaluation{of_seed} (deterministic policy, "
-    f"{seed_run.config.train.eval_episodes} episode(s) per task) at step {final['step']}:\n"
-    + success_table(names, list(final["success"].values()), list(final["return"].values()))
+    f"{seed_run.config.train.eval_episodes} episode(s) per task) at step "
+    f"{summary['eval_steps'][-1]}:\n"
+    + success_table(
+      run.task_names,
+      list(summary["final_success_per_task"].values()),
+      list(summary["final_return_per_task"].values()),
+    )
   )
   run.log(
     f"mean success: final {summary['final']:.3f} | max {summary['max']:.3f} | "

@@ -2,6 +2,7 @@
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 
@@ -139,10 +140,28 @@ def test_dry_run_prints_the_26_commands_of_table_1_and_writes_nothing(tmp_path):
   assert not root.exists()
 
 
+def test_with_wandb_each_job_is_a_group_of_its_seeds_runs(tmp_path):
+  root = tmp_path / "table1"
+  result = _sweep(
+    "--table=1", f"--root={root}", "--dry_run", "--wandb_project=cmta", "--wandb_tags=t1,paper"
+  )
+  assert result.returncode == 0, result.stderr
+  first = shlex.split(result.stdout.splitlines()[0])
+  assert first[4:8] == [
+    "--wandb_project=cmta",
+    "--wandb_tags=t1,paper",
+    "--wandb_group=table1/paper_mt10_fixed/cmta",
+    "--seeds=0-7",
+  ]
+  groups = [line.split("--wandb_group=")[1].split()[0] for line in result.stdout.splitlines()]
+  assert len(set(groups)) == 26
+
+
 @pytest.mark.parametrize(
   "args,message",
   [
     (["--table=1"], "--root is required"),
+    (["--table=1", "--root=/tmp/x", "--wandb_tags=a"], "--wandb_tags need --wandb_project"),
     (["--root=/tmp/x"], "give either --table or --sweep_file"),
     (["--table=1", "--root=/tmp/x", "--override=totl_steps=3"], "'totl_steps' is not a flag"),
     (["--table=1", "--root=/tmp/x", "--sbatch=account"], "--sbatch takes name=value"),
