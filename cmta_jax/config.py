@@ -122,6 +122,9 @@ class MixtureConfig:
   lstm_hidden: int = _field(64, _positive_int)
   temporal_attention: bool = True  # False = CMTA w/o TI: attention from z_task only, no LSTM
   attention_temperature: float = _field(1.0, _positive)
+  # Hidden widths of the attention network: () = one Dense layer (CMTA, Eq. 5-6); CARE's
+  # default is mtrl's MLP (50, 50).
+  attention_hidden: tuple[int, ...] = _field((), _positive_ints)
   contrastive_temperature: float = _field(0.1, _positive)  # of the InfoNCE logits (Eq. 3)
 
   def validate(self) -> None:

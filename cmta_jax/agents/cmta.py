@@ -28,7 +28,8 @@ def make_mixture_encoder(
 
   z_task = g(task) (`task_encoder.py`). Experts f^j(s_t) are one stacked, batched
   MLP. The attention is softmax(W [stop_grad(z_task); h_t] / temperature), with h_t
-  from one LSTM step on s_t when `config.temporal_attention`. How the carry is
+  from one LSTM step on s_t when `config.temporal_attention`; W is one Dense layer, or an
+  MLP with `config.attention_hidden` (CARE). How the carry is
   advanced and stored depends on `carry_mode` (docs/carry_modes.md):
     stored, burn_in: h_t and carry_out = lstm(s_t, carry_in), one trained LSTM.
     frozen_memory: h_t = lstm(s_t, carry_in).h with the trained LSTM, while
@@ -44,6 +45,9 @@ def make_mixture_encoder(
   frozen_lstm = temporal and carry_mode == "frozen_lstm"
   task_init, task_apply = make_task_encoder(task_config, num_tasks, pretrained_task_embeddings)
   attention_in = task_config.task_feature_dim + carry_dim
+  # One Dense layer (its own parameter layout, which CMTA checkpoints hold) or an MLP.
+  attention_mlp = bool(config.attention_hidden)
+  attention_sizes = (attention_in, *config.attention_hidden, config.num_experts)
 
   def init(key):
     k_task, k_experts, k_lstm, k_attention, k_memory = jax.random.split(key, 5)
@@ -52,7 +56,9 @@ def make_mixture_encoder(
       "experts": layers.stacked_mlp_init(
         k_experts, config.num_experts, (obs_dim, config.expert_hidden, config.expert_dim)
       ),
-      "attention": layers.dense_init(k_attention, attention_in, config.num_experts),
+      "attention": layers.mlp_init(k_attention, attention_sizes)
+      if attention_mlp
+      else layers.dense_init(k_attention, attention_in, config.num_experts),
     }
     if temporal:
       params["lstm"] = layers.lstm_init(k_lstm, obs_dim, config.lstm_hidden)
@@ -82,7 +88,10 @@ def make_mixture_encoder(
       attention_input = jnp.concatenate([attention_input, h], axis=-1)
     else:
       carry_out = carry_in
-    logits = layers.dense_apply(params["attention"], attention_input)
+    if attention_mlp:
+      logits = layers.mlp_apply(params["attention"], attention_input)
+    else:
+      logits = layers.dense_apply(params["attention"], attention_input)
     attention = jax.nn.softmax(logits / config.attention_temperature, axis=-1)  # [G, B, k]
     z_enc = jnp.einsum("gbk,kgbd->gbd", attention, experts)
     features = jnp.concatenate([z_task, z_enc], axis=-1)

@@ -62,6 +62,10 @@ class Actor(NamedTuple):
   init: Callable[[jax.Array], Params]
   # (params, features [G, B, F], task_ids [G]) -> (mean, log_std), each [G, B, A]; log_std in range
   apply: Callable[[Params, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+  # An actor with its own routing (Soft Modularization): (params, features, task_ids) ->
+  # [G, B, N, M], N distributions over M modules. Logged as `routing_entropy` and shown by
+  # the inspection commands. None for MLP heads.
+  routing: Callable[[Params, jax.Array, jax.Array], jax.Array] | None = None
 
 
 class Critic(NamedTuple):

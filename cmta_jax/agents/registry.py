@@ -18,8 +18,16 @@ import jax
 import jax.numpy as jnp
 
 from cmta_jax import config as config_lib
-from cmta_jax.agents import baselines, cmta, task_metadata
-from cmta_jax.agents.networks import HEAD_LAYOUTS, AgentNetworks, Encoder, make_actor, make_critic
+from cmta_jax.agents import baselines, cmta, soft_modularization, task_metadata
+from cmta_jax.agents.networks import (
+  HEAD_LAYOUTS,
+  Actor,
+  AgentNetworks,
+  Critic,
+  Encoder,
+  make_actor,
+  make_critic,
+)
 from cmta_jax.config import RunConfig
 from cmta_jax.envs import metaworld_env
 from cmta_jax.types import LSTMCarry
@@ -27,11 +35,16 @@ from cmta_jax.types import LSTMCarry
 # (run config, task names, observation size) -> Encoder. The factory reads the config
 # sections it needs (e.g. CMTA: task_encoder and mixture); heads are built from `head`.
 EncoderFactory = Callable[[RunConfig, Sequence[str], int], Encoder]
+# (run config, task names, feature size, action size) -> (actor, critic): an agent whose actor
+# and critics are not the MLP heads of `head` (Soft Modularization's routed networks).
+HeadsFactory = Callable[[RunConfig, Sequence[str], int, int], tuple[Actor, Critic]]
+# The fields of `head` that only the MLP heads read.
+MLP_HEAD_FIELDS = ("head.hidden_width", "head.hidden_layers")
 
 
 class AgentSpec(NamedTuple):
   make_encoder: EncoderFactory
-  head_layout: str  # shared | multihead | independent (networks.py)
+  head_layout: str | None  # shared | multihead | independent (networks.py); None with make_heads
   help: str
   # Config defaults of this agent ("section.field" -> value), applied unless given as flags.
   defaults: dict[str, Any] = {}
@@ -44,6 +57,12 @@ class AgentSpec(NamedTuple):
   # Fields the agent fixes ("section.field" -> value): a flag asking for another value is
   # refused, not ignored.
   fixed: dict[str, Any] = {}
+  # Its own actor and critic in place of the MLP heads; then the MLP heads' fields
+  # (MLP_HEAD_FIELDS) are refused as flags.
+  make_heads: HeadsFactory | None = None
+  # Fields of the sections it reads that it does not use ("section.field" -> why): a flag
+  # setting one is refused with the reason.
+  ignores: dict[str, str] = {}
 
 
 AGENT_SPECS: dict[str, AgentSpec] = {}
@@ -61,7 +80,12 @@ def register(name: str, spec: AgentSpec) -> None:
     raise ValueError(f"agent {name!r} is already registered")
   if not isinstance(spec, AgentSpec) or not callable(spec.make_encoder):
     raise ValueError(f"agent {name!r}: give an AgentSpec whose make_encoder is callable")
-  if spec.head_layout not in HEAD_LAYOUTS:
+  if spec.make_heads is not None:
+    if spec.head_layout is not None or not callable(spec.make_heads):
+      raise ValueError(
+        f"agent {name!r}: with make_heads (a callable) give head_layout=None; the heads are its own"
+      )
+  elif spec.head_layout not in HEAD_LAYOUTS:
     raise ValueError(
       f"agent {name!r}: unknown head layout {spec.head_layout!r}; choose one of "
       f"{', '.join(HEAD_LAYOUTS)}"
@@ -78,7 +102,7 @@ def register(name: str, spec: AgentSpec) -> None:
     if unknown_reads:
       raise ValueError(f"agent {name!r}: reads unknown config sections {', '.join(unknown_reads)}")
     fields = config_lib.flatten(config_lib.RunConfig())
-    unknown = sorted((set(spec.defaults) | set(spec.fixed)) - set(fields))
+    unknown = sorted((set(spec.defaults) | set(spec.fixed) | set(spec.ignores)) - set(fields))
     if unknown:
       raise ValueError(f"agent {name!r}: unknown config fields in defaults: {', '.join(unknown)}")
   except ValueError:
@@ -103,8 +127,15 @@ def _task_state_encoder(run_config, task_names, obs_dim):
   return baselines.make_task_state_encoder(run_config.task_encoder, len(task_names), obs_dim)
 
 
-def _soft_modular_encoder(run_config, task_names, obs_dim):
-  return baselines.make_soft_modular_encoder(run_config.softmodu, len(task_names), obs_dim)
+def _soft_modular_heads(run_config, task_names, obs_dim, action_dim):
+  config, task_config, head = run_config.softmodu, run_config.task_encoder, run_config.head
+  actor = soft_modularization.make_soft_modular_actor(
+    config, task_config, len(task_names), obs_dim, action_dim, head.log_std_min, head.log_std_max
+  )
+  critic = soft_modularization.make_soft_modular_critic(
+    config, task_config, len(task_names), obs_dim, action_dim
+  )
+  return actor, critic
 
 
 def _cmta_encoder(run_config, task_names, obs_dim):
@@ -160,11 +191,15 @@ register(
 register(
   "softmodu",
   AgentSpec(
-    _soft_modular_encoder,
-    "shared",
-    "Soft Modularization: 4x4 modules of width 64 with task-state routing",
+    _state_encoder,
+    None,
+    "Soft Modularization: actor and critics of 4x4 routed modules of width 64",
     _NO_AUXILIARY,
-    reads=("softmodu",),
+    reads=("task_encoder", "softmodu"),
+    make_heads=_soft_modular_heads,
+    ignores={
+      "task_encoder.task_feature_dim": "its task encoding has the module width (--softmodu_width)"
+    },
   ),
 )
 register(
@@ -173,7 +208,8 @@ register(
     _care_encoder,
     "shared",
     "CARE: experts mixed by attention on a pretrained task-description embedding",
-    _NO_AUXILIARY,
+    # Its attention network as in mtrl (AttentionBasedExperts): an MLP 50-50 on z_task.
+    {**_NO_AUXILIARY, "mixture.attention_hidden": (50, 50)},
     reads=("task_encoder", "mixture"),
     fixed={"mixture.temporal_attention": False},  # CARE's attention has no temporal input
   ),
@@ -258,6 +294,13 @@ def check_explicit_fields(run_config, explicit: set[str]) -> None:
       f"{flag} sets the {section} section, which agent {agent!r} does not read (agents "
       f"that do: {', '.join(readers) or 'none'})"
     )
+  unused = dict(spec.ignores)
+  if spec.make_heads is not None:
+    unused.update(dict.fromkeys(MLP_HEAD_FIELDS, "its actor and critics are its own networks"))
+  refused = sorted(set(unused) & explicit)
+  if refused:
+    path = refused[0]
+    raise ValueError(f"--{path.split('.')[-1]} does not act on agent {agent!r}: {unused[path]}")
   for path, value in spec.fixed.items():
     if path in explicit and config_lib.getattr_path(run_config, path) != value:
       raise ValueError(
@@ -291,6 +334,9 @@ def make_agent_networks(
   num_tasks = len(task_names)
   encoder = spec.make_encoder(run_config, task_names, obs_dim)
   _check_encoder_shapes(agent, encoder, num_tasks, obs_dim)
+  if spec.make_heads is not None:
+    actor, critic = spec.make_heads(run_config, task_names, encoder.feature_dim, action_dim)
+    return AgentNetworks(encoder, actor, critic, num_tasks, obs_dim, action_dim)
   actor = make_actor(
     encoder.feature_dim,
     action_dim,

@@ -181,6 +181,9 @@ def make_loss(networks: AgentNetworks, config: SACConfig):
     if auxiliary is not None and weight > 0:
       auxiliary_per_sample = auxiliary.per_sample(online_t, target_next)
     diagnostics = sg(encoder.diagnostics(online_t)) if encoder.diagnostics else {}
+    if actor.routing is not None:  # mean entropy (nats) of the actor's routing distributions
+      routing = sg(actor.routing(params["actor"], features, task_ids))
+      diagnostics["routing_entropy"] = distributions.categorical_entropy(routing).mean(-1)
     return jax.vmap(task_terms, in_axes=(0, 0, 0, 1, 1, 0, 0, 0, 0, 0))(
       params["log_alpha"][task_ids],
       batch.reward,
@@ -287,11 +290,15 @@ def make_trace_fn(networks: AgentNetworks):
   """Returns trace(policy_params, obs [T, obs_dim], task_ids [T], carry [T, H]) ->
   (deterministic actions [T, A], carry_out [T, H], attention [T, ...] or None, experts
   [T, k, expert_dim] or None): the evaluation policy, with what the encoder computed on the
-  way (docs/results.md, "Looking inside a policy")."""
+  way, or the actor's own routing where the encoder has no attention (docs/results.md,
+  "Looking inside a policy")."""
 
   def trace(params: PolicyParams, obs, task_ids, carry: LSTMCarry):
     mean, _, out = _policy_on_groups_of_one(networks, params, obs, task_ids, carry)
     attention = None if out.attention is None else out.attention[:, 0]
+    if attention is None and networks.actor.routing is not None:
+      routing = networks.actor.routing(params.actor, out.features, task_ids)  # [T, 1, N, M]
+      attention = routing[:, 0]
     experts = None if out.experts is None else jnp.moveaxis(out.experts[:, :, 0], 0, 1)
     action = distributions.deterministic_action(mean)[:, 0]
     return action, jax.tree.map(lambda x: x[:, 0], out.carry), attention, experts

@@ -179,9 +179,9 @@ class Checkpointer:
       except Exception as error:  # Any failure to read means: not usable.
         if self.fits(step, abstract_state) is False:
           raise CheckpointMismatch(
-            f"checkpoint {path} holds arrays of other shapes than this config's (was the "
-            "config.json of this run directory replaced?); it is kept; use the run's original "
-            "flags or another --run_dir"
+            f"checkpoint {path} holds arrays of other shapes than this config's networks "
+            "(its config.json was replaced, or an earlier version of the agent's networks "
+            "wrote it); it is kept; use the run's original flags, or another --run_dir"
           ) from None
         older = steps[-2 - i] if i + 1 < len(steps) else None
         reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:300]
@@ -212,7 +212,8 @@ class Checkpointer:
     except Exception as error:  # orbax raises many types; any of them means unreadable
       if self.fits(step, abstract_state) is False:
         raise ValueError(
-          f"checkpoint {path} holds arrays of other shapes than its run's config"
+          f"checkpoint {path} holds arrays of other shapes than its run's config builds (an "
+          "earlier version of the agent's networks wrote it?)"
         ) from None
       reason = str(error).splitlines()[0] if str(error) else type(error).__name__
       raise ValueError(f"checkpoint {path} is unreadable ({reason[:300]})") from None

@@ -2,7 +2,7 @@
 
 Every agent acts and updates at MT1/MT10/MT50 sizes; each baseline's defining
 structure is checked through gradients (MTMH-SAC heads, Single-SAC slices),
-routing weights (Soft Modularization), the pretrained task vectors (CARE);
+the pretrained task vectors (CARE);
 the ablation flags change exactly what they name; the registry refuses
 configurations that make no sense for an agent.
 
@@ -355,29 +355,6 @@ def test_single_sac_full_update_of_one_task_is_independent_of_other_tasks_data(h
 
 
 # ---------------------------------------------------------------------------
-# Soft Modularization: task-and-state dependent routing.
-
-
-def test_softmodu_routing_weights_are_distributions_over_task_and_state():
-  setup = _setup("softmodu", 10)
-  encoder, params = setup.networks.encoder, setup.state.params["encoder"]
-  obs_a, obs_b = np.random.default_rng(6).normal(size=(2, 5, OBS_DIM))
-  apply = _compiled_encoder_apply(encoder, params, batch=5)
-
-  def routing(obs, task_id):
-    return np.asarray(apply(obs, task_id).attention)
-
-  weights = routing(obs_a, 0)
-  modules = SMALL.softmodu.softmodu_modules
-  chex.assert_shape(weights, (5, SMALL.softmodu.softmodu_layers - 1, modules, modules))
-  assert np.all(weights >= 0)
-  np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)
-  # Same state, other task; same task, other state: the routing changes.
-  assert np.abs(routing(obs_a, 1) - weights).max() > 1e-6
-  assert np.abs(routing(obs_b, 0) - weights).max() > 1e-6
-
-
-# ---------------------------------------------------------------------------
 # CARE: pretrained task-description vectors, no temporal input.
 
 
@@ -414,6 +391,32 @@ def test_care_encoder_reads_pretrained_vectors_and_has_no_lstm():
     np.testing.assert_allclose(
       z_task, np.broadcast_to(expected, z_task.shape), rtol=1e-5, atol=1e-6
     )
+
+
+def test_care_attention_is_mtrls_mlp_on_the_detached_task_encoding():
+  # CARE's own defaults (agent_defaults), on SMALL's narrow networks.
+  care = registry.agent_defaults(dataclasses.replace(SMALL, agent="care"), explicit=set())
+  assert care.mixture.attention_hidden == (50, 50)
+  encoder = registry.make_encoder(care)
+  params = _compile(encoder.init, jax.random.key(2))(jax.random.key(2))
+  attention = [jax.tree.map(np.asarray, layer) for layer in params["attention"]]
+  widths = [layer["w"].shape for layer in attention]
+  assert widths == [
+    (care.task_encoder.task_feature_dim, 50),
+    (50, 50),
+    (50, care.mixture.num_experts),
+  ]
+  obs = np.random.default_rng(3).normal(size=(2, OBS_DIM))
+  out = _compiled_encoder_apply(encoder, params, batch=2)(obs, 4)
+  z_task = np.asarray(out.features)[:, : care.task_encoder.task_feature_dim]
+  logits = z_task
+  for index, layer in enumerate(attention):
+    logits = logits @ layer["w"] + layer["b"]
+    if index < len(attention) - 1:
+      logits = np.maximum(logits, 0.0)
+  expected = np.exp(logits - logits.max(-1, keepdims=True))
+  expected /= expected.sum(-1, keepdims=True)
+  np.testing.assert_allclose(out.attention, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_care_without_embedding_file_fails_clearly(monkeypatch, tmp_path):
