@@ -14,6 +14,19 @@ from cmta_jax.envs.config import EnvConfig, validate_seed
 
 CARRY_MODES = ("stored", "frozen_memory", "frozen_lstm", "burn_in")
 REPLAY_PLACEMENTS = ("device", "host")
+# How evaluations count (docs/algorithm.md §5): cmta = the CMTA paper's (full episodes);
+# metaworld_plus = Meta-World+'s (an episode ends at its first success).
+EVAL_PROTOCOLS = ("cmta", "metaworld_plus")
+PROTOCOL_NAMES = {"cmta": "CMTA", "metaworld_plus": "Meta-World+"}
+
+
+def setting_name(benchmark: str, mode: str, eval_protocol: str = "cmta") -> str:
+  """'MT10-Fixed'; with another evaluation protocol than the CMTA paper's, it says which:
+  'MT10-Mixed (Meta-World+)'. Tables, curves and summaries name a run's setting so."""
+  name = f"{benchmark}-{mode.capitalize()}"
+  if eval_protocol != "cmta":
+    name += f" ({PROTOCOL_NAMES.get(eval_protocol, eval_protocol)})"
+  return name
 
 
 # ---------------------------------------------------------------- field checks
@@ -64,6 +77,11 @@ def _carry_mode(name: str, value: Any) -> None:
 def _replay_placement(name: str, value: Any) -> None:
   if value not in REPLAY_PLACEMENTS:
     raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(REPLAY_PLACEMENTS)}")
+
+
+def _eval_protocol(name: str, value: Any) -> None:
+  if value not in EVAL_PROTOCOLS:
+    raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(EVAL_PROTOCOLS)}")
 
 
 def _field(default: Any, check: Callable[[str, Any], None] | None = None) -> Any:
@@ -195,6 +213,9 @@ class TrainConfig:
   updates_per_step: int = _field(1, _positive_int)
   eval_every: int = _field(3_000, _positive_int)
   eval_episodes: int = _field(1, _positive_int)  # per task
+  # cmta: each episode runs to its end; metaworld_plus: it ends at its first success, so its
+  # return stops there (success counts alike: success at any step). Needs env.mode=mixed.
+  eval_protocol: str = _field("cmta", _eval_protocol)
   log_every: int = _field(500, _positive_int)
   # A multiple of the episode length (resume is at episode starts).
   checkpoint_every: int = _field(30_000, _positive_int)
@@ -262,6 +283,11 @@ class RunConfig:
     """Every section's own checks (one-line ValueError); no agent-dependent ones."""
     if not isinstance(self.agent, str) or not self.agent:
       raise ValueError(f"agent must be a registered agent's name, got {self.agent!r}")
+    if self.train.eval_protocol == "metaworld_plus" and self.env.mode != "mixed":
+      raise ValueError(
+        "--eval_protocol=metaworld_plus evaluates over random training variations: it needs "
+        f"--mode=mixed (mode is {self.env.mode!r})"
+      )
     for name, section in self.sections().items():
       if name == "train":
         section.validate(self.env.episode_length)
@@ -314,6 +340,24 @@ def _paper(benchmark: str, mode: str) -> RunConfig:
   )
 
 
+def _metaworld_plus(benchmark: str, replay_capacity: int) -> RunConfig:
+  return RunConfig(
+    env=EnvConfig(
+      benchmark=benchmark, mode="mixed", episode_length=500, reward_normalization=False
+    ),
+    train=TrainConfig(
+      total_steps=2_000_000,
+      warmup_steps=4_000,
+      batch_per_task=128,
+      replay_capacity=replay_capacity,
+      eval_every=20_000,
+      eval_episodes=50,
+      eval_protocol="metaworld_plus",
+      checkpoint_every=20_000,
+    ),
+  )
+
+
 PRESETS: dict[str, RunConfig] = {
   "paper_mt10_fixed": _paper("MT10", "fixed"),
   "paper_mt10_mixed": _paper("MT10", "mixed"),
@@ -335,6 +379,12 @@ PRESETS: dict[str, RunConfig] = {
       checkpoint_every=1_500,
     ),
   ),
+  # Meta-World+ (McLean et al. 2025; Farama's metaworld-algorithms): 500-step episodes, a
+  # random training variation per episode, no reward normaliser, 4,000 random vector steps,
+  # batch 128 per task, 2M steps per task, 50 evaluation episodes per task every 20k steps,
+  # each ended at its first success. The agents keep their own networks.
+  "metaworld_plus_mt10": _metaworld_plus("MT10", replay_capacity=1_000_000),
+  "metaworld_plus_mt50": _metaworld_plus("MT50", replay_capacity=5_000_000),
   # The CPU evidence budget (BUILD_NOTES.md): about an hour per agent on one core of this
   # 2-core machine, two runs side by side. Without the reward normaliser, which at this
   # budget inflates the rewards of unsolved tasks (BUILD_NOTES.md, "reward normaliser").

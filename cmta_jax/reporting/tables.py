@@ -19,7 +19,9 @@ from cmta_jax import config as config_lib
 from cmta_jax.agents import registry
 from cmta_jax.reporting import run_sets, statistics
 
-COLUMN_FIELDS = ("env.benchmark", "env.mode")
+# A column per benchmark, mode and evaluation protocol: runs evaluated by different rules
+# never share a column (let alone a cell).
+COLUMN_FIELDS = ("env.benchmark", "env.mode", "train.eval_protocol")
 METRIC_HEADERS = ("max smoothed", "max", "final", "IQM [95% CI]", "seeds")
 
 
@@ -55,7 +57,11 @@ def load_runs(paths: list[str], skip_bad_runs: bool) -> list[run_sets.LoadedRun]
 
 
 def column_of(config: dict) -> str:
-  return f"{config['env.benchmark']}-{config['env.mode'].capitalize()}"
+  """'MT10-Fixed', or with another evaluation protocol than the CMTA paper's, e.g.
+  'MT10-Mixed (Meta-World+)'."""
+  return config_lib.setting_name(
+    config["env.benchmark"], config["env.mode"], config.get("train.eval_protocol", "cmta")
+  )
 
 
 def row_fields(groups: list[list[run_sets.LoadedRun]]) -> list[str]:
@@ -118,8 +124,9 @@ def _row_order(row: tuple) -> tuple:
 
 
 def _column_order(column: str) -> tuple:
-  benchmark, mode = column.split("-")
-  return (benchmark, mode)
+  setting, _, protocol = column.partition(" ")
+  benchmark, mode = setting.split("-")
+  return (benchmark, protocol, mode)
 
 
 def cell_texts(summary: dict | None, percent: bool = True) -> list[str]:

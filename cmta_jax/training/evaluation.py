@@ -19,13 +19,18 @@ def evaluate(
   base_keys,
   step: int,
   put=lambda tree: tree,
+  stop_at_success: bool = False,
 ) -> tuple[dict, np.ndarray]:
   """Runs `episodes` full episodes of every seed's tasks from `obs` [S, T, obs_dim] (an
   episode start) in `eval_env` (a `SeedEnvs`), acting with `act` (`loop.make_act`, vmapped
   over seeds); `put` places the observations and carries on the learner's devices.
 
   Returns ({"success": [S, T], "return": [S, T]} averaged over episodes, the obs of the next
-  episode start). Success of an episode: success at any of its steps.
+  episode start). Success of an episode: success at any of its steps. With `stop_at_success`
+  (Meta-World+'s rule, `metaworld.evaluation`) an episode ends at its first success: its
+  return counts the rewards up to that step. The tasks step in lockstep, so a task that has
+  succeeded steps on to the common episode end, but nothing after its success counts; its
+  success is the same either way.
   """
   if not eval_env.at_episode_start:
     raise RuntimeError("evaluation must start at an episode start")
@@ -38,8 +43,9 @@ def evaluate(
       actions, carry = act(params, put(obs), task_ids, carry, base_keys, step, mode="eval")
       actions = np.asarray(actions)
       result = eval_env.step(np.where(np.isfinite(actions), actions, 0.0))  # stopped seeds
+      running = success[episode] == 0 if stop_at_success else True
+      returns[episode] += np.where(running, result.raw_reward, 0.0)
       success[episode] = np.maximum(success[episode], result.success)
-      returns[episode] += result.raw_reward
       obs = result.obs
       if result.episode_start:
         break

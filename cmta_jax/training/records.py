@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from cmta_jax import config as config_lib
 from cmta_jax import success_curve
 from cmta_jax.training import run_state
 
@@ -52,7 +53,8 @@ def curves_title(seed_run: run_state.SeedRun) -> str:
   env = seed_run.config.env
   return (
     f"{os.path.basename(os.path.normpath(seed_run.run_dir))}: {seed_run.config.agent}, "
-    f"{env.benchmark}-{env.mode.capitalize()}, seed {seed_run.seed}"
+    f"{config_lib.setting_name(env.benchmark, env.mode, seed_run.config.train.eval_protocol)}, "
+    f"seed {seed_run.seed}"
   )
 
 
@@ -136,6 +138,7 @@ def summarize(run: run_state.Run, state: run_state.LoopState, index: int = 0) ->
     "agent": seed_run.config.agent,
     "benchmark": cfg_env.benchmark,
     "mode": cfg_env.mode,
+    "eval_protocol": seed_run.config.train.eval_protocol,
     "seed": seed_run.seed,
     "steps": state.step,
     "eval_steps": [r["step"] for r in history],
