@@ -43,7 +43,8 @@ def main(argv):
     f"checkpoint of step {policy.step}"
   )
   chosen = [trace for trace in episode if trace.task in tasks]
-  print(f"wrote {figures.attention_over_episode(chosen, title, _OUT.value)}")
+  label = "actor's routing weight" if policy.networks.actor.routing is not None else "expert"
+  print(f"wrote {figures.attention_over_episode(chosen, title, _OUT.value, label)}")
 
 
 if __name__ == "__main__":

@@ -266,10 +266,12 @@ def _colours(cells: Sequence[Cell]) -> dict[str, str]:
   return {label: f"C{i % 10}" for i, label in enumerate(labels)}
 
 
-def attention_over_episode(traces: Sequence, title: str, path: str) -> str:
-  """For each task, the encoder's attention weights over one evaluation episode as a heat
-  map (experts x time), above the per-step reward and success. `traces` are
-  `inspection.EpisodeTrace`s with attention [L, k]."""
+def attention_over_episode(
+  traces: Sequence, title: str, path: str, weights_label: str = "expert"
+) -> str:
+  """For each task, the encoder's attention weights (or an actor's routing weights,
+  flattened) over one evaluation episode as a heat map (weights x time), above the per-step
+  reward and success. `traces` are `inspection.EpisodeTrace`s with attention [L, ...]."""
   columns = min(2, len(traces))
   rows = -(-len(traces) // columns)
   figure = Figure(
@@ -291,7 +293,7 @@ def attention_over_episode(traces: Sequence, title: str, path: str) -> str:
       interpolation="nearest",
     )
     panel.colorbar(image, ax=top, label="weight", pad=0.01)
-    top.set_ylabel("expert")
+    top.set_ylabel(weights_label)
     top.set_title(
       f"{trace.task} (success {'yes' if trace.success.max() > 0 else 'no'})", fontsize=9
     )
