@@ -18,6 +18,7 @@ REPLAY_PLACEMENTS = ("device", "host")
 # metaworld_plus = Meta-World+'s (an episode ends at its first success).
 EVAL_PROTOCOLS = ("cmta", "metaworld_plus")
 PROTOCOL_NAMES = {"cmta": "CMTA", "metaworld_plus": "Meta-World+"}
+SOFTMODU_NETWORK_REVISION = 2
 
 
 def setting_name(benchmark: str, mode: str, eval_protocol: str = "cmta") -> str:
@@ -166,12 +167,27 @@ class RecurrenceConfig:
 class SoftModuConfig:
   """Soft Modularization's routed modules (Yang et al. 2020; paper Table 5)."""
 
-  softmodu_layers: int = _field(4, _positive_int)
+  softmodu_layers: int = _field(4, _positive_int)  # >= 2: routing joins consecutive layers
   softmodu_modules: int = _field(4, _positive_int)
   softmodu_width: int = _field(64, _positive_int)
+  # Which network the agent is; recorded so that runs of different networks never resume
+  # into or average with each other. 2: the actor and each critic are routed networks.
+  # 1 (configs that do not record it): a routed encoder under MLP heads, no longer built.
+  softmodu_network_revision: int = SOFTMODU_NETWORK_REVISION
 
   def validate(self) -> None:
     validate_fields(self)
+    if self.softmodu_layers < 2:
+      raise ValueError(
+        f"softmodu_layers must be >= 2 (routing joins consecutive layers), got "
+        f"{self.softmodu_layers}"
+      )
+    if self.softmodu_network_revision != SOFTMODU_NETWORK_REVISION:
+      raise ValueError(
+        f"softmodu_network_revision {self.softmodu_network_revision!r}: only revision "
+        f"{SOFTMODU_NETWORK_REVISION} is built (revision 1, a routed encoder under MLP "
+        "heads, was replaced by the paper's network); start a new --run_dir"
+      )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -488,6 +504,8 @@ _RENAMED_PATHS = {
 # What a config written before a field existed ran with, where that is not today's default:
 # before carry modes, the update fed the stored carries (Algorithm 1 as printed).
 _IMPLIED_BY_ABSENCE = {"recurrence.carry_mode": "stored"}
+# ... and for one agent's configs only: Soft Modularization's first network.
+_IMPLIED_BY_ABSENCE_PER_AGENT = {"softmodu": {"softmodu.softmodu_network_revision": 1}}
 _SECTIONS_SPLIT_FROM_NETWORK = ("head", "task_encoder", "mixture", "recurrence", "softmodu")
 
 
@@ -506,5 +524,7 @@ def upgrade_flat(flat: dict[str, Any]) -> dict[str, Any]:
   upgraded = {renames.get(path, path): value for path, value in flat.items()}
   if upgraded and "agent" in upgraded:  # a whole config, not a single path
     for path, value in _IMPLIED_BY_ABSENCE.items():
+      upgraded.setdefault(path, value)
+    for path, value in _IMPLIED_BY_ABSENCE_PER_AGENT.get(upgraded["agent"], {}).items():
       upgraded.setdefault(path, value)
   return upgraded

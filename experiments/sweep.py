@@ -86,6 +86,13 @@ def _wandb_flags(job, root: str) -> list[tuple[str, str]]:
     if _WANDB_ENTITY.value is not None or _WANDB_TAGS.value:
       raise ValueError("--wandb_entity and --wandb_tags need --wandb_project")
     return []
+  from cmta_jax.training import wandb_log  # wandb itself is not imported
+
+  # Checked once here, not in every job after it reaches the queue.
+  wandb_log.WandbOptions(
+    _WANDB_PROJECT.value, _WANDB_ENTITY.value, None, tuple(_WANDB_TAGS.value)
+  ).validate()
+  wandb_log.check_installed()
   flags_ = [("wandb_project", _WANDB_PROJECT.value)]
   if _WANDB_ENTITY.value is not None:
     flags_.append(("wandb_entity", _WANDB_ENTITY.value))

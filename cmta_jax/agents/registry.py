@@ -336,6 +336,7 @@ def make_agent_networks(
   _check_encoder_shapes(agent, encoder, num_tasks, obs_dim)
   if spec.make_heads is not None:
     actor, critic = spec.make_heads(run_config, task_names, encoder.feature_dim, action_dim)
+    _check_head_shapes(agent, actor, critic, num_tasks, encoder.feature_dim, action_dim)
     return AgentNetworks(encoder, actor, critic, num_tasks, obs_dim, action_dim)
   actor = make_actor(
     encoder.feature_dim,
@@ -401,4 +402,37 @@ def _check_encoder_shapes(agent: str, encoder: Encoder, num_tasks: int, obs_dim:
       f"agent {agent!r}: its encoder returns {', '.join(wrong)} for a "
       f"[{groups}, {rows}, {obs_dim}] batch (feature_dim {encoder.feature_dim}, "
       f"carry_dim {carry_dim})"
+    )
+
+
+def _check_head_shapes(
+  agent: str, actor, critic, num_tasks: int, feature_dim: int, action_dim: int
+):
+  """Traces (no compute) an agent's own actor and critic on a [2 tasks, 3 rows] batch:
+  mean and log_std [G, B, A], Q [num_q, G, B]. One-line ValueError otherwise."""
+  groups, rows = min(2, num_tasks), 3
+  features = jax.ShapeDtypeStruct((groups, rows, feature_dim), jnp.float32)
+  actions = jax.ShapeDtypeStruct((groups, rows, action_dim), jnp.float32)
+  ids = jax.ShapeDtypeStruct((groups,), jnp.int32)
+  try:
+    mean, log_std = jax.eval_shape(
+      lambda key, x, i: actor.apply(actor.init(key), x, i), jax.random.PRNGKey(0), features, ids
+    )
+    q = jax.eval_shape(
+      lambda key, x, a, i: critic.apply(critic.init(key), x, a, i),
+      jax.random.PRNGKey(0),
+      features,
+      actions,
+      ids,
+    )
+  except Exception as error:  # pylint: disable=broad-except
+    raise ValueError(
+      f"agent {agent!r}: its actor or critic fails on a [{groups}, {rows}, {feature_dim}] "
+      f"batch: {type(error).__name__}: {str(error).splitlines()[0]}"
+    ) from None
+  policy = (groups, rows, action_dim)
+  if mean.shape != policy or log_std.shape != policy or q.shape[1:] != (groups, rows):
+    raise ValueError(
+      f"agent {agent!r}: its actor returns {mean.shape} / {log_std.shape} (expected {policy}) "
+      f"and its critic {q.shape} (expected [num_q, {groups}, {rows}])"
     )

@@ -65,7 +65,7 @@ def make_soft_modular_net(
     stacked = lambda k, n, i, o: jax.vmap(lambda k2: layers.dense_init(k2, i, o))(
       jax.random.split(k, n)
     )
-    return {
+    params = {
       "base": layers.mlp_init(keys[0], (in_dim, width, width)),
       "task": task_init(keys[1]),
       # [layer, module]: Dense(width, width)
@@ -75,10 +75,12 @@ def make_soft_modular_net(
       "route_first": layers.dense_init(keys[3], width, routes),
       # W_u reads the previous routing logits; W_d gives the next ones (between layers).
       "route_up": stacked(keys[4], depth - 1, routes, width),
-      "route_down": stacked(keys[5], depth - 2, width, routes),
       "route_last": layers.dense_init(keys[6], width, modules),
       "output": layers.dense_init(keys[7], width, out_dim),
     }
+    if depth > 2:  # no zero-size arrays: checkpoints cannot hold them
+      params["route_down"] = stacked(keys[5], depth - 2, width, routes)
+    return params
 
   def routing(params, embedding, mix):
     """(softmax weights between layers [N, L - 1, M, M], last weights [N, M])."""

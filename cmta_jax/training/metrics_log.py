@@ -13,6 +13,7 @@ import json
 import math
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -214,8 +215,18 @@ class MetricsLog:
 
   def finish(self, summary: dict, curves_path: str | None) -> None:
     """The run's final summary (and its curves image, if drawn) to the tracker, if any."""
-    if self._tracker is not None:
+    if self._tracker is None:
+      return
+    try:
       self._tracker.finish(summary, curves_path)
+    except Exception as error:  # pylint: disable=broad-except
+      # A tracker (a network service) failing at the end must not cost the run's own files.
+      reason = str(error).splitlines()[0] if str(error) else ""
+      print(
+        f"WARNING: the tracker did not take the final summary ({type(error).__name__}: "
+        f"{reason[:200]}); summary.json is written as usual",
+        file=sys.stderr,
+      )
 
   def add_gif(self, tag: str, gif: bytes, height: int, width: int, step: int) -> None:
     """An animated image in TensorBoard's images tab, from a GIF file's bytes.

@@ -22,7 +22,14 @@ LOCK_FILE = ".lock"
 # run is normal.
 RESUMABLE_CHANGES = ("train.total_steps",)
 # Fields that say what a run is: they can never change on resume, whatever the shapes.
-IDENTITY_FIELDS = ("agent", "env.benchmark", "env.mode", "recurrence.carry_mode", "train.seed")
+IDENTITY_FIELDS = (
+  "agent",
+  "env.benchmark",
+  "env.mode",
+  "recurrence.carry_mode",
+  "train.seed",
+  "train.eval_protocol",  # a curve is evaluated by one protocol throughout
+)
 
 
 class ConfigMismatch(ValueError):
@@ -191,7 +198,7 @@ def check_identity(run_dir: str, saved: dict, current: dict) -> None:
   ]
   if changed:
     raise ConfigMismatch(
-      f"{run_dir} holds a run of another agent, task set, carry mode or seed "
+      f"{run_dir} holds a run of another agent, task set, carry mode, seed or evaluation protocol "
       f"({'; '.join(changed)}): {_NEVER}"
     )
 

@@ -2,19 +2,20 @@
 
 Each seed's run directory is one W&B run. It gets the run's config, every record of
 metrics.jsonl under TensorBoard's names against `env_step`, the final summary and the
-curves image. The W&B run id is derived from the run directory once and kept there
+curves image. The W&B run id is made once per run directory and kept there
 (`wandb_run_id`), so a resumed or requeued run, even one moved elsewhere, goes on in the same
-W&B run. A resume re-logs the records between its checkpoint and the stop with the values
-they had (resume is exact), so a curve gains duplicate points, never a different one.
+W&B run. A resume re-logs the records between its checkpoint and the stop; resume is exact,
+so they have the values they had, unless the resume accepted a config change
+(`--allow_config_change`, recorded in changes.jsonl).
 Online, offline or disabled: W&B's own `WANDB_MODE`. Its files go under RUN_DIR/wandb
 unless `WANDB_DIR` says otherwise. Only a run that asks for W&B imports it.
 """
 
 import dataclasses
-import hashlib
 import importlib.util
 import os
 import re
+import secrets
 
 from cmta_jax import config as config_lib
 
@@ -58,8 +59,10 @@ def run_name(run_dir: str) -> str:
 
 
 def run_id(run_dir: str) -> str:
-  """The W&B run id of `run_dir`: read from RUN_DIR/wandb_run_id, else derived from the
-  directory's name and absolute path and written there."""
+  """The W&B run id of `run_dir`: read from RUN_DIR/wandb_run_id, else made from the
+  directory's name and a random suffix and written there. Random, not derived from the path:
+  a new run in a deleted run's place, or someone else's run at the same path, must not
+  continue that W&B run."""
   path = os.path.join(run_dir, ID_FILE)
   if os.path.exists(path):
     with open(path) as f:
@@ -67,7 +70,7 @@ def run_id(run_dir: str) -> str:
     if re.fullmatch(r"[\w-]{1,64}", stored):
       return stored
     raise ValueError(f"{path}: {stored[:80]!r} is not a W&B run id; delete the file for a new one")
-  digest = hashlib.sha1(os.path.realpath(run_dir).encode()).hexdigest()[:10]
+  digest = secrets.token_hex(5)
   slug = re.sub(r"[^\w-]+", "-", run_name(run_dir)).strip("-")[:50]
   made = f"{slug}-{digest}"
   with open(path + ".tmp", "w") as f:
@@ -83,7 +86,22 @@ class WandbTracker:
     import wandb  # only runs that ask for W&B import it
 
     self._wandb = wandb
-    self._run = wandb.init(
+    try:
+      self._run = self._init(wandb, options, run_config, run_dir)
+    except Exception as error:  # no API key, no network, a refused project...
+      reason = str(error).splitlines()[0] if str(error) else ""
+      raise ValueError(
+        f"W&B could not start the run of {run_dir} ({type(error).__name__}: {reason[:200]}); "
+        "WANDB_MODE=offline logs without a network (wandb sync uploads later)"
+      ) from None
+    self._run.define_metric("env_step")
+    self._run.define_metric("*", step_metric="env_step")
+    if resume_step is not None:
+      self._run.summary["resumed_from_step"] = resume_step
+
+  @staticmethod
+  def _init(wandb, options: WandbOptions, run_config, run_dir: str):
+    return wandb.init(
       project=options.project,
       entity=options.entity,
       group=options.group,
@@ -96,10 +114,6 @@ class WandbTracker:
       reinit="create_new",  # the seeds of a batch are runs of one process
       settings=wandb.Settings(console="off", silent=True),
     )
-    self._run.define_metric("env_step")
-    self._run.define_metric("*", step_metric="env_step")
-    if resume_step is not None:
-      self._run.summary["resumed_from_step"] = resume_step
 
   def log(self, step: int, scalars: dict[str, float]) -> None:
     self._run.log({"env_step": step, **scalars})

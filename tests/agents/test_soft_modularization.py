@@ -6,6 +6,7 @@ loss each Q-function's own); what the update logs and the inspection commands se
 flags that cannot act on it.
 """
 
+import dataclasses
 import functools
 
 import chex
@@ -14,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cmta_jax import config as config_lib
 from cmta_jax import testing
 from cmta_jax.agents import registry, sac, soft_modularization
 from cmta_jax.config import SoftModuConfig, TaskEncoderConfig
@@ -233,3 +235,56 @@ def test_an_agent_with_its_own_heads_gives_no_head_layout():
   with pytest.raises(ValueError, match="with make_heads .* give head_layout=None"):
     registry.register("softmodu_twin", spec._replace(head_layout="shared"))
   assert "softmodu_twin" not in registry.AGENT_SPECS
+
+
+@pytest.mark.parametrize("layers", [2, 4])
+def test_every_depth_matches_its_equations_and_has_no_empty_arrays(layers):
+  # Empty arrays cannot be checkpointed (orbax refuses them).
+  config = SoftModuConfig(softmodu_layers=layers, softmodu_modules=2, softmodu_width=8)
+  net = soft_modularization.make_soft_modular_net(config, TASK_CONFIG, 3, OBS_DIM, 2)
+  params = net.init(jax.random.key(4))
+  assert all(leaf.size > 0 for leaf in jax.tree.leaves(params))
+  x = np.random.default_rng(1).normal(size=(1, 2, OBS_DIM)).astype(np.float32)
+  out, routing = jax.jit(net.apply)(params, x, np.array([2], np.int32))
+  for b in range(2):
+    expected_out, expected_routing = _reference(_np(params), x[0, b], 2, config)
+    np.testing.assert_allclose(out[0, b], expected_out, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(routing[0, b], np.stack(expected_routing), rtol=1e-4, atol=1e-6)
+
+
+def test_one_layer_is_refused_by_the_config():
+  with pytest.raises(ValueError, match="softmodu_layers must be >= 2"):
+    SoftModuConfig(softmodu_layers=1).validate()
+
+
+def test_configs_of_the_earlier_network_read_as_it_and_are_refused():
+  saved = config_lib.flatten(config_lib.RunConfig(agent="softmodu"))
+  del saved["softmodu.softmodu_network_revision"]  # as the earlier version wrote it
+  upgraded = config_lib.upgrade_flat(saved)
+  assert upgraded["softmodu.softmodu_network_revision"] == 1
+  with pytest.raises(ValueError, match="only revision 2 is built .* start a new --run_dir"):
+    config_lib.from_flat(upgraded).validate()
+  # Other agents' configs are not touched: their runs of before and after group together.
+  cmta = config_lib.flatten(config_lib.RunConfig(agent="cmta"))
+  del cmta["softmodu.softmodu_network_revision"]
+  assert "softmodu.softmodu_network_revision" not in config_lib.upgrade_flat(cmta)
+
+
+def test_own_heads_of_the_wrong_shape_fail_when_the_agent_is_built():
+  spec = registry.AGENT_SPECS["softmodu"]
+
+  def wrong_heads(run_config, task_names, feature_dim, action_dim):
+    actor, _ = spec.make_heads(run_config, task_names, feature_dim, action_dim + 1)
+    return actor, spec.make_heads(run_config, task_names, feature_dim, action_dim)[1]
+
+  registry.register("softmodu_wrong", spec._replace(make_heads=wrong_heads))
+  try:
+    with pytest.raises(ValueError, match="agent 'softmodu_wrong': its actor returns"):
+      registry.make_agent_networks(
+        dataclasses.replace(SMALL, agent="softmodu_wrong"),
+        [f"task{t}" for t in range(4)],
+        OBS_DIM,
+        ACTION_DIM,
+      )
+  finally:
+    registry.unregister("softmodu_wrong")

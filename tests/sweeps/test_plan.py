@@ -162,6 +162,10 @@ def test_with_wandb_each_job_is_a_group_of_its_seeds_runs(tmp_path):
   [
     (["--table=1"], "--root is required"),
     (["--table=1", "--root=/tmp/x", "--wandb_tags=a"], "--wandb_tags need --wandb_project"),
+    (
+      ["--table=1", "--root=/tmp/x", "--dry_run", "--wandb_project=my project"],
+      "--wandb_project: 'my project' is not a W&B name",
+    ),
     (["--root=/tmp/x"], "give either --table or --sweep_file"),
     (["--table=1", "--root=/tmp/x", "--override=totl_steps=3"], "'totl_steps' is not a flag"),
     (["--table=1", "--root=/tmp/x", "--sbatch=account"], "--sbatch takes name=value"),

@@ -231,7 +231,7 @@ def _assert_refusals_change_nothing(run_dir: str) -> None:
     (
       dict(carry_mode="frozen_memory"),
       True,
-      r"another agent, task set, carry mode or seed \(recurrence.carry_mode: saved 'burn_in'",
+      r"another agent, task set, carry mode, seed or evaluation protocol \(recurrence.carry_mode: saved 'burn_in'",
     ),
     (dict(hidden_width=64), False, r"other array shapes .* can never change on resume"),
     (dict(log_every=80), False, r"different config .*--allow_config_change"),

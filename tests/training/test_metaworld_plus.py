@@ -217,3 +217,12 @@ def test_a_short_metaworld_plus_run_from_the_cli_and_its_own_table_column(
   # Two columns, never one cell: the paper protocol's and Meta-World+'s.
   assert table.stdout.count("| MT10-Mixed max smoothed |") == 1, table.stdout
   assert table.stdout.count("| MT10-Mixed (Meta-World+) max smoothed |") == 1, table.stdout
+
+
+def test_a_resume_cannot_change_the_evaluation_protocol(tmp_path):
+  from cmta_jax.training import run_dir as run_dir_lib
+
+  saved = config_lib.flatten(config_lib.PRESETS["metaworld_plus_mt10"])
+  now = dict(saved, **{"train.eval_protocol": "cmta"})
+  with pytest.raises(run_dir_lib.ConfigMismatch, match="evaluation protocol .*can never change"):
+    run_dir_lib.check_identity(str(tmp_path), saved, now)

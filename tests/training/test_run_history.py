@@ -190,7 +190,7 @@ def test_fields_that_say_what_the_run_is_can_never_change(
   )
   line = assert_one_line_error(
     result,
-    r"holds a run of another agent, task set, carry mode or seed .*"
+    r"holds a run of another agent, task set, carry mode, seed or evaluation protocol .*"
     + field
     + r".*: these fields can never change on resume, even with --allow_config_change; use "
     r"another --run_dir",
