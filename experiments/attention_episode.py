@@ -15,6 +15,7 @@ import os
 from absl import app, flags, logging
 
 from cmta_jax import cli
+from cmta_jax import config as config_lib
 
 _RUN_DIR = flags.DEFINE_string("run_dir", None, "The run directory.", required=True)
 cli.define_agent_module_flag()  # for runs of agents defined outside the package
@@ -39,7 +40,7 @@ def main(argv):
     raise ValueError(f"agent {policy.run_config.agent} has no attention weights (no experts)")
   env = policy.run_config.env
   title = (
-    f"{os.path.basename(os.path.normpath(_RUN_DIR.value))}: {policy.run_config.agent}, {env.benchmark}-{env.mode.capitalize()}, "
+    f"{os.path.basename(os.path.normpath(_RUN_DIR.value))}: {policy.run_config.agent}, {config_lib.setting_name(env.benchmark, env.mode, policy.run_config.train.eval_protocol)}, "
     f"checkpoint of step {policy.step}"
   )
   chosen = [trace for trace in episode if trace.task in tasks]

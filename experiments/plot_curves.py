@@ -21,6 +21,7 @@ figure written is named on a "wrote" line.
 
 import functools
 import os
+import re
 
 from absl import app, flags, logging
 
@@ -62,7 +63,9 @@ def main(argv):
   if _PER_TASK.value:
     for column in dict.fromkeys(c.column for c in cells):
       per_task = functools.partial(figures.per_task_curves, cells, column)
-      drawings.append((f"{stem}_{column}{extension}", per_task))
+      # 'MT10-Mixed (Meta-World+)' -> 'MT10-Mixed_Meta-World+': no spaces in file names.
+      name = re.sub(r"[^\w+-]+", "_", column).strip("_")
+      drawings.append((f"{stem}_{name}{extension}", per_task))
   for path, draw in drawings:
     try:
       print(f"wrote {draw(path)}")
