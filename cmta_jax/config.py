@@ -85,6 +85,15 @@ def _eval_protocol(name: str, value: Any) -> None:
     raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(EVAL_PROTOCOLS)}")
 
 
+def _softmodu_revision(name: str, value: Any) -> None:
+  if value != SOFTMODU_NETWORK_REVISION:
+    raise ValueError(
+      f"{name} {value!r}: only revision {SOFTMODU_NETWORK_REVISION} is built (revision 1, a "
+      "routed encoder under MLP heads, was replaced by the paper's network); start a new "
+      "--run_dir"
+    )
+
+
 def _field(default: Any, check: Callable[[str, Any], None] | None = None) -> Any:
   return dataclasses.field(default=default, metadata={"check": check} if check else {})
 
@@ -173,7 +182,7 @@ class SoftModuConfig:
   # Which network the agent is; recorded so that runs of different networks never resume
   # into or average with each other. 2: the actor and each critic are routed networks.
   # 1 (configs that do not record it): a routed encoder under MLP heads, no longer built.
-  softmodu_network_revision: int = SOFTMODU_NETWORK_REVISION
+  softmodu_network_revision: int = _field(SOFTMODU_NETWORK_REVISION, _softmodu_revision)
 
   def validate(self) -> None:
     validate_fields(self)
@@ -181,12 +190,6 @@ class SoftModuConfig:
       raise ValueError(
         f"softmodu_layers must be >= 2 (routing joins consecutive layers), got "
         f"{self.softmodu_layers}"
-      )
-    if self.softmodu_network_revision != SOFTMODU_NETWORK_REVISION:
-      raise ValueError(
-        f"softmodu_network_revision {self.softmodu_network_revision!r}: only revision "
-        f"{SOFTMODU_NETWORK_REVISION} is built (revision 1, a routed encoder under MLP "
-        "heads, was replaced by the paper's network); start a new --run_dir"
       )
 
 
