@@ -373,19 +373,13 @@ def _check_encoder_shapes(agent: str, encoder: Encoder, num_tasks: int, obs_dim:
     jax.ShapeDtypeStruct((groups, rows, carry_dim), jnp.float32),
     jax.ShapeDtypeStruct((groups, rows, carry_dim), jnp.float32),
   )
-  try:
-    out = jax.eval_shape(
-      lambda key, obs, ids, carry: encoder.apply(encoder.init(key), obs, ids, carry),
-      jax.random.PRNGKey(0),
-      jax.ShapeDtypeStruct((groups, rows, obs_dim), jnp.float32),
-      jax.ShapeDtypeStruct((groups,), jnp.int32),
-      carry,
-    )
-  except Exception as error:  # pylint: disable=broad-except
-    raise ValueError(
-      f"agent {agent!r}: its encoder fails on a [{groups}, {rows}, {obs_dim}] "
-      f"batch: {type(error).__name__}: {str(error).splitlines()[0]}"
-    ) from None
+  out = _traced(
+    f"agent {agent!r}: its encoder fails on a [{groups}, {rows}, {obs_dim}] batch",
+    lambda key, obs, ids, carry: encoder.apply(encoder.init(key), obs, ids, carry),
+    jax.ShapeDtypeStruct((groups, rows, obs_dim), jnp.float32),
+    jax.ShapeDtypeStruct((groups,), jnp.int32),
+    carry,
+  )
   expected = {
     "features": (groups, rows, encoder.feature_dim),
     "carry.h": (groups, rows, carry_dim),
@@ -414,25 +408,27 @@ def _check_head_shapes(
   features = jax.ShapeDtypeStruct((groups, rows, feature_dim), jnp.float32)
   actions = jax.ShapeDtypeStruct((groups, rows, action_dim), jnp.float32)
   ids = jax.ShapeDtypeStruct((groups,), jnp.int32)
-  try:
-    mean, log_std = jax.eval_shape(
-      lambda key, x, i: actor.apply(actor.init(key), x, i), jax.random.PRNGKey(0), features, ids
-    )
-    q = jax.eval_shape(
-      lambda key, x, a, i: critic.apply(critic.init(key), x, a, i),
-      jax.random.PRNGKey(0),
-      features,
-      actions,
-      ids,
-    )
-  except Exception as error:  # pylint: disable=broad-except
-    raise ValueError(
-      f"agent {agent!r}: its actor or critic fails on a [{groups}, {rows}, {feature_dim}] "
-      f"batch: {type(error).__name__}: {str(error).splitlines()[0]}"
-    ) from None
+  failure = (
+    f"agent {agent!r}: its actor or critic fails on a [{groups}, {rows}, {feature_dim}] batch"
+  )
+  mean, log_std = _traced(
+    failure, lambda key, x, i: actor.apply(actor.init(key), x, i), features, ids
+  )
+  q = _traced(
+    failure, lambda key, x, a, i: critic.apply(critic.init(key), x, a, i), features, actions, ids
+  )
   policy = (groups, rows, action_dim)
   if mean.shape != policy or log_std.shape != policy or q.shape[1:] != (groups, rows):
     raise ValueError(
       f"agent {agent!r}: its actor returns {mean.shape} / {log_std.shape} (expected {policy}) "
       f"and its critic {q.shape} (expected [num_q, {groups}, {rows}])"
     )
+
+
+def _traced(failure: str, fn, *args):
+  """jax.eval_shape(fn, key, *args): output shapes without compute; a one-line ValueError
+  starting with `failure` if tracing fails."""
+  try:
+    return jax.eval_shape(fn, jax.random.PRNGKey(0), *args)
+  except Exception as error:  # pylint: disable=broad-except
+    raise ValueError(f"{failure}: {type(error).__name__}: {str(error).splitlines()[0]}") from None
