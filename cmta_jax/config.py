@@ -18,15 +18,27 @@ REPLAY_PLACEMENTS = ("device", "host")
 # metaworld_plus = Meta-World+'s (an episode ends at its first success).
 EVAL_PROTOCOLS = ("cmta", "metaworld_plus")
 PROTOCOL_NAMES = {"cmta": "CMTA", "metaworld_plus": "Meta-World+"}
+METAWORLD_PLUS_EPISODE_LENGTH = 500
 SOFTMODU_NETWORK_REVISION = 2
 
 
-def setting_name(benchmark: str, mode: str, eval_protocol: str = "cmta") -> str:
+def setting_name(
+  benchmark: str, mode: str, eval_protocol: str = "cmta", episode_length: int | None = None
+) -> str:
   """'MT10-Fixed'; with another evaluation protocol than the CMTA paper's, it says which:
-  'MT10-Mixed (Meta-World+)'. Tables, curves and summaries name a run's setting so."""
+  'MT10-Mixed (Meta-World+)'. Tables, curves and summaries name a run's setting so. A
+  Meta-World+ evaluation of episodes shorter or longer than that benchmark's 500 steps is
+  not comparable with its published numbers, and its name says so: 'MT10-Mixed
+  (Meta-World+ rules, 150-step episodes)'."""
   name = f"{benchmark}-{mode.capitalize()}"
   if eval_protocol != "cmta":
-    name += f" ({PROTOCOL_NAMES.get(eval_protocol, eval_protocol)})"
+    name += f" ({PROTOCOL_NAMES.get(eval_protocol, eval_protocol)}"
+    if eval_protocol == "metaworld_plus" and episode_length not in (
+      None,
+      METAWORLD_PLUS_EPISODE_LENGTH,
+    ):
+      name += f" rules, {episode_length}-step episodes"
+    name += ")"
   return name
 
 
@@ -298,6 +310,12 @@ class RunConfig:
     }
     return {**built_in, **_plugin_sections(self)}
 
+  def setting_name(self) -> str:
+    """This run's setting as tables, curves and summaries name it (`setting_name`)."""
+    return setting_name(
+      self.env.benchmark, self.env.mode, self.train.eval_protocol, self.env.episode_length
+    )
+
   def validate(self) -> None:
     """Every section's own checks (one-line ValueError); no agent-dependent ones."""
     if not isinstance(self.agent, str) or not self.agent:
@@ -362,7 +380,10 @@ def _paper(benchmark: str, mode: str) -> RunConfig:
 def _metaworld_plus(benchmark: str, replay_capacity: int) -> RunConfig:
   return RunConfig(
     env=EnvConfig(
-      benchmark=benchmark, mode="mixed", episode_length=500, reward_normalization=False
+      benchmark=benchmark,
+      mode="mixed",
+      episode_length=METAWORLD_PLUS_EPISODE_LENGTH,
+      reward_normalization=False,
     ),
     train=TrainConfig(
       total_steps=2_000_000,

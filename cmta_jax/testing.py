@@ -219,6 +219,9 @@ class PointTasks:
       episode_start=episode_end,
     )
 
+  def end_episode(self) -> np.ndarray:
+    return self._start_episode()
+
   def get_state(self) -> dict:
     return {"episode": self._episode}
 

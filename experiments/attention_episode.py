@@ -15,7 +15,6 @@ import os
 from absl import app, flags, logging
 
 from cmta_jax import cli
-from cmta_jax import config as config_lib
 
 _RUN_DIR = flags.DEFINE_string("run_dir", None, "The run directory.", required=True)
 cli.define_agent_module_flag()  # for runs of agents defined outside the package
@@ -38,9 +37,8 @@ def main(argv):
   (episode,) = inspection.trace_episodes(policy, episodes=1)
   if episode[0].attention is None:
     raise ValueError(f"agent {policy.run_config.agent} has no attention weights (no experts)")
-  env = policy.run_config.env
   title = (
-    f"{os.path.basename(os.path.normpath(_RUN_DIR.value))}: {policy.run_config.agent}, {config_lib.setting_name(env.benchmark, env.mode, policy.run_config.train.eval_protocol)}, "
+    f"{os.path.basename(os.path.normpath(_RUN_DIR.value))}: {policy.run_config.agent}, {policy.run_config.setting_name()}, "
     f"checkpoint of step {policy.step}"
   )
   chosen = [trace for trace in episode if trace.task in tasks]

@@ -329,6 +329,15 @@ class MultiTaskEnv:
     self._started = True
     return np.array(obs, dtype=np.float32)
 
+  def end_episode(self) -> np.ndarray:
+    """Ends the current episode of every task before its last step and starts the next
+    episode of the stream, the one a truncation would have started; returns its obs.
+    (Evaluation under Meta-World+'s rule stops once every task has succeeded.)"""
+    if not self._started:
+      raise RuntimeError("call reset() or restore() before end_episode()")
+    self._episode_index += 1
+    return self._start_episode()
+
   def step(self, actions: np.ndarray) -> StepResult:
     """Steps all tasks; after the truncating step all tasks are reset."""
     if not self._started:

@@ -11,8 +11,8 @@ run always is (docs/seeds.md).
 A `SeedEnvs` (the training or the evaluation role of an `EnvPool`) offers the vector
 environment interface of `EnvSource` with a leading seed axis: `reset() -> obs [S, T,
 obs_dim]`, `step(actions [S, T, action_dim]) -> StepResult` of [S, T, ...] arrays (all
-seeds share the episode length, so `episode_start` is one bool), `get_state() -> [per-seed
-dict]`, `restore([per-seed dict]) -> obs` and `at_episode_start`.
+seeds share the episode length, so `episode_start` is one bool), `end_episode() -> obs`,
+`get_state() -> [per-seed dict]`, `restore([per-seed dict]) -> obs` and `at_episode_start`.
 """
 
 import multiprocessing
@@ -212,6 +212,10 @@ class SeedEnvs:
 
   def reset(self) -> np.ndarray:
     return np.stack(self._pool.call(self.role, "reset"))
+
+  def end_episode(self) -> np.ndarray:
+    """Ends every seed's current episode early (`MultiTaskEnv.end_episode`): [S, T, obs]."""
+    return np.stack(self._pool.call(self.role, "end_episode"))
 
   def step(self, actions: np.ndarray) -> StepResult:
     """Steps every seed's tasks with `actions` [S, T, action_dim]."""

@@ -60,7 +60,10 @@ def column_of(config: dict) -> str:
   """'MT10-Fixed', or with another evaluation protocol than the CMTA paper's, e.g.
   'MT10-Mixed (Meta-World+)'."""
   return config_lib.setting_name(
-    config["env.benchmark"], config["env.mode"], config.get("train.eval_protocol", "cmta")
+    config["env.benchmark"],
+    config["env.mode"],
+    config.get("train.eval_protocol", "cmta"),
+    config.get("env.episode_length"),
   )
 
 

@@ -20,8 +20,9 @@ def evaluate(
   step: int,
   put=lambda tree: tree,
   stop_at_success: bool = False,
+  active: Sequence[bool] | None = None,
 ) -> tuple[dict, np.ndarray]:
-  """Runs `episodes` full episodes of every seed's tasks from `obs` [S, T, obs_dim] (an
+  """Runs `episodes` episodes of every seed's tasks from `obs` [S, T, obs_dim] (an
   episode start) in `eval_env` (a `SeedEnvs`), acting with `act` (`loop.make_act`, vmapped
   over seeds); `put` places the observations and carries on the learner's devices.
 
@@ -29,12 +30,16 @@ def evaluate(
   episode start). Success of an episode: success at any of its steps. With `stop_at_success`
   (Meta-World+'s rule, `metaworld.evaluation`) an episode ends at its first success: its
   return counts the rewards up to that step. The tasks step in lockstep, so a task that has
-  succeeded steps on to the common episode end, but nothing after its success counts; its
-  success is the same either way.
+  succeeded steps on until every task has succeeded (or its seed has stopped), but nothing
+  after its success counts; then the episode ends early (`end_episode`, the same next
+  episode as at its last step), which changes no figure.
   """
   if not eval_env.at_episode_start:
     raise RuntimeError("evaluation must start at an episode start")
   envs_shape = obs.shape[:-1]  # (S, T)
+  stopped = np.zeros(envs_shape, bool)
+  if active is not None:
+    stopped[~np.asarray(active, bool)] = True
   success = np.zeros((episodes, *envs_shape), np.float32)
   returns = np.zeros((episodes, *envs_shape), np.float64)
   for episode in range(episodes):
@@ -48,6 +53,9 @@ def evaluate(
       success[episode] = np.maximum(success[episode], result.success)
       obs = result.obs
       if result.episode_start:
+        break
+      if stop_at_success and np.all((success[episode] > 0) | stopped):
+        obs = eval_env.end_episode()
         break
   return {"success": success.mean(axis=0), "return": returns.mean(axis=0)}, obs
 

@@ -170,6 +170,7 @@ def evaluate_now(run: run_state.Run, state: run_state.LoopState) -> run_state.Lo
     state.step,
     put=run.placement.put,
     stop_at_success=run.config.train.eval_protocol == "metaworld_plus",
+    active=state.active,
   )
   names = run.task_names
   history = list(state.eval_history)

@@ -9,7 +9,6 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from cmta_jax import config as config_lib
 from cmta_jax import success_curve
 from cmta_jax.training import run_state
 
@@ -50,10 +49,9 @@ def curves_path(seed_run: run_state.SeedRun) -> str:
 
 
 def curves_title(seed_run: run_state.SeedRun) -> str:
-  env = seed_run.config.env
   return (
     f"{os.path.basename(os.path.normpath(seed_run.run_dir))}: {seed_run.config.agent}, "
-    f"{config_lib.setting_name(env.benchmark, env.mode, seed_run.config.train.eval_protocol)}, "
+    f"{seed_run.config.setting_name()}, "
     f"seed {seed_run.seed}"
   )
 
@@ -139,6 +137,8 @@ def summarize(run: run_state.Run, state: run_state.LoopState, index: int = 0) ->
     "benchmark": cfg_env.benchmark,
     "mode": cfg_env.mode,
     "eval_protocol": seed_run.config.train.eval_protocol,
+    "episode_length": cfg_env.episode_length,
+    "setting": seed_run.config.setting_name(),
     "seed": seed_run.seed,
     "steps": state.step,
     "eval_steps": [r["step"] for r in history],

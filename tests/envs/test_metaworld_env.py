@@ -223,6 +223,27 @@ def test_mixed_mode_changes_variation_and_is_reproducible(mixed_train):
   assert not np.array_equal(eval_stream, runs[0])
 
 
+def test_an_episode_ended_early_starts_the_next_episode_of_the_stream(mixed_train):
+  env = mixed_train
+  actions = _actions(EPISODE_LENGTH, 10)
+  _, full = _rollout(env, actions)  # episode 0 to its end
+  after_full = env.variation_indices()
+  env.reset()
+  for action in actions[:3]:
+    env.step(action)
+  obs = env.end_episode()
+  assert env.at_episode_start and env.episode_index == 1
+  np.testing.assert_array_equal(env.variation_indices(), after_full)
+  np.testing.assert_array_equal(obs, full[-1].obs)  # the first obs of episode 1
+  # The stream then goes on as it would have.
+  resumed = [env.step(action) for action in actions]
+  assert env.episode_index == 2
+  np.testing.assert_array_equal(
+    env.variation_indices(), episode_variation_indices(SEED, "mixed", "train", 10, 2)
+  )
+  assert resumed[-1].episode_start
+
+
 def test_same_seed_same_stream_different_seed_different(fixed_train, fixed_train_other_seed):
   actions = _actions(EPISODE_LENGTH + 3, 10)
   first_a, results_a = _rollout(fixed_train, actions)

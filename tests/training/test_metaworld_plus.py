@@ -149,6 +149,110 @@ def test_returns_stop_at_the_first_success_and_success_counts_alike():
   )
 
 
+class _CountingEnv:
+  """A `SeedEnvs` that counts the steps taken in it."""
+
+  def __init__(self, env):
+    self.env, self.steps = env, 0
+
+  @property
+  def at_episode_start(self):
+    return self.env.at_episode_start
+
+  def step(self, actions):
+    self.steps += 1
+    return self.env.step(actions)
+
+  def end_episode(self):
+    return self.env.end_episode()
+
+
+def _to_the_goal(moving_seeds):
+  """Point-task policy: straight to each task's goal in seeds `moving_seeds`; the others stay."""
+
+  def act(params, obs, task_ids, carry, base_keys, step, mode):
+    action = np.clip((testing.GOALS - obs[..., 0]) / testing.STEP_SIZE, -1.0, 1.0)
+    moving = np.isin(np.arange(len(obs)), moving_seeds)[:, None]
+    return np.where(moving, action, 0.0)[..., None].astype(np.float32), carry
+
+  return act
+
+
+def _slow_metaworld_plus_evaluation(seeds, act, episodes):
+  """Full episodes, one seed at a time: success anywhere, the return up to the first success,
+  and each episode's step of each task's first success [S, T] (inf: none)."""
+  success = np.zeros((episodes, len(seeds), len(testing.GOALS)))
+  returns = np.zeros_like(success)
+  first_success = np.full_like(success, np.inf)
+  for index, seed in enumerate(seeds):
+    env = testing.PointTasks(seed, "eval", False, testing.EPISODE_LENGTH)
+    obs = env.reset()
+    for episode in range(episodes):
+      for t in range(testing.EPISODE_LENGTH):
+        stacked = np.zeros((len(seeds), *obs.shape), np.float32)
+        stacked[index] = obs
+        actions, _ = act(None, stacked, None, None, None, 0, "eval")
+        result = env.step(actions[index])
+        for task in range(len(testing.GOALS)):
+          if success[episode, index, task] == 0:
+            returns[episode, index, task] += result.raw_reward[task]
+            if result.success[task]:
+              success[episode, index, task], first_success[episode, index, task] = 1, t + 1
+        obs = result.obs
+  return success.mean(0), returns.mean(0), first_success
+
+
+@pytest.mark.parametrize(
+  ("moving_seeds", "active", "ends_early"),
+  [
+    ((0, 1), None, True),  # every task of every seed succeeds: the episode ends there
+    ((0,), None, False),  # seed 1 never succeeds: episodes run to their end
+    ((0,), (True, False), True),  # ... unless seed 1 has stopped training
+  ],
+)
+def test_an_evaluation_ends_its_episode_once_every_task_of_every_running_seed_has_succeeded(
+  moving_seeds, active, ends_early
+):
+  seeds, episodes = [0, 1], 3
+  act = _to_the_goal(moving_seeds)
+  config = EnvConfig(episode_length=testing.EPISODE_LENGTH)
+  results, next_obs, steps = {}, {}, {}
+  for stop in (True, False):
+    pool = EnvPool(testing.point_tasks(False).make_envs, config, seeds, env_workers=0)
+    env = _CountingEnv(pool.eval)
+    results[stop], next_obs[stop] = evaluate(
+      env,
+      env.env.reset(),
+      act,
+      None,
+      None,
+      _NoCarry,
+      episodes,
+      None,
+      0,
+      stop_at_success=stop,
+      active=active,
+    )
+    steps[stop] = env.steps
+    pool.close()
+
+  success, returns, first_success = _slow_metaworld_plus_evaluation(seeds, act, episodes)
+  running = np.ones(len(seeds), bool) if active is None else np.array(active)
+  np.testing.assert_array_equal(results[True]["success"], success)
+  # A stopped seed's figures are never recorded; the running seeds' are unchanged.
+  np.testing.assert_allclose(results[True]["return"][running], returns[running], rtol=1e-6)
+  np.testing.assert_array_equal(results[False]["success"], results[True]["success"])
+  expected_steps = sum(
+    int(first[running].max()) if np.isfinite(first[running]).all() else testing.EPISODE_LENGTH
+    for first in first_success
+  )
+  assert steps[True] == expected_steps
+  assert steps[False] == episodes * testing.EPISODE_LENGTH
+  assert (steps[True] < steps[False]) == ends_early
+  # The episode stream goes on where full episodes would have left it.
+  np.testing.assert_array_equal(next_obs[True], next_obs[False])
+
+
 @pytest.mark.parametrize(
   ("preset", "benchmark"), [("metaworld_plus_mt10", "MT10"), ("metaworld_plus_mt50", "MT50")]
 )
@@ -200,8 +304,11 @@ def test_a_short_metaworld_plus_run_from_the_cli_and_its_own_table_column(
   assert (saved["env.mode"], saved["env.episode_length"]) == ("mixed", support.EPISODE_LENGTH)
   evals = [r for r in support.read_records(str(plus)) if r["kind"] == "eval"]
   assert [r["step"] for r in evals] == [0, 40, 80]
+  # Shorter episodes than Meta-World+'s 500 steps: not its published protocol, and named so.
+  column = f"MT10-Mixed (Meta-World+ rules, {support.EPISODE_LENGTH}-step episodes)"
   with open(plus / "summary.json") as f:
-    assert json.load(f)["eval_protocol"] == "metaworld_plus"
+    summary = json.load(f)
+  assert (summary["eval_protocol"], summary["setting"]) == ("metaworld_plus", column)
 
   # A run of the same agent and setting evaluated by the CMTA paper's protocol.
   testing.write_synthetic_run(str(paper), [0.2, 0.4], mode="mixed", episode_length=20)
@@ -213,10 +320,25 @@ def test_a_short_metaworld_plus_run_from_the_cli_and_its_own_table_column(
     timeout=support.CLI_TIMEOUT,
   )
   assert table.returncode == 0, table.stderr[-2000:]
-  assert "MT10-Mixed (Meta-World+)" in table.stdout
   # Two columns, never one cell: the paper protocol's and Meta-World+'s.
   assert table.stdout.count("| MT10-Mixed max smoothed |") == 1, table.stdout
-  assert table.stdout.count("| MT10-Mixed (Meta-World+) max smoothed |") == 1, table.stdout
+  assert table.stdout.count(f"| {column} max smoothed |") == 1, table.stdout
+
+
+@pytest.mark.parametrize(
+  ("protocol", "episode_length", "name"),
+  [
+    ("cmta", 150, "MT10-Mixed"),
+    ("cmta", 500, "MT10-Mixed"),
+    ("metaworld_plus", 500, "MT10-Mixed (Meta-World+)"),
+    ("metaworld_plus", 150, "MT10-Mixed (Meta-World+ rules, 150-step episodes)"),
+  ],
+)
+def test_a_setting_is_named_metaworld_plus_only_with_its_500_step_episodes(
+  protocol, episode_length, name
+):
+  config = testing.run_config(mode="mixed", eval_protocol=protocol, episode_length=episode_length)
+  assert config.setting_name() == name
 
 
 def test_a_resume_cannot_change_the_evaluation_protocol(tmp_path):
