@@ -15,6 +15,7 @@ from cmta_jax.envs import metaworld_env
 from cmta_jax.envs.config import EnvConfig
 from cmta_jax.envs.metaworld_env import StepResult
 from cmta_jax.envs.source import EnvSource, metaworld
+from cmta_jax.training import steps
 from cmta_jax.types import BurnIn, LSTMCarry, Transition
 
 
@@ -154,6 +155,25 @@ SUCCESS_DISTANCE = 0.1
 # Evaluation episode k starts at EVAL_STARTS[k % 7] in every task; an evaluation of 7
 # episodes covers each start once, the same for every policy, so returns are comparable.
 EVAL_STARTS = np.linspace(-0.9, 0.9, 7, dtype=np.float32)
+
+
+def update_batch(
+  run_config: config_lib.RunConfig, networks, batch_per_task: int, seed: int = 0
+) -> Transition:
+  """A random batch laid out as train.py samples one for `run_config` and `networks`: one
+  seed's [T, B] rows, no terminations, and in carry mode `burn_in` (recurrent encoders only)
+  each row's replayed window of L steps."""
+  num_tasks = networks.num_tasks
+  batch = random_batch(
+    seed,
+    num_tasks,
+    batch_per_task,
+    networks.obs_dim,
+    networks.action_dim,
+    networks.encoder.carry_dim,
+    termination_rate=0.0,
+  )
+  return with_burn_in(batch, steps.burn_in_steps(run_config, networks), seed)
 
 
 def observe_points(position: np.ndarray, goal_in_obs: bool) -> np.ndarray:

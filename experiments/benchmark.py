@@ -5,6 +5,10 @@ and seeds in one process: the update vmapped over S seeds, and the loop's seed-s
   python experiments/benchmark.py --agents=all         # + every agent at the MT10 setting
   python experiments/benchmark.py --seed_counts=1,2,4,8 --loop_seeds=1,4   # + the seeds axis
 
+Each agent is built as train.py builds it, from its own defaults, and its update gets the
+batch train.py would sample: CMTA's default carry mode, burn_in, gives each row its window
+of L steps to replay (the burn-in column; 0 for agents without a recurrent encoder).
+
 For each function: ms per call (median of --calls timed calls after warm-up),
 the FLOPs per call that XLA reports for the compiled function, and achieved
 GFLOP/s. The peak is a 2048x2048x2048 float32 matmul (median of 20) in the
@@ -110,6 +114,7 @@ def time_agent(
   from cmta_jax import testing
   from cmta_jax.agents import registry, sac
   from cmta_jax.envs.metaworld_env import MultiTaskEnv, task_names
+  from cmta_jax.training import steps
 
   names = task_names(benchmark)
   num_tasks = len(names)
@@ -123,9 +128,9 @@ def time_agent(
   sac_config = run_config.sac
   state = sac.init_training_state(jax.random.PRNGKey(0), networks, sac_config)
   t, b = num_tasks, batch_per_task
-  batch = testing.random_batch(
-    0, t, b, networks.obs_dim, networks.action_dim, networks.encoder.carry_dim, termination_rate=0.0
-  )
+  # The batch train.py would sample: with CMTA's default carry mode, each row's burn-in window.
+  batch = testing.update_batch(run_config, networks, b)
+  window = steps.burn_in_steps(run_config, networks)
   update = jax.jit(sac.make_update_fn(networks, sac_config), donate_argnums=0)
   update_flops = _flops(update.lower(state, batch, jax.random.PRNGKey(0)).compile())
   keys = iter(jax.random.split(jax.random.PRNGKey(1), 10 * calls + 10))
@@ -164,6 +169,7 @@ def time_agent(
     "num_tasks": t,
     "batch_per_task": b,
     "width": width,
+    "burn_in_steps": window,
     "update_ms": update_seconds * 1e3,
     "update_gflop": update_flops / 1e9,
     "update_gflops_per_sec": update_flops / update_seconds / 1e9,
@@ -210,16 +216,10 @@ def time_seed_batch(num_seeds: int, width: int, batch_per_task: int, calls: int)
     sac.init_training_state(keys.stream_key(key, keys.Stream.INIT), networks, run_config.sac)
     for key in base_keys
   ]
-  batches = [
-    testing.random_batch(
-      seed, t, b, networks.obs_dim, networks.action_dim, networks.encoder.carry_dim, 0.0
-    )
-    for seed in range(num_seeds)
-  ]
   window = steps.burn_in_steps(run_config, networks)  # CMTA's default: burn-in, L = 20
   spec = steps.batch_spec(t, b, networks, window)
   batch = steps.stack_seeds(
-    [testing.with_burn_in(one, window, seed) for seed, one in enumerate(batches)]
+    [testing.update_batch(run_config, networks, b, seed) for seed in range(num_seeds)]
   )
   totals = steps.empty_totals(networks, run_config.sac, states[0], spec)
   holder = {"state": steps.stack_seeds(states), "totals": steps.stack_seeds([totals] * num_seeds)}
@@ -462,7 +462,7 @@ def agent_table(agents: list[str]) -> dict:
     settings = [s for s in settings if s[0] != "cmta"] + [("cmta", "MT10")]
   rows = []
   header = (
-    f"{'agent':<11} {'bench':<5} {'update ms':>10} {'GFLOP':>8} {'GFLOP/s':>8} "
+    f"{'agent':<11} {'bench':<5} {'burn-in':>7} {'update ms':>10} {'GFLOP':>8} {'GFLOP/s':>8} "
     f"{'peak GFLOP/s':>12} {'of peak':>7} {'select ms':>10} {'MFLOP':>8}"
   )
   print(header)
@@ -474,7 +474,7 @@ def agent_table(agents: list[str]) -> dict:
     row["update_fraction_of_peak"] = row["update_gflops_per_sec"] / row["peak_gflops_per_sec"]
     rows.append(row)
     print(
-      f"{agent:<11} {benchmark:<5} {row['update_ms']:10.1f} {row['update_gflop']:8.2f} "
+      f"{agent:<11} {benchmark:<5} {row['burn_in_steps']:7d} {row['update_ms']:10.1f} {row['update_gflop']:8.2f} "
       f"{row['update_gflops_per_sec']:8.1f} {row['peak_gflops_per_sec']:12.1f} "
       f"{row['update_fraction_of_peak']:7.2f} {row['select_ms']:10.2f} "
       f"{row['select_mflop']:8.2f}",
